@@ -1,0 +1,109 @@
+"""The ``progress`` command. Subcommands import their heavy modules lazily (``serve`` never imports torch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="progress-stream: online action-progress estimation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+Annotations = Annotated[Path, typer.Option(help="GTCC annotation JSON (task -> handles, hdl_*).")]
+Features = Annotated[Path, typer.Option(help="Folder of <handle>.npy float32 (T, D) features.")]
+Split = Annotated[Path | None, typer.Option(help='Optional {"train": [...], "test": [...]} handle split.')]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def synth(
+    annotations: Annotations,
+    out: Annotated[Path, typer.Option(help="Output folder (annotations.json + features/).")],
+    stride: Annotated[
+        int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")
+    ] = 8,
+    dim: int = 128,
+    seed: int = 0,
+) -> None:
+    """Generate the built-in dataset: real EgoProceL timings, synthetic embeddings."""
+    from training.synth import SynthConfig, synthesize
+
+    summary = synthesize(annotations, out, SynthConfig(stride=stride, dim=dim, seed=seed))
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def train(
+    annotations: Annotations,
+    features: Features,
+    out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/best.pt.")],
+    config: Annotated[Path | None, typer.Option(help="TOML config (see configs/).")] = None,
+    split: Split = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: --set epochs=5")
+    ] = None,
+) -> None:
+    """Train a ProgressHead."""
+    from training.config import load_config
+    from training.data import DataError
+    from training.train import train as run_training
+
+    try:
+        cfg = load_config(config, set_)
+        summary = run_training(cfg, annotations, features, out, split)
+    except (DataError, ValueError) as exc:
+        raise _fail(exc) from exc
+    val = summary["val"]
+    typer.echo(
+        f"best epoch {summary['best_epoch']}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
+        f"end {val['end_mean']:.3f}; trained in {summary['train_seconds']:.1f} s -> {out / 'best.pt'}"
+    )
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="The checkpoint reported as 'model'.")],
+    annotations: Annotations,
+    features: Features,
+    out: Annotated[Path, typer.Option(help="Report folder: report.md, metrics.json, PNG plots.")],
+    split: Split = None,
+    compare: Annotated[
+        list[str] | None, typer.Option(help="More heads in the same table: NAME=CHECKPOINT (repeatable).")
+    ] = None,
+) -> None:
+    """Evaluate causally on the test handles, against content-free baselines."""
+    from training.data import DataError
+    from training.report import run_evaluation
+
+    extra = {}
+    for item in compare or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise _fail(ValueError(f"--compare {item!r} is not NAME=CHECKPOINT"))
+        extra[name] = Path(path)
+    try:
+        table = run_evaluation({"model": checkpoint, **extra}, annotations, features, out, split)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(table)
+
+
+if __name__ == "__main__":
+    app()
