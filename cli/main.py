@@ -22,9 +22,7 @@ Split = Annotated[Path | None, typer.Option(help='Optional {"train": [...], "tes
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -36,9 +34,7 @@ def _fail(exc: Exception) -> typer.Exit:
 def synth(
     annotations: Annotations,
     out: Annotated[Path, typer.Option(help="Output folder (annotations.json + features/).")],
-    stride: Annotated[
-        int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")
-    ] = 8,
+    stride: Annotated[int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")] = 8,
     dim: int = 128,
     seed: int = 0,
 ) -> None:
@@ -56,9 +52,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/best.pt.")],
     config: Annotated[Path | None, typer.Option(help="TOML config (see configs/).")] = None,
     split: Split = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key: --set epochs=5")
-    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set epochs=5")] = None,
 ) -> None:
     """Train a ProgressHead."""
     from training.config import load_config

@@ -47,9 +47,7 @@ class TrainConfig:
 def _coerce(name: str, text: str) -> Any:
     field_type = {f.name: f.type for f in dataclasses.fields(TrainConfig)}.get(name)
     if field_type is None:
-        raise ValueError(
-            f"unknown config key {name!r}; known: {[f.name for f in dataclasses.fields(TrainConfig)]}"
-        )
+        raise ValueError(f"unknown config key {name!r}; known: {[f.name for f in dataclasses.fields(TrainConfig)]}")
     if field_type == "bool":
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{name} must be true or false, not {text!r}")

@@ -153,14 +153,10 @@ def _clip_actions(video: Video, n_frames: int, path: Path) -> None:
         if a.end < n_frames:
             clipped.append(a)
         elif a.start < n_frames:
-            log.warning(
-                "%s: handle %r: action %s clipped to %d frames", path, video.handle, a.label, n_frames
-            )
+            log.warning("%s: handle %r: action %s clipped to %d frames", path, video.handle, a.label, n_frames)
             clipped.append(Action(a.handle, a.label, a.start, n_frames - 1))
         else:
-            log.warning(
-                "%s: handle %r: action %s starts past the features; dropped", path, video.handle, a.label
-            )
+            log.warning("%s: handle %r: action %s starts past the features; dropped", path, video.handle, a.label)
     video.actions = clipped
 
 

@@ -65,9 +65,7 @@ class LengthBayes:
 
     def __call__(self, length: int) -> np.ndarray:
         t = np.arange(1, length + 1)
-        return np.where(t < len(self.table), self.table[np.minimum(t, len(self.table) - 1)], 1.0).astype(
-            np.float32
-        )
+        return np.where(t < len(self.table), self.table[np.minimum(t, len(self.table) - 1)], 1.0).astype(np.float32)
 
 
 def baselines(train_lengths: np.ndarray) -> dict[str, Callable[[int], np.ndarray]]:

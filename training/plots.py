@@ -16,9 +16,7 @@ from training.data import Dataset, ground_truth
 def sample_actions(data: Dataset) -> dict[str, int]:
     """Index of a short, a medium and a long action (length quantiles 0.2, 0.6, 0.95)."""
     order = np.argsort(data.lengths, kind="stable")
-    return {
-        q: int(order[int(f * (len(order) - 1))]) for q, f in (("short", 0.2), ("medium", 0.6), ("long", 0.95))
-    }
+    return {q: int(order[int(f * (len(order) - 1))]) for q, f in (("short", 0.2), ("medium", 0.6), ("long", 0.95))}
 
 
 def curves_plot(data: Dataset, preds: dict[str, list[np.ndarray]], path: Path) -> None:

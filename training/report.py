@@ -75,9 +75,7 @@ def markdown_table(metrics: dict[str, dict], details: dict[str, dict]) -> str:
             f"{m['start_mean']:.3f} ({m['start_true']:.3f})",
             f"{m['end_mean']:.3f} ({m['end_true']:.3f})",
         ]
-        row += [
-            "—" if m["length_bins"][b]["ogpe"] is None else f"{m['length_bins'][b]['ogpe']:.3f}" for b in bins
-        ]
+        row += ["—" if m["length_bins"][b]["ogpe"] is None else f"{m['length_bins'][b]['ogpe']:.3f}" for b in bins]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -85,8 +83,7 @@ def markdown_table(metrics: dict[str, dict], details: dict[str, dict]) -> str:
 def _report(table: str, summary: dict, checkpoints: dict[str, Path]) -> str:
     t = summary["test"]
     n_bins = {
-        bin_name(lo, hi): summary["models"]["oracle"]["length_bins"][bin_name(lo, hi)]["n"]
-        for lo, hi in LENGTH_BINS
+        bin_name(lo, hi): summary["models"]["oracle"]["length_bins"][bin_name(lo, hi)]["n"] for lo, hi in LENGTH_BINS
     }
     m = summary["models"]["model"]
     bayes = summary["models"]["length_bayes"]["ogpe"]

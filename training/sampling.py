@@ -47,9 +47,7 @@ def sample_prefixes(
     for indices in by_video.values():
         for a_idx in rng.choice(indices, size=samples_per_video):
             length = data.actions[a_idx].length
-            samples += [
-                (int(a_idx), int(t)) for t in target_frames(length, frames_per_segment, rng, stratified)
-            ]
+            samples += [(int(a_idx), int(t)) for t in target_frames(length, frames_per_segment, rng, stratified)]
     return samples
 
 
