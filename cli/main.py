@@ -99,5 +99,46 @@ def evaluate(
     typer.echo(table)
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A streamable checkpoint, e.g. runs/NAME/best.pt.")],
+    out: Annotated[Path, typer.Option(help="Where to write the ONNX cell.")] = Path("models/progress_head.onnx"),
+    triton: Annotated[Path | None, typer.Option(help="Also write a Triton model repository here.")] = None,
+) -> None:
+    """Export a checkpoint as a stepwise ONNX cell (one frame in, hidden state carried in and out)."""
+    from model_export.onnx_cell import ExportError, export_checkpoint
+
+    try:
+        meta = export_checkpoint(checkpoint, out)
+    except (ExportError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"wrote {out} (D={meta['embedding_dim']}, H={meta['hidden_dim']}, {meta['position_encoding']})")
+    if triton is not None:
+        from model_export.triton import write_repository
+
+        typer.echo(f"wrote Triton model repository {write_repository(out, triton)}")
+
+
+@app.command("verify-export")
+def verify_export(
+    model: Annotated[Path, typer.Argument(help="The exported ONNX cell.")],
+    checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
+    streams: int = 48,
+    seed: int = 0,
+) -> None:
+    """Compare the ONNX cell (onnxruntime, CPU, mixed batches) with PyTorch on every frame."""
+    from model_export.verify import TOLERANCE
+    from model_export.verify import verify_export as run_verify
+    from service.runtime import ModelError
+
+    try:
+        worst = run_verify(model, checkpoint, streams, seed)
+    except ModelError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"max |onnx - torch| over {streams} streams: {worst:.3e} (tolerance {TOLERANCE:.0e})")
+    if worst > TOLERANCE:
+        raise _fail(ValueError(f"parity {worst:.3e} exceeds {TOLERANCE:.0e}"))
+
+
 if __name__ == "__main__":
     app()

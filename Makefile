@@ -1,0 +1,53 @@
+# progress-stream: every target uses the virtual environment that `make install` creates in .venv/.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROGRESS := $(BIN)/progress
+ANNOTATIONS ?= ../shared/data/egoprocel.json
+SPARSE_STRIDE ?= 8
+DENSE_STRIDE ?= 3
+VARIANTS := default relative none
+
+.PHONY: install test lint data train eval report clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest
+
+# --- training ---------------------------------------------------------------------------
+data/synth-s%/annotations.json: | install
+	$(PROGRESS) synth --annotations $(ANNOTATIONS) --out data/synth-s$* --stride $*
+
+data: data/synth-s$(SPARSE_STRIDE)/annotations.json data/synth-s$(DENSE_STRIDE)/annotations.json
+
+runs/s%/best.pt:
+	$(MAKE) data/synth-s$(firstword $(subst -, ,$*))/annotations.json
+	$(PROGRESS) train --annotations data/synth-s$(firstword $(subst -, ,$*))/annotations.json \
+		--features data/synth-s$(firstword $(subst -, ,$*))/features \
+		--config configs/$(word 2,$(subst -, ,$*)).toml --out runs/s$*
+
+train: runs/s$(SPARSE_STRIDE)-default/best.pt
+
+# eval-8, eval-3: every variant and the baselines on one stride's held-out videos
+eval-%: $(foreach v,$(VARIANTS),runs/s%-$(v)/best.pt)
+	$(PROGRESS) eval --checkpoint runs/s$*-default/best.pt \
+		--compare relative=runs/s$*-relative/best.pt --compare none=runs/s$*-none/best.pt \
+		--annotations data/synth-s$*/annotations.json --features data/synth-s$*/features --out reports/s$*
+
+eval: eval-$(SPARSE_STRIDE)
+
+report: eval-$(SPARSE_STRIDE) eval-$(DENSE_STRIDE)
+
+clean:
+	rm -rf data runs reports models
