@@ -8,7 +8,7 @@ SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
 VARIANTS := default relative none
 
-.PHONY: install test lint data train eval report clean
+.PHONY: install test lint data train eval report model verify bench-step clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,21 @@ eval-%: $(foreach v,$(VARIANTS),runs/s%-$(v)/best.pt)
 eval: eval-$(SPARSE_STRIDE)
 
 report: eval-$(SPARSE_STRIDE) eval-$(DENSE_STRIDE)
+
+# --- export -----------------------------------------------------------------------------
+DEFAULT_RUN := runs/s$(SPARSE_STRIDE)-default
+MODEL := models/progress_head.onnx
+
+$(MODEL): $(DEFAULT_RUN)/best.pt
+	$(PROGRESS) export --checkpoint $< --out $@ --triton models/triton
+
+model: $(MODEL)
+
+verify: $(MODEL)
+	$(PROGRESS) verify-export $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
+
+bench-step: $(MODEL)
+	$(BIN)/python benchmarks/step_throughput.py --model $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
 
 clean:
 	rm -rf data runs reports models

@@ -92,29 +92,24 @@ def synthesize(annotations: Path, out: Path, cfg: SynthConfig) -> dict:
     """Write ``out/annotations.json`` (timings divided by the stride) and ``out/features/*.npy``."""
     if cfg.stride < 1:
         raise ValueError("stride must be at least 1")
-    raw = json.loads(Path(annotations).read_text())
-    videos = {v.handle: v for v in load_annotations(annotations)}
+    videos = load_annotations(annotations)
     gen = _Generator(cfg)
     out = Path(out)
     (out / "features").mkdir(parents=True, exist_ok=True)
     strided: dict[str, dict] = {}
     n_frames_total = 0
-    for task, entry in raw.items():
-        task_out = {
-            "handles": list(entry["handles"]),
-            "hdl_actions": [],
-            "hdl_start_times": [],
-            "hdl_end_times": [],
-        }
-        for handle in tqdm(entry["handles"], desc=f"synth {task}", leave=False):
-            segments = [(lab, s // cfg.stride, e // cfg.stride) for lab, s, e in videos[handle].segments]
-            n_frames = max(e for _, _, e in segments) + 1
-            np.save(out / "features" / f"{handle}.npy", gen.video(segments, n_frames))
-            n_frames_total += n_frames
-            task_out["hdl_actions"].append([lab for lab, _, _ in segments])
-            task_out["hdl_start_times"].append([s for _, s, _ in segments])
-            task_out["hdl_end_times"].append([e for _, _, e in segments])
-        strided[task] = task_out
+    for video in tqdm(videos, desc=f"synth stride {cfg.stride}", unit="video"):
+        segments = [(lab, s // cfg.stride, e // cfg.stride) for lab, s, e in video.segments]
+        n_frames = max(e for _, _, e in segments) + 1
+        np.save(out / "features" / f"{video.handle}.npy", gen.video(segments, n_frames))
+        n_frames_total += n_frames
+        task = strided.setdefault(
+            video.task, {"handles": [], "hdl_actions": [], "hdl_start_times": [], "hdl_end_times": []}
+        )
+        task["handles"].append(video.handle)
+        task["hdl_actions"].append([lab for lab, _, _ in segments])
+        task["hdl_start_times"].append([s for _, s, _ in segments])
+        task["hdl_end_times"].append([e for _, _, e in segments])
     (out / "annotations.json").write_text(json.dumps(strided))
     summary = {"videos": len(videos), "frames": n_frames_total, **cfg.__dict__}
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
