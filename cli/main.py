@@ -140,5 +140,18 @@ def verify_export(
         raise _fail(ValueError(f"parity {worst:.3e} exceeds {TOLERANCE:.0e}"))
 
 
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="ONNX cell (default: PROGRESS_MODEL_PATH or models/).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: PROGRESS_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PROGRESS_PORT or 8000).")] = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the model over HTTP and WebSocket (every other setting: PROGRESS_* environment variables)."""
+    from service.server import run
+
+    run(model=model, host=host, port=port, log_level=log_level)
+
+
 if __name__ == "__main__":
     app()

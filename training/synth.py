@@ -98,7 +98,7 @@ def synthesize(annotations: Path, out: Path, cfg: SynthConfig) -> dict:
     (out / "features").mkdir(parents=True, exist_ok=True)
     strided: dict[str, dict] = {}
     n_frames_total = 0
-    for video in tqdm(videos, desc=f"synth stride {cfg.stride}", unit="video"):
+    for video in tqdm(videos, desc=f"synth stride {cfg.stride}", unit="video", disable=None):
         segments = [(lab, s // cfg.stride, e // cfg.stride) for lab, s, e in video.segments]
         n_frames = max(e for _, _, e in segments) + 1
         np.save(out / "features" / f"{video.handle}.npy", gen.video(segments, n_frames))

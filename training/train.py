@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split:
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        bar = tqdm(list(_epoch_batches(cfg, fit, rng)), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+        bar = tqdm(list(_epoch_batches(cfg, fit, rng)), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
         running = None
         for batch in bar:
             loss = _loss(model, cfg, batch, device)
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
         val_metrics = progress_metrics(predict_causal(model, val), val.lengths)
         history.append({"epoch": epoch, "loss": running, "val_ogpe": val_metrics["ogpe"]})

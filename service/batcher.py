@@ -1,0 +1,162 @@
+"""The dynamic batcher: one inference call carries at most one frame of each of many streams.
+
+A cycle takes up to ``max_batch`` ready streams, gathers the next ``≤ steps_per_cycle`` frames
+of each one's oldest chunk into a preallocated ``(steps, rows, D)`` buffer, and runs that many
+batched cell steps in a worker thread (onnxruntime releases the GIL, so the event loop keeps
+parsing requests meanwhile). Per-row Python work happens once per cycle, not once per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.runtime import CellRuntime
+from service.streams import Chunk, Stream, StreamTable
+
+
+@dataclass
+class Cycle:
+    """The rows of one cycle: streams, their chunks, how many frames each, and the gathered inputs."""
+
+    streams: list[Stream]
+    chunks: list[Chunk]
+    slots: np.ndarray
+    counts: np.ndarray
+    steps0: np.ndarray
+    state: np.ndarray
+    emb: np.ndarray  # (K, rows, D) view of the preallocated buffer
+    out: np.ndarray  # (K, rows) view of the preallocated buffer
+
+
+class Batcher:
+    def __init__(
+        self,
+        runtime: CellRuntime,
+        table: StreamTable,
+        metrics: Metrics,
+        max_batch: int,
+        max_wait_us: int = 0,
+        steps_per_cycle: int = 16,
+    ):
+        self.runtime = runtime
+        self.table = table
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait_us / 1e6
+        self.steps_per_cycle = steps_per_cycle
+        self.queued_frames = 0
+        self.cycle_lock = asyncio.Lock()  # held while a cycle runs: snapshots take it to see a still table
+        self._ready: deque[Stream] = deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._emb = np.zeros((steps_per_cycle, max_batch, runtime.embedding_dim), np.float32)
+        self._out = np.zeros((steps_per_cycle, max_batch), np.float32)
+
+    def enqueue(self, stream: Stream, chunk: Chunk) -> None:
+        stream.pending.append(chunk)
+        self.queued_frames += len(chunk.frames)
+        if not stream.busy and len(stream.pending) == 1:
+            self._ready.append(stream)
+            self._wake.set()
+
+    def drop(self, frames: int) -> None:
+        """Forget ``frames`` queued frames of a removed stream."""
+        self.queued_frames -= frames
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._ready:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.max_wait and len(self._ready) < self.max_batch:
+                    await asyncio.sleep(self.max_wait)
+            async with self.cycle_lock:
+                cycle = self._gather()
+                if cycle is None:
+                    continue
+                await loop.run_in_executor(self._executor, self._execute, cycle)
+                self._finish(cycle)
+
+    def _gather(self) -> Cycle | None:
+        streams, chunks, counts = [], [], []
+        while self._ready and len(streams) < self.max_batch:
+            stream = self._ready.popleft()
+            if stream.closed or not stream.pending:
+                continue
+            chunk = stream.pending[0]
+            stream.in_cycle = min(len(chunk.frames) - chunk.pos, self.steps_per_cycle)
+            streams.append(stream)
+            chunks.append(chunk)
+            counts.append(stream.in_cycle)
+        if not streams:
+            return None
+        rows, k = len(streams), max(counts)
+        emb = self._emb[:k, :rows]
+        slots = np.fromiter((s.slot for s in streams), np.int64, rows)
+        steps0 = self.table.step[slots]
+        for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
+            emb[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
+            if chunk.reset and chunk.pos == 0:
+                steps0[i] = 0
+        return Cycle(
+            streams, chunks, slots, np.array(counts), steps0, self.table.state[slots], emb, self._out[:k, :rows]
+        )
+
+    def _execute(self, c: Cycle) -> None:
+        """Runs in the worker thread: ``K`` batched steps; rows whose chunk ran out drop out."""
+        state = c.state
+        rows = len(c.streams)
+        for t in range(c.emb.shape[0]):
+            active = np.flatnonzero(c.counts > t) if t >= c.counts.min() else None
+            started = time.perf_counter()
+            if active is None:
+                c.out[t], state = self.runtime.step(c.emb[t], c.steps0 + t, state)
+                self.metrics.batch_size.observe(rows)
+            else:
+                c.out[t, active], state[active] = self.runtime.step(
+                    c.emb[t, active], c.steps0[active] + t, state[active]
+                )
+                self.metrics.batch_size.observe(len(active))
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        c.state = state
+
+    def _finish(self, c: Cycle) -> None:
+        table = self.table
+        table.state[c.slots] = c.state
+        table.step[c.slots] = c.steps0 + c.counts
+        done = int(c.counts.sum())
+        self.queued_frames -= done
+        self.metrics.frames.inc(done)
+        for i, (stream, chunk) in enumerate(zip(c.streams, c.chunks, strict=True)):
+            n = int(c.counts[i])
+            values = c.out[:n, i]
+            chunk.out[chunk.pos : chunk.pos + n] = values
+            table.record(stream, chunk.seq + chunk.pos, values)
+            chunk.pos += n
+            stream.done_seq += n
+            stream.in_cycle = 0
+            if chunk.pos == len(chunk.frames):
+                if stream.pending and stream.pending[0] is chunk:
+                    stream.pending.popleft()
+                if not chunk.future.done():
+                    chunk.future.set_result(chunk.out)
+            if stream.closed:
+                table.release(stream)
+            elif stream.pending:
+                self._ready.append(stream)
+
+    async def drain(self) -> None:
+        """Wait until every accepted frame has been processed."""
+        while self.queued_frames > 0 or self.cycle_lock.locked():
+            await asyncio.sleep(0.005)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

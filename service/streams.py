@@ -1,0 +1,102 @@
+"""The stream table: per-stream bookkeeping plus the recurrent state in preallocated slot arrays."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import StreamNotFound, TooManyStreams
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Frames ``seq .. seq+n-1`` of one stream, accepted and waiting for (or under) inference."""
+
+    seq: int
+    frames: np.ndarray
+    reset: bool
+    future: asyncio.Future
+    out: np.ndarray
+    pos: int = 0  # frames of this chunk already processed
+
+
+@dataclass(eq=False)
+class Stream:
+    id: str
+    slot: int
+    next_seq: int = 0  # frames accepted
+    done_seq: int = 0  # frames processed (their outputs are in the table)
+    created_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    pending: deque[Chunk] = field(default_factory=deque)
+    in_cycle: int = 0  # frames of it in the batch now under inference
+    closed: bool = False  # deleted while in a cycle: the batcher frees its slot
+
+    @property
+    def busy(self) -> bool:
+        return self.in_cycle > 0
+
+    @property
+    def queued(self) -> int:
+        """Accepted frames not yet processed and not in the running cycle."""
+        return sum(len(c.frames) - c.pos for c in self.pending) - self.in_cycle
+
+
+class StreamTable:
+    """Streams by id; hidden state, step and the last ``window`` outputs live in arrays indexed by slot."""
+
+    def __init__(self, capacity: int, hidden_dim: int, window: int):
+        self.capacity = capacity
+        self.window = window
+        self.state = np.zeros((capacity, hidden_dim), np.float32)
+        self.step = np.zeros(capacity, np.int64)
+        self.outputs = np.zeros((capacity, window), np.float32)
+        self.streams: dict[str, Stream] = {}
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def create(self, stream_id: str) -> Stream:
+        if not self._free:
+            raise TooManyStreams(f"the server holds its maximum of {self.capacity} streams; retry later", 5)
+        slot = self._free.pop()
+        self.state[slot] = 0.0
+        self.step[slot] = 0
+        stream = Stream(stream_id, slot)
+        self.streams[stream_id] = stream
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        try:
+            return self.streams[stream_id]
+        except KeyError:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)") from None
+
+    def remove(self, stream: Stream) -> None:
+        """Forget ``stream``; its waiting chunks fail, its slot is freed once no batch holds it."""
+        self.streams.pop(stream.id, None)
+        for chunk in stream.pending:
+            if not chunk.future.done():
+                chunk.future.set_exception(StreamNotFound(f"stream {stream.id!r} was deleted"))
+        stream.pending.clear()
+        if stream.busy:
+            stream.closed = True
+        else:
+            self._free.append(stream.slot)
+
+    def release(self, stream: Stream) -> None:
+        self._free.append(stream.slot)
+
+    def record(self, stream: Stream, seq: int, values: np.ndarray) -> None:
+        self.outputs[stream.slot, np.arange(seq, seq + len(values)) % self.window] = values
+
+    def replay(self, stream: Stream, seq: int, n: int) -> np.ndarray | None:
+        """Stored outputs of frames ``seq .. seq+n-1`` if all are processed and still retained."""
+        if seq >= stream.done_seq - self.window and seq + n <= stream.done_seq:
+            return self.outputs[stream.slot, np.arange(seq, seq + n) % self.window].copy()
+        return None
