@@ -1,0 +1,125 @@
+"""HTTP sessions (sync and async) for one stream: seq bookkeeping, safe retries, replay after a 409."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+
+from client.core import Outcome, SessionState, exchange, frames_json
+
+
+class ServerError(RuntimeError):
+    def __init__(self, status: int, body: Any):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def outcome(response: httpx.Response) -> Outcome:
+    if response.status_code == 200:
+        return "ok", np.asarray(response.json()["progress"], np.float32)
+    if response.status_code == 409:
+        return "conflict", response.json()["error"]["expected_seq"]
+    if response.status_code == 503:
+        return "wait", float(response.headers.get("Retry-After", "1"))
+    raise ServerError(response.status_code, response.json())
+
+
+class _Session(SessionState):
+    def _created(self, response: httpx.Response) -> None:
+        if response.status_code not in (200, 201):
+            raise ServerError(response.status_code, response.json())
+        self.stream_id, self.next_seq = response.json()["stream_id"], response.json()["next_seq"]
+
+    def _create_body(self) -> dict:
+        return {"stream_id": self.stream_id} if self.stream_id else {}
+
+    def _path(self) -> str:
+        return f"/v1/streams/{self.stream_id}/frames"
+
+
+class StreamSession(_Session):
+    """Synchronous: ``with StreamSession(url) as s: s.send(embeddings)`` → progress per frame."""
+
+    def __init__(
+        self,
+        base_url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        history: int = 4096,
+        timeout: float = 10.0,
+    ):
+        super().__init__(stream_id, history)
+        self.http = httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+        self._created(self.http.post("/v1/streams", json=self._create_body()))
+
+    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        steps = exchange(self.log, self.new_chunk(embeddings, reset))
+        request = next(steps)
+        while True:
+            try:
+                result = outcome(self.http.post(self._path(), json=frames_json(request)))
+            except httpx.TransportError:
+                result = ("wait", 0.2)
+            if result[0] == "wait":
+                time.sleep(result[1])
+            try:
+                request = steps.send(result)
+            except StopIteration as done:
+                return done.value
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStreamSession(_Session):
+    """Asynchronous: ``s = await AsyncStreamSession.open(url)``; ``await s.send(embeddings)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        history: int = 4096,
+        timeout: float = 10.0,
+    ):
+        super().__init__(stream_id, history)
+        self.http = httpx.AsyncClient(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+
+    @classmethod
+    async def open(cls, base_url: str, **kwargs: Any) -> AsyncStreamSession:
+        session = cls(base_url, **kwargs)
+        session._created(await session.http.post("/v1/streams", json=session._create_body()))
+        return session
+
+    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        steps = exchange(self.log, self.new_chunk(embeddings, reset))
+        request = next(steps)
+        while True:
+            try:
+                result = outcome(await self.http.post(self._path(), json=frames_json(request)))
+            except httpx.TransportError:
+                result = ("wait", 0.2)
+            if result[0] == "wait":
+                await asyncio.sleep(result[1])
+            try:
+                request = steps.send(result)
+            except StopIteration as done:
+                return done.value
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

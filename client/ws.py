@@ -1,0 +1,148 @@
+"""WebSocket sessions (async and sync) for one stream: binary or JSON, reconnect and replay on drops.
+
+The state belongs to the stream, not the connection: after a drop the session reconnects and
+re-sends the chunk (a retry of an already processed ``seq`` is answered from the server's window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection as SyncConnection
+from websockets.sync.client import connect as sync_connect
+
+from client.core import Chunk, Outcome, SessionState, exchange, frames_json
+from client.http import ServerError, auth_headers
+from service.protocol import binary_request, parse_binary_reply
+
+RECONNECT_ERRORS = (ConnectionClosed, OSError, InvalidStatus, TimeoutError)
+
+
+def encode(chunk: Chunk, binary: bool) -> bytes | str:
+    if binary:
+        return binary_request(chunk.seq, chunk.frames, chunk.reset)
+    return orjson.dumps(frames_json(chunk)).decode()
+
+
+def decode(message: bytes | str) -> Outcome:
+    if isinstance(message, bytes):
+        return "ok", parse_binary_reply(message)[2]
+    body = orjson.loads(message)
+    if "progress" in body:
+        return "ok", np.asarray(body["progress"], np.float32)
+    error = body["error"]
+    if error["code"] == "seq_conflict":
+        return "conflict", error["expected_seq"]
+    if error["code"] == "overloaded":
+        return "wait", 1.0
+    raise ServerError(400, body)
+
+
+class _WsSession(SessionState):
+    def __init__(self, url: str, stream_id: str | None, api_key: str | None, binary: bool, history: int):
+        super().__init__(stream_id or secrets.token_hex(16), history)
+        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
+        self.headers = auth_headers(api_key)
+        self.binary = binary
+
+
+class WsStreamSession(_WsSession):
+    """``s = await WsStreamSession.open("ws://host:8000")``; ``await s.send(embeddings)``."""
+
+    def __init__(
+        self,
+        url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        binary: bool = True,
+        history: int = 4096,
+    ):
+        super().__init__(url, stream_id, api_key, binary, history)
+        self.conn: ClientConnection | None = None
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> WsStreamSession:
+        session = cls(url, **kwargs)
+        await session._connect()
+        return session
+
+    async def _connect(self) -> None:
+        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+
+    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        steps = exchange(self.log, self.new_chunk(embeddings, reset))
+        request = next(steps)
+        while True:
+            try:
+                if self.conn is None:
+                    await self._connect()
+                await self.conn.send(encode(request, self.binary))
+                result = decode(await self.conn.recv())
+            except RECONNECT_ERRORS:
+                self.conn, result = None, ("wait", 0.2)
+            if result[0] == "wait":
+                await asyncio.sleep(result[1])
+            try:
+                request = steps.send(result)
+            except StopIteration as done:
+                return done.value
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class SyncWsStreamSession(_WsSession):
+    """Blocking twin: ``with SyncWsStreamSession("ws://host:8000") as s: s.send(embeddings)``."""
+
+    def __init__(
+        self,
+        url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        binary: bool = True,
+        history: int = 4096,
+    ):
+        super().__init__(url, stream_id, api_key, binary, history)
+        self.conn: SyncConnection | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self.conn = sync_connect(
+            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
+        )
+
+    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        steps = exchange(self.log, self.new_chunk(embeddings, reset))
+        request = next(steps)
+        while True:
+            try:
+                if self.conn is None:
+                    self._connect()
+                self.conn.send(encode(request, self.binary))
+                result = decode(self.conn.recv())
+            except RECONNECT_ERRORS:
+                self.conn, result = None, ("wait", 0.2)
+            if result[0] == "wait":
+                time.sleep(result[1])
+            try:
+                request = steps.send(result)
+            except StopIteration as done:
+                return done.value
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self) -> SyncWsStreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
