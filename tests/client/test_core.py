@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from client.core import Chunk, ReplayLog, SeqError, exchange, resend_plan
+
+
+def chunks(log: ReplayLog, sizes, dim=2, reset_at=()):
+    seq, out = 0, []
+    for n in sizes:
+        c = Chunk(seq, np.arange(seq, seq + n, dtype=np.float32)[:, None].repeat(dim, 1), seq in reset_at)
+        log.record(c)
+        out.append(c)
+        seq += n
+    return out
+
+
+def test_replay_from_expected_seq_cuts_chunks_and_keeps_only_real_resets():
+    log = ReplayLog(100)
+    cs = chunks(log, [4, 4, 4], reset_at=(4,))
+    plan = resend_plan(log, cs[2], expected_seq=2)
+    assert [(c.seq, len(c.frames), c.reset) for c in plan] == [(2, 2, False), (4, 4, True), (8, 4, False)]
+    assert plan[0].frames[0, 0] == 2
+
+
+def test_a_restored_server_inside_the_chunk_asks_for_the_head_and_sends_the_tail():
+    log = ReplayLog(100)
+    (c,) = chunks(log, [6])
+    plan = resend_plan(log, c, expected_seq=4)
+    assert [(p.seq, len(p.frames)) for p in plan] == [(0, 4), (4, 2)]
+    with pytest.raises(SeqError):
+        resend_plan(log, c, expected_seq=6)
+
+
+def test_log_is_bounded_and_says_when_history_is_gone():
+    log = ReplayLog(8)
+    cs = chunks(log, [4, 4, 4, 4])
+    with pytest.raises(SeqError, match="no longer"):
+        resend_plan(log, cs[-1], expected_seq=0)
+    assert [c.seq for c in resend_plan(log, cs[-1], expected_seq=8)] == [8, 12]
+
+
+def test_exchange_stitches_the_chunk_result_out_of_the_replayed_sends():
+    log = ReplayLog(100)
+    cs = chunks(log, [3, 3])
+    steps = exchange(log, cs[1])
+    assert next(steps).seq == 3
+    assert steps.send(("conflict", 1)).seq == 1  # the server lost frames 1..2
+    assert steps.send(("ok", np.array([10, 20], np.float32))).seq == 3
+    with pytest.raises(StopIteration) as done:
+        steps.send(("ok", np.array([30, 40, 50], np.float32)))
+    assert done.value.value.tolist() == [30, 40, 50]
