@@ -153,5 +153,25 @@ def serve(
     run(model=model, host=host, port=port, log_level=log_level)
 
 
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Option(help="Server (or proxy) WebSocket base URL.")] = "ws://127.0.0.1:8000",
+    streams: int = 100,
+    frames: Annotated[int, typer.Option(help="Frames per message.")] = 16,
+    binary: Annotated[bool, typer.Option(help="Binary messages (else JSON).")] = True,
+    duration: float = 10.0,
+    warmup: float = 3.0,
+    dim: Annotated[int, typer.Option(help="Embedding size of the served model.")] = 128,
+    api_key: Annotated[str | None, typer.Option(envvar="PROGRESS_API_KEY")] = None,
+) -> None:
+    """Closed-loop WebSocket load; prints frames/s and latency percentiles as one JSON line."""
+    import asyncio
+
+    from client.loadtest import run_load
+
+    result = asyncio.run(run_load(url, streams, frames, binary, duration, warmup, dim, api_key))
+    typer.echo(result.row())
+
+
 if __name__ == "__main__":
     app()

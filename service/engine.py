@@ -34,7 +34,14 @@ class Engine:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.table = StreamTable(settings.max_streams, runtime.hidden_dim, settings.retained_window)
-        self.batcher = Batcher(runtime, self.table, self.metrics, settings.max_batch, settings.max_wait_us)
+        self.batcher = Batcher(
+            runtime,
+            self.table,
+            self.metrics,
+            settings.max_batch,
+            settings.max_wait_us,
+            in_thread=settings.inference_in_thread,
+        )
         self.metrics.watch(lambda: len(self.table), lambda: self.batcher.queued_frames)
         self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
         self.accepting = True
@@ -118,7 +125,7 @@ class Engine:
             if self.batcher.queued_frames + n > self.settings.max_queue_frames:
                 raise Overloaded(f"{self.batcher.queued_frames} frames already wait for inference; retry shortly")
             future = asyncio.get_running_loop().create_future()
-            self.batcher.enqueue(stream, Chunk(seq, frames, reset, future, np.empty(n, np.float32)))
+            self.batcher.enqueue(stream, Chunk(seq, frames, reset, future))
             stream.next_seq += n
             return future
         if seq < stream.next_seq and seq + n <= stream.next_seq:

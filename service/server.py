@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import uvicorn
+from uvicorn._types import ASGIApplication
 
 from service.app import create_app
 from service.settings import Settings
 
 
-def uvicorn_config(settings: Settings, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "info") -> uvicorn.Config:
     """One process (it owns its streams), uvloop + httptools, no per-message deflate."""
     return uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -29,4 +30,5 @@ def uvicorn_config(settings: Settings, log_level: str = "info") -> uvicorn.Confi
 
 def run(model: Path | None = None, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
     overrides = {k: v for k, v in {"model_path": model, "host": host, "port": port}.items() if v is not None}
-    uvicorn.Server(uvicorn_config(Settings(**overrides), log_level)).run()
+    settings = Settings(**overrides)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     idle_ttl_s: float = Field(600.0, gt=0, description="a stream idle this long is evicted")
     max_batch: int = Field(1024, ge=1, description="most streams (one frame each) per inference call")
     max_wait_us: int = Field(0, ge=0, description="how long an idle batcher waits for more streams to join")
+    inference_in_thread: bool = Field(False, description="run inference in a worker thread, not on the event loop")
     max_queue_frames: int = Field(200_000, ge=1, description="frames waiting for inference before 503/1013")
     retained_window: int = Field(512, ge=1, description="outputs kept per stream for retries")
     max_frames_per_message: int = Field(256, ge=1)
@@ -28,4 +29,3 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer KEY'")
     state_file: Path | None = Field(None, description="snapshot all streams here; restored at start")
     snapshot_interval_s: float = Field(5.0, gt=0)
-    ws_in_flight: int = Field(64, ge=1, description="messages per WebSocket connection awaiting inference")

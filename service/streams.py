@@ -20,8 +20,8 @@ class Chunk:
     frames: np.ndarray
     reset: bool
     future: asyncio.Future
-    out: np.ndarray
     pos: int = 0  # frames of this chunk already processed
+    out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
 
 
 @dataclass(eq=False)
@@ -92,8 +92,11 @@ class StreamTable:
     def release(self, stream: Stream) -> None:
         self._free.append(stream.slot)
 
-    def record(self, stream: Stream, seq: int, values: np.ndarray) -> None:
-        self.outputs[stream.slot, np.arange(seq, seq + len(values)) % self.window] = values
+    def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+        """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""
+        for t in range(out.shape[0]):
+            rows = slice(None) if t < counts.min() else np.flatnonzero(counts > t)
+            self.outputs[slots[rows], (seqs[rows] + t) % self.window] = out[t, rows]
 
     def replay(self, stream: Stream, seq: int, n: int) -> np.ndarray | None:
         """Stored outputs of frames ``seq .. seq+n-1`` if all are processed and still retained."""

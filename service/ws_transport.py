@@ -1,40 +1,30 @@
 """WebSocket transport: ``/v1/streams/{id}/ws``, JSON text or compact binary messages, answered in order.
 
-A reader submits each message as soon as it arrives (so a client may pipeline), a writer awaits
-the results in arrival order and answers. Close codes: 1008 protocol violation or bad auth,
-1009 message too large (enforced by the server's ``ws_max_size``), 1013 overload.
+Each message is answered before the next is read, so answers come in order. Close codes: 1008
+protocol violation or bad auth, 1009 message too large (the server's ``ws_max_size``), 1013 overload.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from dataclasses import dataclass
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.engine import Engine
 from service.errors import EngineError, Overloaded, ProtocolViolation, StreamNotFound, error_body
-from service.protocol import STREAM_ID, binary_reply, parse_binary, parse_frames
+from service.protocol import REQUEST_HEADER, STREAM_ID, binary_reply, parse_binary, parse_frames
 from service.settings import Settings
 
 POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013
+CLOSE_CODES = {
+    ProtocolViolation: (POLICY_VIOLATION, "protocol violation: see the error message"),
+    StreamNotFound: (POLICY_VIOLATION, "stream deleted or evicted"),
+    Overloaded: (TRY_AGAIN_LATER, "overloaded: retry later"),
+}
 
 ws_router = APIRouter()
-
-
-@dataclass(slots=True)
-class Reply:
-    """One answer, in arrival order: a pending result, or a ready error (maybe closing the socket)."""
-
-    seq: int | None
-    started: float
-    binary: bool = False
-    future: asyncio.Future | None = None
-    error: EngineError | None = None
-    close: tuple[int, str] | None = None
 
 
 @ws_router.websocket("/v1/streams/{stream_id}/ws")
@@ -57,89 +47,76 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
 
 
 class Connection:
+    """One socket of one stream: receive, submit, await, answer; strictly in order.
+
+    The batcher advances a stream by at most one message per cycle, so reading the next message
+    before answering this one would gain nothing; answering inline saves a task switch per message.
+    """
+
     def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, stream_id: str):
         self.ws = websocket
         self.engine = engine
         self.stream_id = stream_id
         self.dim = engine.runtime.embedding_dim
         self.max_frames = settings.max_frames_per_message
-        self.replies: asyncio.Queue[Reply | None] = asyncio.Queue(settings.ws_in_flight)
         self.latency = engine.metrics.request_seconds.labels("ws")
+        self.seq: int | None = None
 
     async def serve(self) -> None:
-        writer = asyncio.create_task(self._write())
         try:
-            while not writer.done():
+            while True:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    break
-                reply = self._handle(message)
-                await self.replies.put(reply)
-                if reply.close:
-                    break
-            await self.replies.put(None)
-            await writer
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await writer
-
-    def _handle(self, message: dict) -> Reply:
-        started = time.perf_counter()
-        data = message.get("bytes")
-        binary = data is not None
-        seq = None
-        try:
-            if binary:
+                    return
+                started = time.perf_counter()
+                binary = message.get("bytes") is not None
+                self.seq = None
                 try:
-                    seq, frames, reset = parse_binary(data, self.dim, self.max_frames)
-                except ValueError as exc:
-                    raise ProtocolViolation(str(exc)) from exc
-            else:
-                try:
-                    obj = orjson.loads(message.get("text") or "")
-                except orjson.JSONDecodeError as exc:
-                    raise ProtocolViolation(f"not JSON: {exc}") from exc
-                if not isinstance(obj, dict):
-                    raise ProtocolViolation("a message must be a JSON object")
-                if isinstance(obj.get("seq"), int):
-                    seq = obj["seq"]
-                seq, frames, reset = parse_frames(obj, self.dim, self.max_frames)
-            return Reply(seq, started, binary, future=self.engine.submit(self.stream_id, seq, frames, reset))
-        except ProtocolViolation as exc:
-            return Reply(seq, started, error=exc, close=(POLICY_VIOLATION, exc.message[:120]))
-        except Overloaded as exc:
-            return Reply(seq, started, error=exc, close=(TRY_AGAIN_LATER, exc.message[:120]))
-        except StreamNotFound as exc:
-            return Reply(seq, started, error=exc, close=(POLICY_VIOLATION, "stream deleted or evicted"))
-        except EngineError as exc:
-            return Reply(seq, started, error=exc)
-
-    async def _write(self) -> None:
-        while (reply := await self.replies.get()) is not None:
-            if reply.future is not None:
-                try:
-                    progress = await asyncio.shield(reply.future)
+                    future = self._submit(message, binary)
+                    progress = await future
                 except EngineError as exc:
-                    reply.error = exc
-                else:
-                    stream = self.engine.table.streams.get(self.stream_id)
-                    next_seq = stream.next_seq if stream else reply.seq + len(progress)
-                    if reply.binary:
-                        await self.ws.send_bytes(binary_reply(reply.seq, next_seq, progress))
-                    else:
-                        await self.ws.send_text(
-                            orjson.dumps(
-                                {"seq": reply.seq, "progress": progress, "next_seq": next_seq},
-                                option=orjson.OPT_SERIALIZE_NUMPY,
-                            ).decode()
-                        )
-                    self.latency.observe(time.perf_counter() - reply.started)
+                    if await self._error(self.seq, exc):
+                        return
                     continue
-            self.engine.metrics.errors.labels(reply.error.code).inc()
-            await self.ws.send_text(orjson.dumps({"seq": reply.seq, **error_body(reply.error)}).decode())
-            if reply.close:
-                await self.ws.close(*reply.close)
-                return
+                stream = self.engine.table.streams.get(self.stream_id)
+                seq = self.seq
+                next_seq = stream.next_seq if stream else seq + len(progress)
+                if binary:
+                    await self.ws.send_bytes(binary_reply(seq, next_seq, progress))
+                else:
+                    reply = {"seq": seq, "progress": progress, "next_seq": next_seq}
+                    await self.ws.send_text(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+                self.latency.observe(time.perf_counter() - started)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+    def _submit(self, message: dict, binary: bool) -> asyncio.Future:
+        """Parse and submit; ``self.seq`` is the message's seq as soon as it is known (errors carry it)."""
+        if binary:
+            data = message["bytes"]
+            if len(data) >= REQUEST_HEADER.size:
+                self.seq = REQUEST_HEADER.unpack_from(data)[0]
+            try:
+                seq, frames, reset = parse_binary(data, self.dim, self.max_frames)
+            except ValueError as exc:
+                raise ProtocolViolation(str(exc)) from exc
+        else:
+            try:
+                obj = orjson.loads(message.get("text") or "")
+            except orjson.JSONDecodeError as exc:
+                raise ProtocolViolation(f"not JSON: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise ProtocolViolation("a message must be a JSON object")
+            if isinstance(obj.get("seq"), int):
+                self.seq = obj["seq"]
+            seq, frames, reset = parse_frames(obj, self.dim, self.max_frames)
+        return self.engine.submit(self.stream_id, seq, frames, reset)
+
+    async def _error(self, seq: int | None, exc: EngineError) -> bool:
+        """Send the error message; close the socket where the error calls for it (returns True then)."""
+        self.engine.metrics.errors.labels(exc.code).inc()
+        await self.ws.send_text(orjson.dumps({"seq": seq, **error_body(exc)}).decode())
+        close = CLOSE_CODES.get(type(exc))
+        if close is not None:
+            await self.ws.close(*close)
+        return close is not None

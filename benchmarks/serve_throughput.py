@@ -1,0 +1,103 @@
+"""Served throughput vs a bare endpoint (same server settings and parsers, no inference), in one run.
+
+    .venv/bin/python benchmarks/serve_throughput.py --model models/progress_head.onnx
+
+For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binary: frames/s,
+p50/p99 message latency of each, and the served/bare ratio. Closed loop: every stream sends its
+next message when the previous reply arrives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from client.loadtest import LoadResult, run_load
+from service.runtime import CellRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(cmd: list[str], url: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        try:
+            httpx.get(url, timeout=1)
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{cmd} did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/progress_head.onnx")
+    parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--frames", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--port", type=int, default=8870)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    dim = CellRuntime(args.model, providers="cpu").embedding_dim
+    served_port, bare_port = args.port, args.port + 1
+    procs = [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "--model",
+                args.model,
+                "--port",
+                str(served_port),
+                "--log-level",
+                "warning",
+            ],
+            f"http://127.0.0.1:{served_port}/healthz",
+        ),
+        start(
+            [sys.executable, "benchmarks/bare_server.py", "--port", str(bare_port), "--dim", str(dim)],
+            f"http://127.0.0.1:{bare_port}/docs",
+        ),
+    ]
+    try:
+        print(f"# WebSocket serving, closed loop, this machine ({__import__('os').cpu_count()} cores)\n")
+        print(
+            "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
+            "bare p50/p99 ms | served p50/p99 ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for streams in args.streams:
+            for frames in args.frames:
+                for binary in (False, True):
+                    res: dict[str, LoadResult] = {}
+                    for name, port in (("bare", bare_port), ("served", served_port)):
+                        res[name] = asyncio.run(
+                            run_load(f"ws://127.0.0.1:{port}", streams, frames, binary, args.duration, args.warmup, dim)
+                        )
+                    b, s = res["bare"], res["served"]
+                    print(
+                        f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
+                        f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "
+                        f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} |",
+                        flush=True,
+                    )
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
