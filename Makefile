@@ -8,7 +8,7 @@ SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
 VARIANTS := default relative none
 
-.PHONY: install test lint data train eval report model verify bench-step clean
+.PHONY: install test lint data train eval report model verify bench-step serve bench-serve loadtest clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,17 @@ verify: $(MODEL)
 
 bench-step: $(MODEL)
 	$(BIN)/python benchmarks/step_throughput.py --model $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
+
+# --- serving ----------------------------------------------------------------------------
+serve: $(MODEL)
+	$(PROGRESS) serve --model $(MODEL)
+
+bench-serve: $(MODEL)
+	$(BIN)/python benchmarks/serve_throughput.py --model $(MODEL)
+
+LOADTEST_URL ?= ws://127.0.0.1:8000
+loadtest: install
+	$(PROGRESS) loadtest --url $(LOADTEST_URL) --streams 100 --frames 16
 
 clean:
 	rm -rf data runs reports models

@@ -37,6 +37,11 @@ def start(cmd: list[str], url: str) -> subprocess.Popen:
     raise RuntimeError(f"{cmd} did not start")
 
 
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (its latencies come with it)."""
+    return sorted(runs, key=lambda r: r.frames_per_s)[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/progress_head.onnx")
@@ -45,6 +50,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=8870)
+    parser.add_argument("--repeats", type=int, default=2, help="alternate bare/served runs; report medians")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
