@@ -64,7 +64,7 @@ class Batcher:
     def enqueue(self, stream: Stream, chunk: Chunk) -> None:
         stream.pending.append(chunk)
         self.queued_frames += len(chunk.frames)
-        if not stream.busy and len(stream.pending) == 1:
+        if not stream.in_cycle and len(stream.pending) == 1:
             self._ready.append(stream)
             self._wake.set()
 

@@ -45,6 +45,7 @@ class Engine:
         self.metrics.watch(lambda: len(self.table), lambda: self.batcher.queued_frames)
         self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
         self.accepting = True
+        self.max_queue_frames = settings.max_queue_frames
         self._tasks: list[asyncio.Task] = []
 
     def model_summary(self) -> dict:
@@ -114,7 +115,8 @@ class Engine:
     def submit(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> asyncio.Future:
         """Accept frames ``seq .. seq+n-1`` (or find a retry's results); the future yields their progress.
 
-        Await it through ``asyncio.shield``: a caller that goes away must not cancel accepted work.
+        A retry may wait on the same future: callers that can be cancelled await it through
+        ``asyncio.shield``. Cancelling never undoes accepted work: the frames are still processed.
         """
         stream = self.table.get(stream_id)
         stream.last_seen = time.monotonic()
@@ -122,7 +124,7 @@ class Engine:
         if seq == stream.next_seq:
             if not self.accepting:
                 raise Overloaded("the server is shutting down; reconnect and resume from next_seq", 1)
-            if self.batcher.queued_frames + n > self.settings.max_queue_frames:
+            if self.batcher.queued_frames + n > self.max_queue_frames:
                 raise Overloaded(f"{self.batcher.queued_frames} frames already wait for inference; retry shortly")
             future = asyncio.get_running_loop().create_future()
             self.batcher.enqueue(stream, Chunk(seq, frames, reset, future))

@@ -12,7 +12,7 @@ import numpy as np
 from service.errors import StreamNotFound, TooManyStreams
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Chunk:
     """Frames ``seq .. seq+n-1`` of one stream, accepted and waiting for (or under) inference."""
 
@@ -24,7 +24,7 @@ class Chunk:
     out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Stream:
     id: str
     slot: int
