@@ -12,29 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
-
 from client.loadtest import LoadResult, run_load
+from service.process import ServerProcess
 from service.runtime import CellRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def start(cmd: list[str], url: str) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            httpx.get(url, timeout=1)
-            return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{cmd} did not start")
 
 
 def median_run(runs: list[LoadResult]) -> LoadResult:
@@ -55,28 +41,13 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     dim = CellRuntime(args.model, providers="cpu").embedding_dim
-    served_port, bare_port = args.port, args.port + 1
-    procs = [
-        start(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "serve",
-                "--model",
-                args.model,
-                "--port",
-                str(served_port),
-                "--log-level",
-                "warning",
-            ],
-            f"http://127.0.0.1:{served_port}/healthz",
-        ),
-        start(
-            [sys.executable, "benchmarks/bare_server.py", "--port", str(bare_port), "--dim", str(dim)],
-            f"http://127.0.0.1:{bare_port}/docs",
-        ),
-    ]
+    logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    served = ServerProcess(Path(args.model), logs / "served.log", port=args.port).start()
+    bare_cmd = [sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
+    bare = ServerProcess(
+        Path(args.model), logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1
+    ).start()
+    served_port, bare_port = served.port, bare.port
     try:
         print(f"# WebSocket serving, closed loop, this machine ({__import__('os').cpu_count()} cores)\n")
         print(
@@ -100,9 +71,8 @@ def main() -> None:
                         flush=True,
                     )
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+        served.terminate()
+        bare.terminate()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -98,10 +99,14 @@ def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 20) -> Generator[Chun
 
 
 class SessionState:
-    """What every session keeps: its stream id, the next seq to send and the replay log."""
+    """What every session keeps: its stream id, the next seq to send and the replay log.
+
+    Without an id the client makes a random 128-bit one, so the id is known before the first request
+    and every request (creation included) names it in its path, where a proxy can route by it.
+    """
 
     def __init__(self, stream_id: str | None, history: int):
-        self.stream_id = stream_id
+        self.stream_id = stream_id or secrets.token_hex(16)
         self.next_seq = 0
         self.log = ReplayLog(history)
 

@@ -34,16 +34,18 @@ def outcome(response: httpx.Response) -> Outcome:
 
 
 class _Session(SessionState):
+    """Creation is ``PUT /v1/streams/{id}`` (idempotent), so a proxy can route it by the id."""
+
     def _created(self, response: httpx.Response) -> None:
         if response.status_code not in (200, 201):
             raise ServerError(response.status_code, response.json())
         self.stream_id, self.next_seq = response.json()["stream_id"], response.json()["next_seq"]
 
-    def _create_body(self) -> dict:
-        return {"stream_id": self.stream_id} if self.stream_id else {}
+    def _stream_path(self) -> str:
+        return f"/v1/streams/{self.stream_id}"
 
     def _path(self) -> str:
-        return f"/v1/streams/{self.stream_id}/frames"
+        return f"{self._stream_path()}/frames"
 
 
 class StreamSession(_Session):
@@ -59,7 +61,7 @@ class StreamSession(_Session):
     ):
         super().__init__(stream_id, history)
         self.http = httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
-        self._created(self.http.post("/v1/streams", json=self._create_body()))
+        self._created(self.http.put(self._stream_path()))
 
     def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
         steps = exchange(self.log, self.new_chunk(embeddings, reset))
@@ -103,7 +105,7 @@ class AsyncStreamSession(_Session):
     @classmethod
     async def open(cls, base_url: str, **kwargs: Any) -> AsyncStreamSession:
         session = cls(base_url, **kwargs)
-        session._created(await session.http.post("/v1/streams", json=session._create_body()))
+        session._created(await session.http.put(session._stream_path()))
         return session
 
     async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:

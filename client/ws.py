@@ -7,7 +7,6 @@ re-sends the chunk (a retry of an already processed ``seq`` is answered from the
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
@@ -47,7 +46,7 @@ def decode(message: bytes | str) -> Outcome:
 
 class _WsSession(SessionState):
     def __init__(self, url: str, stream_id: str | None, api_key: str | None, binary: bool, history: int):
-        super().__init__(stream_id or secrets.token_hex(16), history)
+        super().__init__(stream_id, history)
         self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
         self.headers = auth_headers(api_key)
         self.binary = binary

@@ -87,6 +87,12 @@ async def create_stream(engine: EngineDep, response: Response, body: CreateStrea
     return {"stream_id": stream.id, "next_seq": stream.next_seq, "model": engine.model_summary()}
 
 
+@v1_router.put("/streams/{stream_id}", status_code=201, summary="Create a stream with this id (idempotent)")
+async def put_stream(stream_id: str, engine: EngineDep, response: Response) -> dict:
+    """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
+    return await create_stream(engine, response, CreateStream(stream_id=check_stream_id(stream_id)))
+
+
 @v1_router.post(
     "/streams/{stream_id}/frames",
     response_model=FramesReply,

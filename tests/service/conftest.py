@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.process import ServerProcess
 from service.runtime import CellRuntime
-from tests.service.server import ServerProcess
 
 DIM = 16  # the tiny model's embedding size
 

@@ -15,8 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from client import StreamSession
+from service.process import ServerProcess
 from tests.service.conftest import frames, offline
-from tests.service.server import ServerProcess
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Real servers for the tests: ``progress serve`` in a subprocess on a free 127.0.0.1 port."""
+"""``progress serve`` as a subprocess on a free 127.0.0.1 port: for tests, benchmarks and smoke checks."""
 
 from __future__ import annotations
 
@@ -22,10 +22,21 @@ def free_port() -> int:
 class ServerProcess:
     """Start with ``start()``, stop with ``terminate()`` (SIGTERM) or ``kill()`` (SIGKILL)."""
 
-    def __init__(self, model: Path, log: Path, **settings: object):
+    def __init__(
+        self,
+        model: Path,
+        log: Path,
+        command: list[str] | None = None,
+        ready_path: str = "/readyz",
+        port: int | None = None,
+        **settings: object,
+    ):
+        """``command`` replaces ``progress serve`` (it gets ``--port PORT`` appended)."""
         self.model = model
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = log
+        self.command = command or [sys.executable, "-m", "cli.main", "serve", "--model", str(model)]
+        self.ready_path = ready_path
         self.env = {**os.environ, **{f"PROGRESS_{k.upper()}": str(v) for k, v in settings.items()}}
         self.proc: subprocess.Popen | None = None
 
@@ -38,7 +49,7 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(self.model), "--port", str(self.port)]
+        cmd = [*self.command, "--port", str(self.port)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -46,7 +57,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
