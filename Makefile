@@ -8,7 +8,8 @@ SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
 VARIANTS := default relative none
 
-.PHONY: install test lint data train eval report model verify bench-step serve bench-serve loadtest clean
+.PHONY: install test lint data train eval report model verify bench-step serve bench-serve loadtest \
+	images compose-up compose-up-gpu compose-config cluster-smoke loadtest-proxy clean
 
 install: $(VENV)/.installed
 
@@ -74,6 +75,31 @@ bench-serve: $(MODEL)
 LOADTEST_URL ?= ws://127.0.0.1:8000
 loadtest: install
 	$(PROGRESS) loadtest --url $(LOADTEST_URL) --streams 100 --frames 16
+
+# --- deployment (Docker targets need a Docker engine; the rest runs here) ----------------
+ANNOTATIONS_DIR ?= ../shared/data
+
+images:
+	docker build --target train -t progress-stream:train .
+	docker build --target service -t progress-stream:service .
+	docker build --build-context annotations=$(ANNOTATIONS_DIR) --target bundled -t progress-stream:bundled .
+
+compose-up:
+	ANNOTATIONS_DIR=$(ANNOTATIONS_DIR) docker compose up --build -d
+
+compose-up-gpu:
+	ANNOTATIONS_DIR=$(ANNOTATIONS_DIR) docker compose -f docker-compose.yml -f docker-compose.gpu.yml up --build -d
+
+compose-config:
+	docker-compose config -q && docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q
+	$(BIN)/hadolint Dockerfile
+
+cluster-smoke: $(MODEL)
+	$(BIN)/python scripts/cluster_smoke.py --model $(MODEL)
+
+PROXY_URL ?= ws://127.0.0.1:8000
+loadtest-proxy: install
+	$(PROGRESS) loadtest --url $(PROXY_URL) --streams 100 --frames 16
 
 clean:
 	rm -rf data runs reports models
