@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,3 +117,31 @@ class SessionState:
         self.log.record(chunk)
         self.next_seq = chunk.end
         return chunk
+
+
+def drive(steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Outcome]) -> np.ndarray:
+    """Run the exchange over a blocking transport: ``transact`` sends one chunk and returns its outcome."""
+    request = next(steps)
+    while True:
+        result = transact(request)
+        if result[0] == "wait":
+            time.sleep(result[1])
+        try:
+            request = steps.send(result)
+        except StopIteration as done:
+            return done.value
+
+
+async def drive_async(
+    steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Awaitable[Outcome]]
+) -> np.ndarray:
+    """The same over an asyncio transport."""
+    request = next(steps)
+    while True:
+        result = await transact(request)
+        if result[0] == "wait":
+            await asyncio.sleep(result[1])
+        try:
+            request = steps.send(result)
+        except StopIteration as done:
+            return done.value

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
 import numpy as np
 
-from client.core import Outcome, SessionState, exchange, frames_json
+from client.core import Chunk, Outcome, SessionState, drive, drive_async, exchange, frames_json
+
+RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
 
 
 class ServerError(RuntimeError):
@@ -64,19 +64,13 @@ class StreamSession(_Session):
         self._created(self.http.put(self._stream_path()))
 
     def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
-        steps = exchange(self.log, self.new_chunk(embeddings, reset))
-        request = next(steps)
-        while True:
-            try:
-                result = outcome(self.http.post(self._path(), json=frames_json(request)))
-            except httpx.TransportError:
-                result = ("wait", 0.2)
-            if result[0] == "wait":
-                time.sleep(result[1])
-            try:
-                request = steps.send(result)
-            except StopIteration as done:
-                return done.value
+        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            return outcome(self.http.post(self._path(), json=frames_json(chunk)))
+        except httpx.TransportError:
+            return "wait", RETRY_DELAY
 
     def close(self) -> None:
         self.http.close()
@@ -109,19 +103,13 @@ class AsyncStreamSession(_Session):
         return session
 
     async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
-        steps = exchange(self.log, self.new_chunk(embeddings, reset))
-        request = next(steps)
-        while True:
-            try:
-                result = outcome(await self.http.post(self._path(), json=frames_json(request)))
-            except httpx.TransportError:
-                result = ("wait", 0.2)
-            if result[0] == "wait":
-                await asyncio.sleep(result[1])
-            try:
-                request = steps.send(result)
-            except StopIteration as done:
-                return done.value
+        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    async def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            return outcome(await self.http.post(self._path(), json=frames_json(chunk)))
+        except httpx.TransportError:
+            return "wait", RETRY_DELAY
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -6,8 +6,6 @@ re-sends the chunk (a retry of an already processed ``seq`` is answered from the
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import numpy as np
@@ -17,8 +15,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from client.core import Chunk, Outcome, SessionState, exchange, frames_json
-from client.http import ServerError, auth_headers
+from client.core import Chunk, Outcome, SessionState, drive, drive_async, exchange, frames_json
+from client.http import RETRY_DELAY, ServerError, auth_headers
 from service.protocol import binary_request, parse_binary_reply
 
 RECONNECT_ERRORS = (ConnectionClosed, OSError, InvalidStatus, TimeoutError)
@@ -76,22 +74,17 @@ class WsStreamSession(_WsSession):
         self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
 
     async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
-        steps = exchange(self.log, self.new_chunk(embeddings, reset))
-        request = next(steps)
-        while True:
-            try:
-                if self.conn is None:
-                    await self._connect()
-                await self.conn.send(encode(request, self.binary))
-                result = decode(await self.conn.recv())
-            except RECONNECT_ERRORS:
-                self.conn, result = None, ("wait", 0.2)
-            if result[0] == "wait":
-                await asyncio.sleep(result[1])
-            try:
-                request = steps.send(result)
-            except StopIteration as done:
-                return done.value
+        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    async def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            if self.conn is None:
+                await self._connect()
+            await self.conn.send(encode(chunk, self.binary))
+            return decode(await self.conn.recv())
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return "wait", RETRY_DELAY
 
     async def aclose(self) -> None:
         if self.conn is not None:
@@ -119,22 +112,17 @@ class SyncWsStreamSession(_WsSession):
         )
 
     def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
-        steps = exchange(self.log, self.new_chunk(embeddings, reset))
-        request = next(steps)
-        while True:
-            try:
-                if self.conn is None:
-                    self._connect()
-                self.conn.send(encode(request, self.binary))
-                result = decode(self.conn.recv())
-            except RECONNECT_ERRORS:
-                self.conn, result = None, ("wait", 0.2)
-            if result[0] == "wait":
-                time.sleep(result[1])
-            try:
-                request = steps.send(result)
-            except StopIteration as done:
-                return done.value
+        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            if self.conn is None:
+                self._connect()
+            self.conn.send(encode(chunk, self.binary))
+            return decode(self.conn.recv())
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return "wait", RETRY_DELAY
 
     def close(self) -> None:
         if self.conn is not None:

@@ -31,20 +31,19 @@ from service.ws_transport import ws_router
 log = logging.getLogger(__name__)
 
 
+HTTP_STATUS: dict[type[EngineError], int] = {
+    PayloadTooLarge: 413,
+    BadInput: 422,
+    Unauthorized: 401,
+    StreamNotFound: 404,
+    SeqConflict: 409,
+    Overloaded: 503,
+}
+
+
 def http_status(exc: EngineError) -> int:
-    if isinstance(exc, PayloadTooLarge):
-        return 413
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, BadInput):
-        return 422
-    if isinstance(exc, StreamNotFound):
-        return 404
-    if isinstance(exc, SeqConflict):
-        return 409
-    if isinstance(exc, Overloaded):
-        return 503
-    return 500
+    """The status of the most specific mapped class of ``exc`` (its MRO order), else 500."""
+    return next((HTTP_STATUS[c] for c in type(exc).__mro__ if c in HTTP_STATUS), 500)
 
 
 def warm_up(runtime: CellRuntime, max_batch: int) -> None:
