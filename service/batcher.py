@@ -10,6 +10,7 @@ cost more than it overlapped); ``in_thread`` moves them to a worker thread (long
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import InferenceFailed
 from service.metrics import Metrics
 from service.runtime import CellRuntime
 from service.streams import Chunk, Stream, StreamTable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,10 +88,15 @@ class Batcher:
                 cycle = self._gather()
                 if cycle is None:
                     continue
-                if self._executor is None:
-                    self._execute(cycle)
-                else:
-                    await loop.run_in_executor(self._executor, self._execute, cycle)
+                try:
+                    if self._executor is None:
+                        self._execute(cycle)
+                    else:
+                        await loop.run_in_executor(self._executor, self._execute, cycle)
+                except Exception as exc:  # a failed call must not stall every stream behind it
+                    log.exception("inference failed for a batch of %d streams", len(cycle.streams))
+                    self._fail(cycle, exc)
+                    continue
                 self._finish(cycle)
 
     def _gather(self) -> Cycle | None:
@@ -162,6 +171,22 @@ class Batcher:
                 table.release(stream)
             elif stream.pending:
                 self._ready.append(stream)
+
+    def _fail(self, c: Cycle, exc: Exception) -> None:
+        """Fail every waiting chunk of the cycle's streams: later chunks built on the failed one. The
+        streams keep their state and go back to ``next_seq = processed``, from where clients resend."""
+        for stream in c.streams:
+            stream.in_cycle = 0
+            self.queued_frames -= stream.queued
+            for chunk in stream.pending:
+                if not chunk.future.done():
+                    chunk.future.set_exception(
+                        InferenceFailed(f"inference failed ({exc}); resend from seq {stream.done_seq}")
+                    )
+            stream.pending.clear()
+            stream.next_seq = stream.done_seq
+            if stream.closed:
+                self.table.release(stream)
 
     async def drain(self) -> None:
         """Wait until every accepted frame has been processed."""

@@ -65,6 +65,12 @@ class TooManyStreams(Overloaded):
     code = "too_many_streams"
 
 
+class InferenceFailed(EngineError):
+    """The model call failed; the frames were not processed (resend from next_seq)."""
+
+    code = "inference_failed"
+
+
 class ProtocolViolation(EngineError):
     """A WebSocket message that breaks the framing (not JSON, not an object, bad binary length)."""
 
