@@ -7,6 +7,7 @@ header + frombuffer + checks) and answers a reply of the same shape with zeros.
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import numpy as np
 import orjson
@@ -24,6 +25,9 @@ def bare_app(dim: int, max_frames: int) -> FastAPI:
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def bare(websocket: WebSocket, stream_id: str) -> None:
         await websocket.accept()
+        await asyncio.create_task(answer(websocket))
+
+    async def answer(websocket: WebSocket) -> None:
         next_seq = 0
         try:
             while True:

@@ -116,10 +116,13 @@ class Batcher:
         emb = self._emb[:k, :rows]
         slots = np.fromiter((s.slot for s in streams), np.int64, rows)
         steps0 = self.table.step[slots]
-        for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
-            emb[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
-            if chunk.reset and chunk.pos == 0:
-                steps0[i] = 0
+        if k == 1:  # one frame per row (the common case of 1-frame messages): one copy for all rows
+            np.concatenate([c.frames[c.pos : c.pos + 1] for c in chunks], out=emb[0])
+        else:
+            for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
+                emb[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
+        resets = [i for i, c in enumerate(chunks) if c.reset and c.pos == 0]
+        steps0[resets] = 0
         return Cycle(
             streams, chunks, slots, np.array(counts), steps0, self.table.state[slots], emb, self._out[:k, :rows]
         )
@@ -151,11 +154,12 @@ class Batcher:
         done = int(c.counts.sum())
         self.queued_frames -= done
         self.metrics.frames.inc(done)
+        out = c.out.T.copy()  # (rows, K), this cycle's own: each whole chunk's result is a view into it
         for i, (stream, chunk, n) in enumerate(zip(c.streams, c.chunks, c.counts.tolist(), strict=True)):
             stream.done_seq += n
             stream.in_cycle = 0
             if chunk.pos == 0 and n == len(chunk.frames):  # the whole chunk in this cycle: the common case
-                result = c.out[:n, i].copy()
+                result = out[i, :n]
             else:
                 if chunk.out is None:
                     chunk.out = np.empty(len(chunk.frames), np.float32)

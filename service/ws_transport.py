@@ -43,7 +43,9 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
         await websocket.close(TRY_AGAIN_LATER, exc.message)
         return
     await websocket.accept()
-    await Connection(websocket, engine, settings, stream_id).serve()
+    # its own task: every wake-up (a message, a result) resumes a short coroutine chain instead of the
+    # whole ASGI middleware stack above this handler
+    await asyncio.create_task(Connection(websocket, engine, settings, stream_id).serve())
 
 
 class Connection:
