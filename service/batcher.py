@@ -61,6 +61,9 @@ class Batcher:
         self.cycle_lock = asyncio.Lock()  # held while a cycle runs: snapshots take it to see a still table
         self._ready: deque[Stream] = deque()
         self._wake = asyncio.Event()
+        self._enough = asyncio.Event()  # set when `_target` streams are ready
+        self._target = 0
+        self._last_rows = 1
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference") if in_thread else None
         self._emb = np.zeros((steps_per_cycle, max_batch, runtime.embedding_dim), np.float32)
         self._out = np.zeros((steps_per_cycle, max_batch), np.float32)
@@ -71,6 +74,8 @@ class Batcher:
         if not stream.in_cycle and len(stream.pending) == 1:
             self._ready.append(stream)
             self._wake.set()
+            if self._target and len(self._ready) >= self._target:
+                self._enough.set()
 
     def drop(self, frames: int) -> None:
         """Forget ``frames`` queued frames of a removed stream."""
@@ -82,8 +87,8 @@ class Batcher:
             if not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
-                if self.max_wait and len(self._ready) < self.max_batch:
-                    await asyncio.sleep(self.max_wait)
+            if self.max_wait:
+                await self._fill()
             async with self.cycle_lock:
                 cycle = self._gather()
                 if cycle is None:
@@ -99,6 +104,21 @@ class Batcher:
                     continue
                 self._finish(cycle)
 
+    async def _fill(self) -> None:
+        """Wait up to ``max_wait`` for as many streams as the last batch had (they are usually on their
+        way back with their next message); never wait when they are already here."""
+        target = min(self.max_batch, self._last_rows)
+        if len(self._ready) >= target:
+            return
+        self._target = target
+        self._enough.clear()
+        try:
+            await asyncio.wait_for(self._enough.wait(), self.max_wait)
+        except TimeoutError:
+            pass
+        finally:
+            self._target = 0
+
     def _gather(self) -> Cycle | None:
         streams, chunks, counts = [], [], []
         while self._ready and len(streams) < self.max_batch:
@@ -113,6 +133,7 @@ class Batcher:
         if not streams:
             return None
         rows, k = len(streams), max(counts)
+        self._last_rows = rows
         emb = self._emb[:k, :rows]
         slots = np.fromiter((s.slot for s in streams), np.int64, rows)
         steps0 = self.table.step[slots]

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     max_streams: int = Field(10_000, ge=1, description="streams held at once; creating more answers 503")
     idle_ttl_s: float = Field(600.0, gt=0, description="a stream idle this long is evicted")
     max_batch: int = Field(1024, ge=1, description="most streams (one frame each) per inference call")
-    max_wait_us: int = Field(200, ge=0, description="how long an idle batcher waits for more streams to join")
+    max_wait_us: int = Field(200, ge=0, description="an idle batcher waits up to this for as many streams as last time")
     inference_in_thread: bool = Field(False, description="run inference in a worker thread, not on the event loop")
     max_queue_frames: int = Field(200_000, ge=1, description="frames waiting for inference before 503/1013")
     retained_window: int = Field(512, ge=1, description="outputs kept per stream for retries")
