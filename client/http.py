@@ -36,6 +36,19 @@ def outcome(response: httpx.Response) -> Outcome:
 class _Session(SessionState):
     """Creation is ``PUT /v1/streams/{id}`` (idempotent), so a proxy can route it by the id."""
 
+    client_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        base_url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        history: int = 4096,
+        timeout: float = 10.0,
+    ):
+        super().__init__(stream_id, history)
+        self.http = self.client_class(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+
     def _created(self, response: httpx.Response) -> None:
         if response.status_code not in (200, 201):
             raise ServerError(response.status_code, response.json())
@@ -51,16 +64,10 @@ class _Session(SessionState):
 class StreamSession(_Session):
     """Synchronous: ``with StreamSession(url) as s: s.send(embeddings)`` → progress per frame."""
 
-    def __init__(
-        self,
-        base_url: str,
-        stream_id: str | None = None,
-        api_key: str | None = None,
-        history: int = 4096,
-        timeout: float = 10.0,
-    ):
-        super().__init__(stream_id, history)
-        self.http = httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+    client_class = httpx.Client
+
+    def __init__(self, base_url: str, **kwargs: Any):
+        super().__init__(base_url, **kwargs)
         self._created(self.http.put(self._stream_path()))
 
     def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
@@ -85,16 +92,7 @@ class StreamSession(_Session):
 class AsyncStreamSession(_Session):
     """Asynchronous: ``s = await AsyncStreamSession.open(url)``; ``await s.send(embeddings)``."""
 
-    def __init__(
-        self,
-        base_url: str,
-        stream_id: str | None = None,
-        api_key: str | None = None,
-        history: int = 4096,
-        timeout: float = 10.0,
-    ):
-        super().__init__(stream_id, history)
-        self.http = httpx.AsyncClient(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+    client_class = httpx.AsyncClient
 
     @classmethod
     async def open(cls, base_url: str, **kwargs: Any) -> AsyncStreamSession:

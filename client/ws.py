@@ -43,16 +43,6 @@ def decode(message: bytes | str) -> Outcome:
 
 
 class _WsSession(SessionState):
-    def __init__(self, url: str, stream_id: str | None, api_key: str | None, binary: bool, history: int):
-        super().__init__(stream_id, history)
-        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
-        self.headers = auth_headers(api_key)
-        self.binary = binary
-
-
-class WsStreamSession(_WsSession):
-    """``s = await WsStreamSession.open("ws://host:8000")``; ``await s.send(embeddings)``."""
-
     def __init__(
         self,
         url: str,
@@ -61,8 +51,15 @@ class WsStreamSession(_WsSession):
         binary: bool = True,
         history: int = 4096,
     ):
-        super().__init__(url, stream_id, api_key, binary, history)
-        self.conn: ClientConnection | None = None
+        super().__init__(stream_id, history)
+        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
+        self.headers = auth_headers(api_key)
+        self.binary = binary
+        self.conn: ClientConnection | SyncConnection | None = None
+
+
+class WsStreamSession(_WsSession):
+    """``s = await WsStreamSession.open("ws://host:8000")``; ``await s.send(embeddings)``."""
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> WsStreamSession:
@@ -94,16 +91,8 @@ class WsStreamSession(_WsSession):
 class SyncWsStreamSession(_WsSession):
     """Blocking twin: ``with SyncWsStreamSession("ws://host:8000") as s: s.send(embeddings)``."""
 
-    def __init__(
-        self,
-        url: str,
-        stream_id: str | None = None,
-        api_key: str | None = None,
-        binary: bool = True,
-        history: int = 4096,
-    ):
-        super().__init__(url, stream_id, api_key, binary, history)
-        self.conn: SyncConnection | None = None
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(url, **kwargs)
         self._connect()
 
     def _connect(self) -> None:

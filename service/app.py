@@ -22,6 +22,7 @@ from service.errors import (
     StreamNotFound,
     Unauthorized,
     error_body,
+    most_specific,
 )
 from service.http_routes import ops_router, v1_router
 from service.runtime import CellRuntime
@@ -43,7 +44,7 @@ HTTP_STATUS: dict[type[EngineError], int] = {
 
 def http_status(exc: EngineError) -> int:
     """The status of the most specific mapped class of ``exc`` (its MRO order), else 500."""
-    return next((HTTP_STATUS[c] for c in type(exc).__mro__ if c in HTTP_STATUS), 500)
+    return most_specific(HTTP_STATUS, exc, 500)
 
 
 def warm_up(runtime: CellRuntime, max_batch: int) -> None:

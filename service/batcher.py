@@ -149,11 +149,11 @@ class Batcher:
         )
 
     def _execute(self, c: Cycle) -> None:
-        """Runs in the worker thread: ``K`` batched steps; rows whose chunk ran out drop out."""
+        """``K`` batched steps (on the loop, or the worker thread); rows whose chunk ran out drop out."""
         state = c.state
-        rows = len(c.streams)
+        rows, full = len(c.streams), int(c.counts.min())  # steps before the first row drops out
         for t in range(c.emb.shape[0]):
-            active = np.flatnonzero(c.counts > t) if t >= c.counts.min() else None
+            active = np.flatnonzero(c.counts > t) if t >= full else None
             started = time.perf_counter()
             if active is None:
                 c.out[t], state = self.runtime.step(c.emb[t], c.steps0 + t, state)
@@ -184,7 +184,7 @@ class Batcher:
             else:
                 if chunk.out is None:
                     chunk.out = np.empty(len(chunk.frames), np.float32)
-                chunk.out[chunk.pos : chunk.pos + n] = c.out[:n, i]
+                chunk.out[chunk.pos : chunk.pos + n] = out[i, :n]
                 result = chunk.out
             chunk.pos += n
             if chunk.pos == len(chunk.frames):

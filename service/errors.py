@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class EngineError(Exception):
     """Base: ``code`` is a stable machine-readable name, the message says what to do."""
@@ -85,3 +89,8 @@ def error_body(exc: EngineError) -> dict:
     if isinstance(exc, SeqConflict):
         body["expected_seq"] = exc.expected_seq
     return {"error": body}
+
+
+def most_specific(table: dict[type, T], exc: Exception, default: T | None = None) -> T | None:
+    """The value for the most specific class of ``exc`` (in MRO order) that ``table`` maps."""
+    return next((table[c] for c in type(exc).__mro__ if c in table), default)

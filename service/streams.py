@@ -94,8 +94,9 @@ class StreamTable:
 
     def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""
+        full = int(counts.min())
         for t in range(out.shape[0]):
-            rows = slice(None) if t < counts.min() else np.flatnonzero(counts > t)
+            rows = slice(None) if t < full else np.flatnonzero(counts > t)
             self.outputs[slots[rows], (seqs[rows] + t) % self.window] = out[t, rows]
 
     def replay(self, stream: Stream, seq: int, n: int) -> np.ndarray | None:

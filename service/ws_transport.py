@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.engine import Engine
-from service.errors import EngineError, Overloaded, ProtocolViolation, StreamNotFound, error_body
+from service.errors import EngineError, Overloaded, ProtocolViolation, StreamNotFound, error_body, most_specific
 from service.protocol import REQUEST_HEADER, STREAM_ID, binary_reply, parse_binary, parse_frames
 from service.settings import Settings
 
@@ -80,8 +80,8 @@ class Connection:
                     if await self._error(self.seq, exc):
                         return
                     continue
-                stream = self.engine.table.streams.get(self.stream_id)
                 seq = self.seq
+                stream = self.engine.table.streams.get(self.stream_id)
                 next_seq = stream.next_seq if stream else seq + len(progress)
                 if binary:
                     await self.ws.send_bytes(binary_reply(seq, next_seq, progress))
@@ -96,12 +96,13 @@ class Connection:
         """Parse and submit; ``self.seq`` is the message's seq as soon as it is known (errors carry it)."""
         if binary:
             data = message["bytes"]
-            if len(data) >= REQUEST_HEADER.size:
-                self.seq = REQUEST_HEADER.unpack_from(data)[0]
             try:
                 seq, frames, reset = parse_binary(data, self.dim, self.max_frames)
             except ValueError as exc:
                 raise ProtocolViolation(str(exc)) from exc
+            except EngineError:
+                self.seq = REQUEST_HEADER.unpack_from(data)[0]  # the header parsed; its content did not
+                raise
         else:
             try:
                 obj = orjson.loads(message.get("text") or "")
@@ -109,16 +110,19 @@ class Connection:
                 raise ProtocolViolation(f"not JSON: {exc}") from exc
             if not isinstance(obj, dict):
                 raise ProtocolViolation("a message must be a JSON object")
-            if isinstance(obj.get("seq"), int):
-                self.seq = obj["seq"]
-            seq, frames, reset = parse_frames(obj, self.dim, self.max_frames)
+            try:
+                seq, frames, reset = parse_frames(obj, self.dim, self.max_frames)
+            except EngineError:
+                self.seq = obj["seq"] if isinstance(obj.get("seq"), int) else None
+                raise
+        self.seq = seq
         return self.engine.submit(self.stream_id, seq, frames, reset)
 
     async def _error(self, seq: int | None, exc: EngineError) -> bool:
         """Send the error message; close the socket where the error calls for it (returns True then)."""
         self.engine.metrics.errors.labels(exc.code).inc()
         await self.ws.send_text(orjson.dumps({"seq": seq, **error_body(exc)}).decode())
-        close = CLOSE_CODES.get(type(exc))
+        close = most_specific(CLOSE_CODES, exc)
         if close is not None:
             await self.ws.close(*close)
         return close is not None
