@@ -74,7 +74,7 @@ bench-serve: $(MODEL)
 
 LOADTEST_URL ?= ws://127.0.0.1:8000
 loadtest: install
-	$(PROGRESS) loadtest --url $(LOADTEST_URL) --streams 100 --frames 16
+	$(PROGRESS) loadtest --url $(LOADTEST_URL) --streams 100 --frames-per-message 16 $(LOADTEST_ARGS)
 
 # --- deployment (Docker targets need a Docker engine; the rest runs here) ----------------
 ANNOTATIONS_DIR ?= ../shared/data
@@ -99,7 +99,7 @@ cluster-smoke: $(MODEL)
 
 PROXY_URL ?= ws://127.0.0.1:8000
 loadtest-proxy: install
-	$(PROGRESS) loadtest --url $(PROXY_URL) --streams 100 --frames 16
+	$(PROGRESS) loadtest --url $(PROXY_URL) --streams 100 --frames-per-message 16 $(LOADTEST_ARGS)
 
 clean:
 	rm -rf data runs reports models

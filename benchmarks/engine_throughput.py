@@ -35,9 +35,9 @@ async def drive(runtime: CellRuntime, streams: int, frames: int, seconds: float,
 
     async def one(i: int) -> None:
         nonlocal done
-        sid, seq = engine.create(f"s{i}")[0].id, 0
+        stream, seq = engine.create(f"s{i}")[0], 0
         while time.perf_counter() < stop:
-            await engine.submit(sid, seq, x)
+            await engine.submit(stream, seq, x)
             seq += frames
             done += frames
 

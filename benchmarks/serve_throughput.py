@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from client.loadtest import LoadResult, run_load
+from client.loadtest import LoadResult, LoadSpec, run_load
 from service.process import ServerProcess
 from service.runtime import CellRuntime
 
@@ -58,12 +58,21 @@ def main() -> None:
         for streams in args.streams:
             for frames in args.frames:
                 for binary in (False, True):
-                    res: dict[str, LoadResult] = {}
-                    for name, port in (("bare", bare_port), ("served", served_port)):
-                        res[name] = asyncio.run(
-                            run_load(f"ws://127.0.0.1:{port}", streams, frames, binary, args.duration, args.warmup, dim)
-                        )
-                    b, s = res["bare"], res["served"]
+                    runs: dict[str, list[LoadResult]] = {"bare": [], "served": []}
+                    for _ in range(args.repeats):
+                        for name, port in (("bare", bare_port), ("served", served_port)):
+                            spec = LoadSpec(
+                                f"ws://127.0.0.1:{port}",
+                                streams,
+                                frames,
+                                "ws",
+                                binary,
+                                duration=args.duration,
+                                warmup=args.warmup,
+                                dim=dim,
+                            )
+                            runs[name].append(asyncio.run(run_load(spec)))
+                    b, s = median_run(runs["bare"]), median_run(runs["served"])
                     print(
                         f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
                         f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "

@@ -155,22 +155,53 @@ def serve(
 
 @app.command()
 def loadtest(
-    url: Annotated[str, typer.Option(help="Server (or proxy) WebSocket base URL.")] = "ws://127.0.0.1:8000",
-    streams: int = 100,
-    frames: Annotated[int, typer.Option(help="Frames per message.")] = 16,
-    binary: Annotated[bool, typer.Option(help="Binary messages (else JSON).")] = True,
-    duration: float = 10.0,
-    warmup: float = 3.0,
-    dim: Annotated[int, typer.Option(help="Embedding size of the served model.")] = 128,
+    url: Annotated[str, typer.Option(help="Server or proxy base URL (ws://, http://: the transport picks).")] = (
+        "ws://127.0.0.1:8000"
+    ),
+    streams: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
+    fps: Annotated[float, typer.Option(min=0, help="Frames/s per stream (0: closed loop, as fast as replies).")] = 0,
+    frames_per_message: Annotated[int, typer.Option("--frames-per-message", "--frames", "-k", min=1)] = 16,
+    transport: Annotated[str, typer.Option(help="ws or http.")] = "ws",
+    binary: Annotated[
+        bool | None, typer.Option("--binary/--no-binary", help="WebSocket message format (default: binary).")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=0.1, max=3600, help="Measured seconds.")] = 10.0,
+    warmup: Annotated[float, typer.Option(min=0, max=600, help="Unmeasured seconds first.")] = 3.0,
+    dim: Annotated[int | None, typer.Option(help="Embedding size (default: asked from GET /v1/model).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="PROGRESS_API_KEY")] = None,
+    allow_remote: Annotated[bool, typer.Option(help="Allow a target that is not this machine.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
 ) -> None:
-    """Closed-loop WebSocket load; prints frames/s and latency percentiles as one JSON line."""
+    """Bounded load test: prints throughput, latency p50/p95/p99/max and errors; checks every reply's seq."""
     import asyncio
 
-    from client.loadtest import run_load
+    from client.loadtest import LoadSpec, LoadTestError, run_load
 
-    result = asyncio.run(run_load(url, streams, frames, binary, duration, warmup, dim, api_key))
-    typer.echo(result.row())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    if transport not in ("ws", "http"):
+        raise _fail(ValueError(f"--transport must be ws or http, not {transport!r}"))
+    spec = LoadSpec(
+        url=url,
+        streams=streams,
+        frames_per_message=frames_per_message,
+        transport=transport,
+        binary=transport == "ws" if binary is None else binary,
+        fps=fps,
+        duration=duration,
+        warmup=warmup,
+        dim=dim,
+        api_key=api_key,
+        allow_remote=allow_remote,
+    )
+    try:
+        result = asyncio.run(run_load(spec))
+    except LoadTestError as exc:
+        raise _fail(exc) from exc
+    typer.echo(result.summary())
+    if json_out is not None:
+        json_out.write_text(result.to_json() + "\n")
+    if result.bad_replies:
+        raise _fail(ValueError(f"{result.bad_replies} replies did not answer their message"))
 
 
 if __name__ == "__main__":

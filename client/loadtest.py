@@ -1,103 +1,301 @@
-"""Closed-loop WebSocket load: N streams, each sending one message and awaiting its reply, repeatedly.
+"""Load generator: N streams over WebSocket (JSON or binary messages) or HTTP, closed loop or paced.
 
-Messages are pre-encoded (only the seq changes), so the generator spends its time on the socket,
-not on building payloads. Bounded in time: it stops by itself after ``warmup + duration`` seconds.
+Closed loop (``fps=0``): each stream sends its next message as soon as the previous reply arrives.
+Paced (``fps>0``): each stream sends ``K`` frames every ``K/fps`` seconds on a fixed schedule, and
+latency counts from the scheduled send time, so a server that falls behind shows it (no
+coordinated omission). Messages are pre-encoded (only the seq changes), so the generator spends its
+time on the sockets, not on building payloads. Every reply is checked: its ``seq``, ``next_seq``
+and number of progress values must match the message. Bounded: it stops by itself after
+``warmup + duration``, and it only targets loopback addresses unless ``allow_remote`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import random
 import secrets
+import socket
+import ssl
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import numpy as np
+import orjson
 from websockets.asyncio.client import connect
 
-from service.protocol import REQUEST_HEADER
+from service.protocol import REQUEST_HEADER, parse_binary_reply
+
+Transport = Literal["ws", "http"]
+
+
+class LoadTestError(ValueError):
+    """The load test was asked for something it refuses to do."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    streams: int = 100
+    frames_per_message: int = 16
+    transport: Transport = "ws"
+    binary: bool = True  # WebSocket only; HTTP bodies are JSON
+    fps: float = 0.0  # frames per second per stream; 0: closed loop
+    duration: float = 10.0
+    warmup: float = 2.0
+    dim: int | None = None  # None: asked from the server's GET /v1/model
+    api_key: str | None = None
+    allow_remote: bool = False
 
 
 @dataclass
 class LoadResult:
+    url: str
+    transport: str
+    format: str
     streams: int
     frames_per_message: int
-    binary: bool
+    target_fps_per_stream: float
     seconds: float
-    frames: int
     messages: int
-    errors: int
+    frames: int
     frames_per_s: float
+    messages_per_s: float
     p50_ms: float
+    p95_ms: float
     p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+    bad_replies: int
 
-    def row(self) -> str:
+    def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    def summary(self) -> str:
+        errors = ", ".join(f"{code}: {n}" for code, n in sorted(self.errors.items())) or "none"
+        pace = f"{self.target_fps_per_stream:g} frames/s per stream" if self.target_fps_per_stream else "closed loop"
+        return "\n".join(
+            [
+                f"{self.transport} {self.format} → {self.url}: {self.streams} streams × {self.frames_per_message} "
+                f"frames/message, {pace}, {self.seconds:.1f} s measured",
+                f"throughput  {self.frames_per_s:,.0f} frames/s  ({self.messages_per_s:,.0f} messages/s)",
+                f"latency ms  p50 {self.p50_ms:.2f}  p95 {self.p95_ms:.2f}  p99 {self.p99_ms:.2f}  "
+                f"max {self.max_ms:.2f}",
+                f"errors      {errors};  replies with a wrong seq/next_seq/count: {self.bad_replies}",
+            ]
+        )
 
-def _payloads(dim: int, frames: int, binary: bool, rng: np.random.Generator):
-    x = rng.standard_normal((frames, dim)).astype("<f4")
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    if binary:
-        body = x.tobytes()
-        return lambda seq: REQUEST_HEADER.pack(seq, frames, 0) + body
-    emb = json.dumps(x.tolist())
-    return lambda seq: f'{{"seq":{seq},"embeddings":{emb}}}'
+
+@dataclass
+class _Stats:
+    latencies: list[float] = field(default_factory=list)
+    frames: int = 0
+    errors: Counter = field(default_factory=Counter)
+    bad_replies: int = 0
 
 
-async def _stream(url: str, headers: dict, make, frames: int, until: float, measure_from: float, stats: dict) -> None:
+def require_loopback(url: str) -> None:
+    """Refuse a target whose host is not (or does not resolve only to) loopback addresses."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise LoadTestError(f"{url!r} has no host")
+    try:
+        addresses = {ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise LoadTestError(f"cannot resolve {host!r}: {exc}") from exc
+    remote = sorted(str(a) for a in addresses if not a.is_loopback)
+    if remote:
+        raise LoadTestError(
+            f"{host} is not a loopback address ({', '.join(remote)}); the load test only targets this machine "
+            "unless allowed explicitly (--allow-remote) for a server you operate"
+        )
+
+
+def with_scheme(url: str, transport: Transport) -> str:
+    """``ws://`` for WebSocket, ``http://`` for HTTP, whichever of the two the URL was given with."""
+    parts = urlsplit(url)
+    secure = parts.scheme in ("wss", "https")
+    scheme = {"ws": "wss" if secure else "ws", "http": "https" if secure else "http"}[transport]
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class Reply(NamedTuple):
+    """What a stream learns from one answer: the reply's fields, or an error code and where to resume."""
+
+    seq: int = -1
+    next_seq: int = -1
+    count: int = 0
+    error: str | None = None
+    expected_seq: int | None = None
+
+
+def error_reply(obj: object, status: int | str) -> Reply:
+    """An error answer; ``status`` names it when the body is not the service's error JSON (a proxy's page)."""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict):
+        return Reply(error=f"http_{status}")
+    return Reply(error=err.get("code", "unknown"), expected_seq=err.get("expected_seq"))
+
+
+def json_reply(text: str | bytes, status: int | str = 200) -> Reply:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return Reply(error=f"http_{status}")
+    if status != 200 or "error" in obj:
+        return error_reply(obj, status)
+    return Reply(obj["seq"], obj["next_seq"], len(obj["progress"]))
+
+
+def check_reply(seq: int, frames: int, reply: Reply) -> bool:
+    """A reply answers its message: same seq, one progress value per frame, next_seq right after it."""
+    return reply.seq == seq and reply.count == frames and reply.next_seq == seq + frames
+
+
+class _Driver:
+    """One stream: send, await the reply, check it, record; until the deadline."""
+
+    def __init__(self, spec: LoadSpec, stats: _Stats, measure_from: float, until: float, x: np.ndarray):
+        self.spec, self.stats, self.measure_from, self.until = spec, stats, measure_from, until
+        self.k = spec.frames_per_message
+        self.body = x.tobytes() if spec.binary else json.dumps(x.tolist())
+        self.interval = self.k / spec.fps if spec.fps else 0.0
+
+    def payload(self, seq: int) -> bytes | str:
+        if isinstance(self.body, bytes):
+            return REQUEST_HEADER.pack(seq, self.k, 0) + self.body
+        return f'{{"seq":{seq},"embeddings":{self.body}}}'
+
+    async def run(self, exchange: Callable[[int], Awaitable[Reply]]) -> None:
+        seq = 0
+        due = time.perf_counter() + random.uniform(0, self.interval)  # paced streams start out of phase
+        while True:
+            if self.interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            sent = due if self.interval else time.perf_counter()
+            if sent >= self.until:
+                return
+            reply = await exchange(seq)
+            done = time.perf_counter()
+            due += self.interval
+            if reply.error is not None:  # count it, resume where the server says
+                self.stats.errors[reply.error] += 1
+                seq = reply.expected_seq if reply.expected_seq is not None else seq
+                continue
+            if not check_reply(seq, self.k, reply):
+                self.stats.bad_replies += 1
+            seq = reply.next_seq
+            if sent >= self.measure_from and done <= self.until:
+                self.stats.latencies.append(done - sent)
+                self.stats.frames += self.k
+
+
+async def _ws_stream(driver: _Driver, headers: dict) -> None:
+    spec = driver.spec
     async with connect(
-        f"{url}/v1/streams/{secrets.token_hex(8)}/ws",
+        f"{spec.url}/v1/streams/lt-{secrets.token_hex(8)}/ws",
         additional_headers=headers,
-        compression=None,
+        compression=None,  # per-message deflate costs far more than it saves on embeddings
         max_size=None,
         open_timeout=30,
     ) as ws:
-        seq = 0
-        while (now := time.perf_counter()) < until:
-            await ws.send(make(seq))
-            reply = await ws.recv()
-            done = time.perf_counter()
-            if isinstance(reply, str) and '"error"' in reply:
-                stats["errors"] += 1
-                seq = json.loads(reply)["error"].get("expected_seq", seq)
-                continue
-            seq += frames
-            if now >= measure_from:
-                stats["latencies"].append(done - now)
-                stats["frames"] += frames
+
+        async def exchange(seq: int) -> Reply:
+            await ws.send(driver.payload(seq))
+            answer = await ws.recv()
+            if isinstance(answer, bytes):
+                reply_seq, next_seq, progress = parse_binary_reply(answer)
+                return Reply(reply_seq, next_seq, len(progress))
+            return json_reply(answer)
+
+        await driver.run(exchange)
 
 
-async def run_load(
-    url: str,
-    streams: int = 100,
-    frames_per_message: int = 1,
-    binary: bool = True,
-    duration: float = 10.0,
-    warmup: float = 2.0,
-    dim: int = 128,
-    api_key: str | None = None,
-) -> LoadResult:
-    """Drive ``streams`` concurrent WebSocket streams at ``url`` (``ws://host:port``)."""
-    make = _payloads(dim, frames_per_message, binary, np.random.default_rng(0))
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    stats = {"frames": 0, "errors": 0, "latencies": []}
+async def _http_stream(driver: _Driver, headers: dict, tls: ssl.SSLContext) -> None:
+    """One client (one keep-alive connection) per stream: httpx's shared pool scans every connection
+    on every request, which made a 20-stream load test client-bound at ~600 requests/s."""
+    stream_id = f"lt-{secrets.token_hex(8)}"
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(
+        base_url=driver.spec.url, headers=headers, limits=limits, timeout=30, verify=tls
+    ) as client:
+        created = await client.put(f"/v1/streams/{stream_id}")
+        if created.status_code not in (200, 201):
+            driver.stats.errors[json_reply(created.content, created.status_code).error] += 1
+            return
+        json_type = {"content-type": "application/json"}
+
+        async def exchange(seq: int) -> Reply:
+            response = await client.post(
+                f"/v1/streams/{stream_id}/frames", content=driver.payload(seq), headers=json_type
+            )
+            return json_reply(response.content, response.status_code)
+
+        await driver.run(exchange)
+
+
+async def _guarded(stats: _Stats, stream: Awaitable[None]) -> None:
+    """A stream that cannot connect or loses its connection counts as an error, not a crash."""
+    try:
+        await stream
+    except Exception as exc:
+        stats.errors[f"connection: {type(exc).__name__}"] += 1
+
+
+async def served_dim(http_url: str, headers: dict) -> int:
+    """The served model's embedding size, from ``GET /v1/model``."""
+    async with httpx.AsyncClient(base_url=http_url, headers=headers, timeout=30) as client:
+        response = await client.get("/v1/model")
+    if response.status_code != 200:
+        raise LoadTestError(f"GET /v1/model answered {response.status_code}: {response.text[:200]}")
+    return int(response.json()["embedding_dim"])
+
+
+async def run_load(spec: LoadSpec) -> LoadResult:
+    """Drive ``spec.streams`` concurrent streams at ``spec.url`` and measure them."""
+    if spec.transport == "http" and spec.binary:
+        raise LoadTestError("HTTP bodies are JSON: binary messages need --transport ws")
+    spec = replace(spec, url=with_scheme(spec.url, spec.transport))
+    if not spec.allow_remote:
+        require_loopback(spec.url)
+    headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+    dim = spec.dim or await served_dim(with_scheme(spec.url, "http"), headers)
+    x = np.random.default_rng(0).standard_normal((spec.frames_per_message, dim)).astype("<f4")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    stats = _Stats()
     start = time.perf_counter()
-    measure_from, until = start + warmup, start + warmup + duration
-    await asyncio.gather(
-        *(_stream(url, headers, make, frames_per_message, until, measure_from, stats) for _ in range(streams))
-    )
-    elapsed = min(time.perf_counter(), until) - measure_from
-    lat = np.array(stats["latencies"]) * 1e3 if stats["latencies"] else np.array([np.nan])
+    measure_from, until = start + spec.warmup, start + spec.warmup + spec.duration
+    drivers = [_Driver(spec, stats, measure_from, until, x) for _ in range(spec.streams)]
+    if spec.transport == "ws":
+        await asyncio.gather(*(_guarded(stats, _ws_stream(d, headers)) for d in drivers))
+    else:
+        tls = ssl.create_default_context()  # one for all clients: each costs ~20 ms to build
+        await asyncio.gather(*(_guarded(stats, _http_stream(d, headers, tls)) for d in drivers))
+    elapsed = spec.duration  # streams that stopped early (errors) still count against the full window
+    lat = np.array(stats.latencies) * 1e3 if stats.latencies else np.array([np.nan])
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     return LoadResult(
-        streams,
-        frames_per_message,
-        binary,
-        round(elapsed, 2),
-        stats["frames"],
-        len(stats["latencies"]),
-        stats["errors"],
-        stats["frames"] / elapsed,
-        float(np.percentile(lat, 50)),
-        float(np.percentile(lat, 99)),
+        url=spec.url,
+        transport=spec.transport,
+        format="binary" if spec.binary else "JSON",
+        streams=spec.streams,
+        frames_per_message=spec.frames_per_message,
+        target_fps_per_stream=spec.fps,
+        seconds=elapsed,
+        messages=len(stats.latencies),
+        frames=stats.frames,
+        frames_per_s=stats.frames / elapsed,
+        messages_per_s=len(stats.latencies) / elapsed,
+        p50_ms=float(p50),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        max_ms=float(lat.max()),
+        errors=dict(stats.errors),
+        bad_replies=stats.bad_replies,
     )

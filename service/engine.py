@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batcher import Batcher
-from service.errors import Overloaded, SeqConflict
+from service.errors import Overloaded, SeqConflict, StreamNotFound
 from service.metrics import Metrics
 from service.runtime import CellRuntime
 from service.settings import Settings
@@ -61,6 +61,7 @@ class Engine:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         state_file = self.settings.state_file
         if state_file is not None and Path(state_file).exists():
             self.restore(Path(state_file))
@@ -112,13 +113,16 @@ class Engine:
         }
 
     # --- frames ------------------------------------------------------------------------------
-    def submit(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> asyncio.Future:
-        """Accept frames ``seq .. seq+n-1`` (or find a retry's results); the future yields their progress.
+    def submit(self, stream: Stream, seq: int, frames: np.ndarray, reset: bool = False) -> asyncio.Future:
+        """Accept frames ``seq .. seq+n-1`` of ``stream`` (or find a retry's results); the future yields
+        their progress. A caller that holds the stream across messages (a WebSocket) skips the lookup
+        by id; a stream removed meanwhile answers :class:`StreamNotFound`.
 
         A retry may wait on the same future: callers that can be cancelled await it through
         ``asyncio.shield``. Cancelling never undoes accepted work: the frames are still processed.
         """
-        stream = self.table.get(stream_id)
+        if stream.closed:
+            raise StreamNotFound(f"stream {stream.id!r} was deleted or evicted")
         stream.last_seen = time.monotonic()
         n = len(frames)
         if seq == stream.next_seq:
@@ -126,14 +130,14 @@ class Engine:
                 raise Overloaded("the server is shutting down; reconnect and resume from next_seq", 1)
             if self.batcher.queued_frames + n > self.max_queue_frames:
                 raise Overloaded(f"{self.batcher.queued_frames} frames already wait for inference; retry shortly")
-            future = asyncio.get_running_loop().create_future()
+            future = self._loop.create_future()
             self.batcher.enqueue(stream, Chunk(seq, frames, reset, future))
             stream.next_seq += n
             return future
         if seq < stream.next_seq and seq + n <= stream.next_seq:
             stored = self.table.replay(stream, seq, n)
             if stored is not None:
-                future = asyncio.get_running_loop().create_future()
+                future = self._loop.create_future()
                 future.set_result(stored)
                 return future
             for chunk in stream.pending:
@@ -147,15 +151,16 @@ class Engine:
         raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
 
     async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
-        """Submit and wait: ``(progress per frame, next_seq)``."""
-        progress = await asyncio.shield(self.submit(stream_id, seq, frames, reset))
-        return progress, self.table.get(stream_id).next_seq
+        """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
+        stream = self.table.get(stream_id)
+        progress = await asyncio.shield(self.submit(stream, seq, frames, reset))
+        return progress, stream.next_seq
 
     async def progress_once(self, frames: np.ndarray) -> np.ndarray:
         """Stateless: every frame of one action through a temporary stream."""
         stream, _ = self.create("_stateless_" + secrets.token_hex(8))
         try:
-            return await asyncio.shield(self.submit(stream.id, 0, frames))
+            return await asyncio.shield(self.submit(stream, 0, frames))
         finally:
             if stream.id in self.table.streams:
                 self.delete(stream.id)

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class LoopHistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram for the per-message path, exported through prometheus-client's custom
+    collector interface. The library's ``Histogram.observe`` takes a lock for the sum and one for the
+    bucket and walks the buckets in Python (~0.6 µs); everything here runs on the event loop's one
+    thread, so a bisect and two additions do (~0.15 µs)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float], registry):
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.bounds = sorted(buckets)
+        self.children: dict[tuple[str, ...], LoopHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> LoopHistogramChild:
+        if values not in self.children:
+            self.children[values] = LoopHistogramChild(self.bounds)
+        return self.children[values]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [*map(floatToGoString, self.bounds), floatToGoString(math.inf)]
+        for values, child in self.children.items():
+            family.add_metric(
+                list(values), list(zip(edges, itertools.accumulate(child.counts), strict=True)), child.sum
+            )
+        yield family
 
 
 class Metrics:
@@ -21,12 +67,12 @@ class Metrics:
         self.inference_seconds = Histogram(
             "progress_inference_seconds", "Duration of one inference call", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = LoopHistogram(
             "progress_request_seconds",
             "From receiving a frames request or message to its answer being ready",
             ["transport"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
         self.errors = Counter("progress_errors", "Errors answered, by code", ["code"], registry=r)
         self.evictions = Counter("progress_evictions", "Streams evicted after their idle TTL", registry=r)

@@ -34,7 +34,7 @@ class Stream:
     last_seen: float = field(default_factory=time.monotonic)
     pending: deque[Chunk] = field(default_factory=deque)
     in_cycle: int = 0  # frames of it in the batch now under inference
-    closed: bool = False  # deleted while in a cycle: the batcher frees its slot
+    closed: bool = False  # removed from the table (a batch still holding it frees its slot when done)
 
     @property
     def busy(self) -> bool:
@@ -84,9 +84,8 @@ class StreamTable:
             if not chunk.future.done():
                 chunk.future.set_exception(StreamNotFound(f"stream {stream.id!r} was deleted"))
         stream.pending.clear()
-        if stream.busy:
-            stream.closed = True
-        else:
+        stream.closed = True
+        if not stream.busy:
             self._free.append(stream.slot)
 
     def release(self, stream: Stream) -> None:

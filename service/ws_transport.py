@@ -16,6 +16,7 @@ from service.engine import Engine
 from service.errors import EngineError, Overloaded, ProtocolViolation, StreamNotFound, error_body, most_specific
 from service.protocol import REQUEST_HEADER, STREAM_ID, binary_reply, parse_binary, parse_frames
 from service.settings import Settings
+from service.streams import Stream
 
 POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013
 CLOSE_CODES = {
@@ -38,14 +39,14 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
         await websocket.close(POLICY_VIOLATION, "stream_id must be 1-64 of [A-Za-z0-9_-]")
         return
     try:
-        engine.create(stream_id)
+        stream, _ = engine.create(stream_id)
     except Overloaded as exc:
         await websocket.close(TRY_AGAIN_LATER, exc.message)
         return
     await websocket.accept()
     # its own task: every wake-up (a message, a result) resumes a short coroutine chain instead of the
     # whole ASGI middleware stack above this handler
-    await asyncio.create_task(Connection(websocket, engine, settings, stream_id).serve())
+    await asyncio.create_task(Connection(websocket, engine, settings, stream).serve())
 
 
 class Connection:
@@ -55,10 +56,10 @@ class Connection:
     before answering this one would gain nothing; answering inline saves a task switch per message.
     """
 
-    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, stream_id: str):
+    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, stream: Stream):
         self.ws = websocket
         self.engine = engine
-        self.stream_id = stream_id
+        self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
         self.dim = engine.runtime.embedding_dim
         self.max_frames = settings.max_frames_per_message
         self.latency = engine.metrics.request_seconds.labels("ws")
@@ -80,9 +81,7 @@ class Connection:
                     if await self._error(self.seq, exc):
                         return
                     continue
-                seq = self.seq
-                stream = self.engine.table.streams.get(self.stream_id)
-                next_seq = stream.next_seq if stream else seq + len(progress)
+                seq, next_seq = self.seq, self.stream.next_seq
                 if binary:
                     await self.ws.send_bytes(binary_reply(seq, next_seq, progress))
                 else:
@@ -116,7 +115,7 @@ class Connection:
                 self.seq = obj["seq"] if isinstance(obj.get("seq"), int) else None
                 raise
         self.seq = seq
-        return self.engine.submit(self.stream_id, seq, frames, reset)
+        return self.engine.submit(self.stream, seq, frames, reset)
 
     async def _error(self, seq: int | None, exc: EngineError) -> bool:
         """Send the error message; close the socket where the error calls for it (returns True then)."""

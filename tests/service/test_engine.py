@@ -52,16 +52,15 @@ def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_pat
         engine = Engine(odd_cell(tmp_path / "odd.onnx"), Settings(max_wait_us=0, retained_window=256))
         await engine.start()
         x = np.ones((1, 4), np.float32)
-        engine.create("lonely")
-        first, second = engine.submit("lonely", 0, x), engine.submit("lonely", 1, x)
+        lonely, _ = engine.create("lonely")
+        first, second = engine.submit(lonely, 0, x), engine.submit(lonely, 1, x)
         with pytest.raises(InferenceFailed, match="resend from seq 0"):
             await first
         with pytest.raises(InferenceFailed):
             await second
         assert engine.get("lonely").next_seq == 0 and engine.batcher.queued_frames == 0
-        for sid in ("a", "b", "c"):
-            engine.create(sid)
-        results = await asyncio.gather(*(engine.submit(sid, 0, x) for sid in ("a", "b", "c")))
+        streams = [engine.create(sid)[0] for sid in ("a", "b", "c")]
+        results = await asyncio.gather(*(engine.submit(stream, 0, x) for stream in streams))
         assert all(r.shape == (1,) for r in results)  # a batch of 3 runs fine after the failure
         await engine.stop()
 
