@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/serve_throughput.py --model models/progress_head.onnx
 
 For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binary: frames/s,
-p50/p99 message latency of each, and the served/bare ratio. Closed loop: every stream sends its
+p50/p99 message latency of each, the served/bare ratio, and each server's CPU time per message
+(utime+stime from /proc over the measured window). Closed loop: every stream sends its
 next message when the previous reply arrives.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 import tempfile
@@ -23,9 +25,28 @@ from service.runtime import CellRuntime
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_run(runs: list[LoadResult]) -> LoadResult:
-    """The run with the median throughput (its latencies come with it)."""
-    return sorted(runs, key=lambda r: r.frames_per_s)[(len(runs) - 1) // 2]
+def median_run(runs: list[tuple[LoadResult, float]]) -> tuple[LoadResult, float]:
+    """The run with the median throughput (its latencies and CPU time come with it)."""
+    return sorted(runs, key=lambda r: r[0].frames_per_s)[(len(runs) - 1) // 2]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured_run(server: ServerProcess, spec: LoadSpec) -> tuple[LoadResult, float]:
+    """The load result and the server's CPU µs per message over the same measured window."""
+
+    async def server_cpu() -> float:
+        await asyncio.sleep(spec.warmup)
+        before = cpu_seconds(server.proc.pid)
+        await asyncio.sleep(spec.duration)
+        return cpu_seconds(server.proc.pid) - before
+
+    result, cpu = await asyncio.gather(run_load(spec), server_cpu())
+    return result, cpu / max(result.messages, 1) * 1e6
 
 
 def main() -> None:
@@ -47,22 +68,21 @@ def main() -> None:
     bare = ServerProcess(
         Path(args.model), logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1
     ).start()
-    served_port, bare_port = served.port, bare.port
     try:
-        print(f"# WebSocket serving, closed loop, this machine ({__import__('os').cpu_count()} cores)\n")
+        print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores)\n")
         print(
             "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
-            "bare p50/p99 ms | served p50/p99 ms |"
+            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for streams in args.streams:
             for frames in args.frames:
                 for binary in (False, True):
-                    runs: dict[str, list[LoadResult]] = {"bare": [], "served": []}
+                    runs: dict[str, list[tuple[LoadResult, float]]] = {"bare": [], "served": []}
                     for _ in range(args.repeats):
-                        for name, port in (("bare", bare_port), ("served", served_port)):
+                        for name, server in (("bare", bare), ("served", served)):
                             spec = LoadSpec(
-                                f"ws://127.0.0.1:{port}",
+                                server.ws_url,
                                 streams,
                                 frames,
                                 "ws",
@@ -71,12 +91,13 @@ def main() -> None:
                                 warmup=args.warmup,
                                 dim=dim,
                             )
-                            runs[name].append(asyncio.run(run_load(spec)))
-                    b, s = median_run(runs["bare"]), median_run(runs["served"])
+                            runs[name].append(asyncio.run(measured_run(server, spec)))
+                    (b, b_cpu), (s, s_cpu) = median_run(runs["bare"]), median_run(runs["served"])
                     print(
                         f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
                         f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "
-                        f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} |",
+                        f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} | "
+                        f"{b_cpu:.1f} / {s_cpu:.1f} |",
                         flush=True,
                     )
     finally:

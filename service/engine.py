@@ -47,6 +47,7 @@ class Engine:
         self.accepting = True
         self.max_queue_frames = settings.max_queue_frames
         self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop  # set by start(): submit() runs on it
 
     def model_summary(self) -> dict:
         meta = self.runtime.metadata
