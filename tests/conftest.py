@@ -25,10 +25,11 @@ def subset_annotations(path: Path, tasks: int = 2, handles: int = 6) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``annotations.json`` + ``features/`` at stride 16, 16-dim embeddings."""
-    from training.synth import SynthConfig, synthesize
+    from training.families import FamilyConfig
+    from training.synth import synthesize
 
     root = tmp_path_factory.mktemp("tiny")
-    synthesize(subset_annotations(root / "real.json"), root / "data", SynthConfig(stride=16, dim=16, seed=1))
+    synthesize(subset_annotations(root / "real.json"), root / "data", FamilyConfig(stride=16, dim=16, seed=1))
     return root / "data"
 
 

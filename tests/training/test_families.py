@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import subset_annotations
+from training.families import FAMILIES, FamilyConfig, make_family
+from training.synth import synthesize
+
+SEGMENTS = [("0", 0, 4), ("a", 5, 44), ("0", 45, 49), ("b", 50, 59), ("a", 60, 99)]
+
+
+def video(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return make_family(name, FamilyConfig(dim=32, seed=seed)).video(SEGMENTS, 100, "task")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_gives_finite_float32_features_and_a_monotone_phase(name):
+    x, phase = video(name)
+    assert x.shape == (100, 32) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert phase.shape == (100, 1) and phase.dtype == np.float32
+    for _, s, e in SEGMENTS[1::2]:
+        p = phase[s : e + 1, 0]
+        assert p.min() >= 0 and p.max() <= 1 and np.all(np.diff(p) >= -1e-6)
+    assert np.all(phase[:5] == 0)  # background
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_family_is_deterministic_for_a_seed_and_changes_with_it(name):
+    a, b, c = video(name, 0)[0], video(name, 0)[0], video(name, 1)[0]
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def test_families_differ_in_normalisation_and_structure():
+    smooth, substeps, cyclic, shifted = (video(n)[0] for n in ("smooth", "substeps", "cyclic", "shifted"))
+    for x in (smooth, substeps, cyclic):
+        assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)  # GTCC-like, L2-normalised
+    assert (shifted >= 0).all() and np.linalg.norm(shifted, axis=1).min() > 2  # CNN-like, unnormalised
+    jumps = np.linalg.norm(np.diff(substeps[5:45], axis=0), axis=1)
+    steps = np.linalg.norm(np.diff(smooth[5:45], axis=0), axis=1)
+    assert jumps.max() / np.median(jumps) > steps.max() / np.median(steps)  # abrupt sub-step changes
+
+
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match="unknown family 'nope'; known: smooth, substeps, cyclic, shifted"):
+        make_family("nope", FamilyConfig())
+
+
+@pytest.mark.parametrize("stride", [8, 3])
+def test_synth_writes_the_gtcc_layout_with_the_phase_beside_it(tmp_path, stride):
+    real = subset_annotations(tmp_path / "real.json", tasks=1, handles=2)
+    summary = synthesize(real, tmp_path / "out", FamilyConfig(stride=stride, dim=8), "cyclic")
+    assert summary["family"] == "cyclic" and summary["stride"] == stride
+    annotations = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    raw = json.loads(real.read_text())
+    task = next(iter(annotations))
+    for i, handle in enumerate(annotations[task]["handles"]):
+        ends = annotations[task]["hdl_end_times"][i]
+        assert ends == [e // stride for e in raw[task]["hdl_end_times"][i]]
+        x = np.load(tmp_path / "out" / "features" / f"{handle}.npy")
+        phase = np.load(tmp_path / "out" / "phase" / f"{handle}.npy")
+        assert x.shape == (max(ends) + 1, 8) and phase.shape == (max(ends) + 1, 1)
