@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from service.runtime import CellRuntime
-from training.model import ProgressHead, load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.model import ProgressHead
 
 
 def rate(fn: Callable[[], None], frames: int, seconds: float) -> float:
@@ -54,15 +55,15 @@ def cell_rates(args: argparse.Namespace, head: ProgressHead, threads: int) -> di
     return {b: (onnx_fps[b], torch_fps[b]) for b in args.batches}
 
 
-def recompute_rates(args: argparse.Namespace, dim: int, hidden: int) -> dict[int, float]:
-    """Online cost of the ``relative`` head: at frame t it must re-run the GRU over the whole prefix.
+def recompute_rates(args: argparse.Namespace, config: dict) -> dict[int, float]:
+    """Online cost of the ``relative`` head of the same size: at frame t it must re-run the whole prefix.
 
     Per-frame cost over an action of length L is the mean over t = 1..L of one t-frame forward; for
     long actions it is estimated from 40 evenly spaced t (the cost is linear in t).
     """
     torch.set_num_threads(1)
-    head = ProgressHead(dim, hidden, position_encoding="relative").eval()
-    x = torch.randn(1, max(args.lengths), dim)
+    head = ProgressHead(**{**config, "position_encoding": "relative"}).eval()
+    x = torch.randn(1, max(args.lengths), config["input_dim"])
     out = {}
     with torch.inference_mode():
         for length in args.lengths:
@@ -99,7 +100,7 @@ def main() -> None:
     print("| action length | recompute frames/s | cell frames/s (batch 1) | cell ÷ recompute |")
     print("|---|---|---|---|")
     cell_fps = single[min(single)][0]
-    for length, fps in recompute_rates(args, head.config["input_dim"], head.config["hidden_dim"]).items():
+    for length, fps in recompute_rates(args, head.config).items():
         print(f"| {length} | {fps:,.0f} | {cell_fps:,.0f} | {cell_fps / fps:.1f} |")
 
 

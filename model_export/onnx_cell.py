@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from service.cell_contract import FORMAT_VERSION, INPUTS, OUTPUTS
-from training.model import ProgressHead, load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.model import ProgressHead
 
 OPSET = 18
 
@@ -50,7 +51,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, str]:
             "every past frame when a frame arrives, so it cannot run as a one-frame cell with carried state; "
             "train a streamable encoding (log, linear or none) to export"
         )
-    dim, hidden = model.config["input_dim"], model.config["hidden_dim"]
+    dim, hidden = model.config["input_dim"], model.state_dim
     example = (torch.randn(2, dim), torch.tensor([0, 3]), torch.zeros(2, hidden))
     batch = torch.export.Dim("batch", min=1)
     out = Path(out)
@@ -79,8 +80,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, str]:
         "output": model.config["output"],
         "model_config": json.dumps(model.config),
         "checkpoint_sha256": file_sha256(checkpoint),
-        "training_data": json.dumps(ckpt.get("data", {})),
-        "metrics": json.dumps(ckpt.get("metrics", {})),
+        "training_data": json.dumps(ckpt.data),
+        "metrics": json.dumps(ckpt.metrics),
     }
     del proto.metadata_props[:]
     for key, value in metadata.items():

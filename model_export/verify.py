@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from service.runtime import CellRuntime
-from training.model import load_checkpoint
+from training.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-5
 

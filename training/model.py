@@ -1,68 +1,121 @@
-"""The ProgressHead: a GRU over embeddings plus a position feature, a small MLP on top.
+"""The ProgressHead: GRUs over (normalised) embeddings plus a position feature, a small MLP on top.
 
-The position feature is computed here and only here; the exported ONNX cell traces
-:meth:`ProgressHead.step`, so the service gets it through the graph.
+The position feature and the input normalisation are computed here and only here; the exported ONNX
+cell traces :meth:`ProgressHead.step`, so the service gets both through the graph. A head may hold
+several members (a seed ensemble): their states are concatenated into one state vector and their
+outputs averaged, so it is still one cell with O(1) work per frame.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-#: ``relative``: the proposal's ``arange(T)/T`` over the prefix seen so far (cannot stream).
-#: ``none``: no position feature (the original head). ``log``/``linear``: a feature of the
-#: frame index alone, ``log1p(i+1)/log1p(L_ref)`` or ``(i+1)/L_ref`` (streamable).
-ENCODINGS = ("log", "linear", "relative", "none")
-OUTPUTS = ("sigmoid", "clamp")
+#: Outputs of every member's MLP: progress, then the auxiliary log-length target (training only).
+N_OUTPUTS = 2
 
 
-class ProgressHead(nn.Module):
-    """GRU(embedding ⊕ position) → Linear → ReLU → Linear → sigmoid (or a clamp to [0, 1])."""
+class _Member(nn.Module):
+    """One GRU stack with its learned initial state and its MLP."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        hidden_dim: int = 64,
-        position_encoding: str = "log",
-        learn_h0: bool = True,
-        mlp_dim: int = 32,
-        output: str = "sigmoid",
-        length_ref: float = 10.0,
-    ):
+    def __init__(self, in_dim: int, hidden_dim: int, layers: int, mlp_dim: int, learn_h0: bool, dropout: float):
         super().__init__()
-        if position_encoding not in ENCODINGS:
-            raise ValueError(f"position_encoding must be one of {ENCODINGS}, not {position_encoding!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
-        self.config = {
-            "input_dim": input_dim,
-            "hidden_dim": hidden_dim,
-            "position_encoding": position_encoding,
-            "learn_h0": learn_h0,
-            "mlp_dim": mlp_dim,
-            "output": output,
-            "length_ref": float(length_ref),
-        }
-        self.position_encoding = position_encoding
-        self.output = output
-        self.n_position = 0 if position_encoding == "none" else 1
-        self.gru = nn.GRU(input_dim + self.n_position, hidden_dim, batch_first=True)
-        self.head = nn.Sequential(nn.Linear(hidden_dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, 1))
-        h0 = torch.zeros(hidden_dim)
+        self.gru = nn.GRU(in_dim, hidden_dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0)
+        self.head = nn.Sequential(nn.Linear(hidden_dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, N_OUTPUTS))
+        h0 = torch.zeros(layers, hidden_dim)
         if learn_h0:
             self.h0 = nn.Parameter(h0)
         else:
             self.register_buffer("h0", h0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = self.h0.unsqueeze(1).expand(-1, x.shape[0], -1).contiguous()
+        hidden, _ = self.gru(x, h0)
+        return self.head(hidden)
+
+    def step(self, x: Tensor, state: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+        """``state`` ``(B, layers·H)``; rows where ``start`` begin from ``h0``. The GRU equations by hand."""
+        layers, hidden = self.h0.shape
+        h_all = torch.where(start.unsqueeze(-1), self.h0.reshape(1, -1).expand_as(state), state)
+        nexts = []
+        for k in range(layers):
+            h = h_all[:, k * hidden : (k + 1) * hidden]
+            gi = x @ getattr(self.gru, f"weight_ih_l{k}").T + getattr(self.gru, f"bias_ih_l{k}")
+            gh = h @ getattr(self.gru, f"weight_hh_l{k}").T + getattr(self.gru, f"bias_hh_l{k}")
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            x = (1.0 - z) * n + z * h
+            nexts.append(x)
+        return self.head(x), torch.cat(nexts, dim=-1)
+
+
+class ProgressHead(nn.Module):
+    """members × [GRU(norm(embedding) ⊕ position) → Linear → ReLU → Linear] → mean → sigmoid or clamp.
+
+    Every argument is required: the model is built from a :class:`training.config.TrainConfig`
+    (``ProgressHead(input_dim, length_ref, **cfg.model_kwargs())``), whose defaults are the only ones.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        length_ref: float,
+        *,
+        position_encoding: str,
+        hidden_dim: int,
+        layers: int,
+        mlp_dim: int,
+        members: int,
+        learn_h0: bool,
+        output: str,
+        input_norm: str,
+        dropout: float,
+    ):
+        super().__init__()
+        self.config = {
+            "input_dim": input_dim,
+            "length_ref": float(length_ref),
+            "position_encoding": position_encoding,
+            "hidden_dim": hidden_dim,
+            "layers": layers,
+            "mlp_dim": mlp_dim,
+            "members": members,
+            "learn_h0": learn_h0,
+            "output": output,
+            "input_norm": input_norm,
+            "dropout": dropout,
+        }
+        self.position_encoding = position_encoding
+        self.output = output
+        self.n_position = 0 if position_encoding == "none" else 1
+        self.in_drop = nn.Dropout(dropout)
+        self.members = nn.ModuleList(
+            _Member(input_dim + self.n_position, hidden_dim, layers, mlp_dim, learn_h0, dropout) for _ in range(members)
+        )
         self.register_buffer("length_ref", torch.tensor(float(length_ref)))
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_scale", torch.ones(input_dim))
+
+    @property
+    def state_dim(self) -> int:
+        """Width of the carried state: members × layers × hidden."""
+        return self.config["members"] * self.config["layers"] * self.config["hidden_dim"]
 
     @property
     def streamable(self) -> bool:
         return self.position_encoding != "relative"
 
+    def fit_input_norm(self, frames: Tensor) -> None:
+        """Set the per-dimension z-score from training frames ``(N, D)`` (identity if ``input_norm`` is none)."""
+        if self.config["input_norm"] == "standardize":
+            self.input_mean.copy_(frames.mean(dim=0))
+            self.input_scale.copy_(1.0 / frames.std(dim=0).clamp(min=1e-6))
+
     def position_features(self, step: Tensor) -> Tensor:
-        """Feature of 0-based frame index ``step`` (any shape) → ``step.shape + (n_position,)``."""
+        """Feature of 0-based frame index ``step`` (any shape) → ``step.shape + (1,)``."""
         seen = step.to(torch.float32) + 1.0
         if self.position_encoding == "log":
             feat = torch.log1p(seen) / torch.log1p(self.length_ref)
@@ -73,6 +126,7 @@ class ProgressHead(nn.Module):
         return feat.unsqueeze(-1)
 
     def _inputs(self, x: Tensor, lengths: Tensor) -> Tensor:
+        x = self.in_drop((x - self.input_mean) * self.input_scale)
         if self.position_encoding == "none":
             return x
         idx = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
@@ -82,13 +136,16 @@ class ProgressHead(nn.Module):
             pos = self.position_features(idx)
         return torch.cat([x, pos], dim=-1)
 
-    def raw(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Pre-activation output at every frame, ``(B, T)``; ``lengths`` marks padding (relative needs it)."""
+    def member_outputs(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Every member's pre-activation outputs, ``(members, B, T, N_OUTPUTS)``; training losses use these."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-        h0 = self.h0.expand(1, x.shape[0], -1).contiguous()
-        hidden, _ = self.gru(self._inputs(x, lengths), h0)
-        return self.head(hidden).squeeze(-1)
+        inputs = self._inputs(x, lengths)
+        return torch.stack([m(inputs) for m in self.members])
+
+    def raw(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Pre-activation progress at every frame, ``(B, T)``: the members' mean."""
+        return self.member_outputs(x, lengths)[..., 0].mean(dim=0)
 
     def activate(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw) if self.output == "sigmoid" else raw.clamp(0.0, 1.0)
@@ -102,33 +159,21 @@ class ProgressHead(nn.Module):
         return out.gather(1, last.view(-1, 1).to(out.device)).squeeze(1)
 
     def step(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One frame per row: ``(B, D)``, 0-based ``step`` ``(B,)``, ``state`` ``(B, H)``.
+        """One frame per row: ``(B, D)``, 0-based ``step`` ``(B,)``, ``state`` ``(B, state_dim)``.
 
-        Rows with ``step == 0`` start from the learned ``h0`` and ignore ``state``.
+        Rows with ``step == 0`` start from the learned initial states and ignore ``state``.
         """
         if not self.streamable:
             raise ValueError("the relative encoding depends on the prefix length: it cannot run step by step")
-        h = torch.where((step == 0).unsqueeze(-1), self.h0.expand_as(state), state)
-        x = (
-            embedding
-            if self.position_encoding == "none"
-            else torch.cat([embedding, self.position_features(step)], dim=-1)
-        )
-        gi = x @ self.gru.weight_ih_l0.T + self.gru.bias_ih_l0
-        gh = h @ self.gru.weight_hh_l0.T + self.gru.bias_hh_l0
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        next_state = (1.0 - z) * n + z * h
-        return self.activate(self.head(next_state).squeeze(-1)), next_state
-
-
-def load_checkpoint(path: str, map_location: str = "cpu") -> tuple[ProgressHead, dict[str, Any]]:
-    """Rebuild a head from ``best.pt``; returns it (eval mode) and the whole checkpoint dict."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    model = ProgressHead(**ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
+        x = (embedding - self.input_mean) * self.input_scale
+        if self.position_encoding != "none":
+            x = torch.cat([x, self.position_features(step)], dim=-1)
+        start = step == 0
+        width = self.state_dim // len(self.members)
+        raws, nexts = [], []
+        for k, member in enumerate(self.members):
+            out, nxt = member.step(x, state[:, k * width : (k + 1) * width], start)
+            raws.append(out[:, 0])
+            nexts.append(nxt)
+        raw = torch.stack(raws).mean(dim=0)
+        return self.activate(raw), torch.cat(nexts, dim=-1)

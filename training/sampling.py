@@ -72,13 +72,26 @@ def pad(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), lengths
 
 
+def time_warp(seq: np.ndarray, rng: np.random.Generator, warp: float) -> np.ndarray:
+    """``seq`` replayed at a random speed ``exp(U(-warp, warp))``: frames repeated or dropped, order kept.
+
+    The warped action is a new instance of its class, longer or shorter, with its own ground truth
+    ``(i+1)/L'``; this teaches the head that speed varies without changing what the content means.
+    """
+    if warp <= 0:
+        return seq
+    length = len(seq)
+    new_len = max(1, round(length / np.exp(rng.uniform(-warp, warp))))
+    return seq[((np.arange(new_len) + 0.5) * length / new_len).astype(np.int64)]
+
+
 def dense_batches(
-    data: Dataset, batch_size: int, rng: np.random.Generator, min_segment_len: int = 1
+    data: Dataset, batch_size: int, rng: np.random.Generator, min_segment_len: int = 1, warp: float = 0.0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Whole actions: ``(x, lengths)``; the target of frame i is ``(i+1)/L``."""
+    """Whole actions, optionally time-warped: ``(x, lengths)``; the target of frame i is ``(i+1)/L``."""
     keep = np.flatnonzero(data.lengths >= min_segment_len)
     for batch in _batches_by_length(data.lengths[keep], batch_size, rng):
-        yield pad([data.features[keep[i]] for i in batch])
+        yield pad([time_warp(data.features[keep[i]], rng, warp) for i in batch])
 
 
 def prefix_batches(

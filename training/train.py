@@ -6,16 +6,18 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.config import TrainConfig
+from training.checkpoint import save_checkpoint
+from training.config import ConfigError, TrainConfig
 from training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
-from training.evaluate import predict_causal, progress_metrics
-from training.losses import weighted_l1
+from training.evaluate import LengthBayes, predict_causal, progress_metrics
+from training.losses import progress_loss
 from training.model import ProgressHead
 from training.sampling import dense_batches, prefix_batches, sample_prefixes
 
@@ -42,26 +44,53 @@ def data_statistics(data: Dataset, handles: list[str]) -> dict:
     }
 
 
-def build_model(cfg: TrainConfig, dim: int, stats: dict) -> ProgressHead:
-    return ProgressHead(
-        input_dim=dim,
-        hidden_dim=cfg.hidden_dim,
-        position_encoding=cfg.position_encoding,
-        learn_h0=cfg.learn_h0,
-        mlp_dim=cfg.mlp_dim,
-        output=cfg.output,
-        length_ref=stats[f"length_{cfg.length_ref}"],
-    )
+@dataclass
+class TrainingData:
+    """The fit and validation actions of the training handles (the test handles are never read)."""
+
+    fit: Dataset
+    val: Dataset
+    stats: dict
+    source: dict
+
+    @property
+    def val_bayes_ogpe(self) -> float:
+        """OGPE of the length-only Bayes baseline (from the fit lengths) on the validation actions."""
+        bayes = LengthBayes(self.fit.lengths)
+        return progress_metrics([bayes(int(n)) for n in self.val.lengths], self.val.lengths)["ogpe"]
+
+
+def load_training_data(
+    annotations: Path, features: Path, split: Path | None = None, val_fraction: float = 0.15
+) -> TrainingData:
+    videos = load_annotations(annotations)
+    train_handles = split_handles(videos, split)["train"]
+    inner = validation_split(videos, train_handles, val_fraction)
+    fit = load_dataset(videos, features, inner["fit"])
+    val = load_dataset(videos, features, inner["val"])
+    source = {
+        "annotations": str(annotations),
+        "split": str(split) if split else None,
+        "validation_videos": len(inner["val"]),
+    }
+    return TrainingData(fit, val, data_statistics(fit, inner["fit"]), source)
+
+
+def build_model(cfg: TrainConfig, data: TrainingData) -> ProgressHead:
+    """The head ``cfg`` describes, its position reference and input normalisation fitted on the fit set."""
+    model = ProgressHead(data.fit.dim, data.stats[f"length_{cfg.length_ref}"], **cfg.model_kwargs())
+    model.fit_input_norm(torch.from_numpy(np.concatenate(data.fit.features)))
+    return model
 
 
 def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator):
     """Yield ``(x, lengths, target, mask)`` with the loss taken where ``mask`` is true."""
     if cfg.regime == "dense":
-        for x, lengths in dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len):
+        for x, lengths in dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len, cfg.time_warp):
             steps = torch.arange(1, x.shape[1] + 1, dtype=torch.float32)
             target = (steps.unsqueeze(0) / lengths.unsqueeze(1)).clamp(max=1.0)
             yield x, lengths, target, steps.unsqueeze(0) <= lengths.unsqueeze(1)
-    elif cfg.regime == "prefix":
+    else:
         samples = sample_prefixes(
             data,
             rng,
@@ -72,17 +101,26 @@ def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator):
         )
         for x, lengths, target in prefix_batches(data, samples, cfg.batch_size, rng):
             yield x, lengths, target.unsqueeze(1), torch.ones(len(target), 1, dtype=torch.bool)
-    else:
-        raise ValueError(f"regime must be 'dense' or 'prefix', not {cfg.regime!r}")
 
 
 def _loss(model: ProgressHead, cfg: TrainConfig, batch, device: torch.device) -> torch.Tensor:
+    """Mean over members of each member's per-action loss (plus the auxiliary log-length term)."""
     x, lengths, target, mask = (t.to(device) for t in batch)
-    raw = model.raw(x, lengths)
+    out = model.member_outputs(x, lengths)  # (M, B, T, 2)
     if cfg.regime == "prefix":
-        raw = raw.gather(1, (lengths - 1).unsqueeze(1))
+        out = out.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[-1]))
+    raw = out[..., 0]
     pred = torch.sigmoid(raw) if model.output == "sigmoid" else raw
-    return weighted_l1(pred, target, mask, cfg.weighted_loss, cfg.weight_cap)
+    edge = cfg.edge_weight if cfg.regime == "dense" else 0.0
+    per_member = [progress_loss(p, target, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge) for p in pred]
+    loss = torch.stack(per_member).mean()
+    if cfg.aux_weight > 0:
+        # the action's length: a prefix of p frames has target p / L
+        total = lengths.unsqueeze(1) / target.clamp(min=1e-6) if cfg.regime == "prefix" else lengths.unsqueeze(1)
+        aux_target = (torch.log1p(total.to(torch.float32)) / torch.log1p(model.length_ref)).expand_as(target)
+        aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., 1]]).mean()
+        loss = loss + cfg.aux_weight * aux
+    return loss
 
 
 def seed_everything(seed: int) -> None:
@@ -91,24 +129,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split: Path | None = None) -> dict:
-    """Train, validating each epoch on held-out training videos; writes ``out/best.pt`` and returns its metrics."""
+def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -> dict:
+    """Train on ``data.fit``, validating each epoch; the best epoch goes to ``out/best.pt``. Returns a summary."""
     if cfg.regime == "dense" and cfg.position_encoding == "relative":
-        raise ValueError("the relative encoding changes with the prefix length: train it with regime=prefix")
+        raise ConfigError("the relative encoding changes with the prefix length: train it with regime=prefix")
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    videos = load_annotations(annotations)
-    train_handles = split_handles(videos, split)["train"]
-    inner = validation_split(videos, train_handles, cfg.val_fraction)
-    fit = load_dataset(videos, features, inner["fit"])
-    val = load_dataset(videos, features, inner["val"], min_length=1)
-    stats = data_statistics(fit, inner["fit"])
-    model = build_model(cfg, fit.dim, stats).to(device)
+    model = build_model(cfg, data).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng = np.random.default_rng(cfg.seed)
+    bayes_ogpe = data.val_bayes_ogpe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     best: dict = {"val": {"ogpe": float("inf")}}
@@ -116,7 +149,8 @@ def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split:
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        bar = tqdm(list(_epoch_batches(cfg, fit, rng)), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+        batches = list(_epoch_batches(cfg, data.fit, rng))
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
         running = None
         for batch in bar:
             loss = _loss(model, cfg, batch, device)
@@ -127,32 +161,26 @@ def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split:
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
-        val_metrics = progress_metrics(predict_causal(model, val), val.lengths)
-        history.append({"epoch": epoch, "loss": running, "val_ogpe": val_metrics["ogpe"]})
-        tqdm.write(
-            f"epoch {epoch:3d}  loss {running:.4f}  val OGPE {val_metrics['ogpe']:.4f}  "
-            f"start {val_metrics['start_mean']:.3f}/{val_metrics['start_true']:.3f}  "
-            f"end {val_metrics['end_mean']:.3f}/{val_metrics['end_true']:.3f}"
-        )
-        if val_metrics["ogpe"] < best["val"]["ogpe"]:
-            best = {"epoch": epoch, "val": val_metrics}
-            torch.save(
-                {
-                    "state_dict": model.state_dict(),
-                    "model_config": model.config,
-                    "train_config": cfg.to_dict(),
-                    "data": {
-                        **stats,
-                        "annotations": str(annotations),
-                        "split": str(split) if split else None,
-                        "validation_videos": len(inner["val"]),
-                    },
-                    "metrics": {"epoch": epoch, "val": val_metrics},
-                },
-                out / "best.pt",
+        val = progress_metrics(predict_causal(model, data.val), data.val.lengths)
+        val["bayes_ogpe"] = bayes_ogpe
+        val["ratio_to_bayes"] = val["ogpe"] / bayes_ogpe
+        history.append({"epoch": epoch, "loss": running, "val_ogpe": val["ogpe"]})
+        if verbose:
+            tqdm.write(
+                f"epoch {epoch:3d}  loss {running:.4f}  val OGPE {val['ogpe']:.4f} "
+                f"({val['ratio_to_bayes']:.2f}× Bayes)  start {val['start_mean']:.3f}/{val['start_true']:.3f}  "
+                f"end {val['end_mean']:.3f}/{val['end_true']:.3f}"
             )
+        if val["ogpe"] < best["val"]["ogpe"]:
+            best = {"epoch": epoch, "val": val}
+            save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, {"epoch": epoch, "val": val})
     seconds = time.perf_counter() - started
     summary = {"best_epoch": best["epoch"], "val": best["val"], "train_seconds": seconds, "history": history}
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split: Path | None = None) -> dict:
+    """Load the training handles' data, then :func:`fit`; writes ``out/best.pt`` and returns its metrics."""
+    return fit(cfg, load_training_data(annotations, features, split, cfg.val_fraction), out)

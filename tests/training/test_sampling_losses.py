@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import progress_weights, weighted_l1
-from training.sampling import bin_frames, target_frames
+from training.losses import edge_masks, progress_loss, progress_weights
+from training.sampling import bin_frames, target_frames, time_warp
 
 
 @pytest.mark.parametrize("length", [3, 4, 7, 10, 31, 200])
@@ -32,10 +32,40 @@ def test_loss_weights_match_the_proposal():
     assert torch.allclose(progress_weights(gt, cap=10.0), torch.tensor([10.0, 10.0, 5.0, 2.0, 1.0]))
 
 
-def test_weighted_l1_averages_per_sequence_and_ignores_padding():
+def test_loss_averages_per_sequence_and_ignores_padding():
     pred = torch.tensor([[0.0, 0.0, 9.0], [1.0, 1.0, 1.0]])
     gt = torch.tensor([[0.5, 1.0, 0.0], [0.5, 1.0, 1.0]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     # sequence 1: weights 2, 1 over errors .5, 1 -> 2/3; sequence 2: weights 2, 1, 1 over .5, 0, 0 -> 1/4
-    assert weighted_l1(pred, gt, mask).item() == pytest.approx((2 / 3 + 1 / 4) / 2)
-    assert weighted_l1(pred, gt, mask, weighted=False).item() == pytest.approx((0.75 + 0.5 / 3) / 2)
+    assert progress_loss(pred, gt, mask, weighted=True).item() == pytest.approx((2 / 3 + 1 / 4) / 2)
+    assert progress_loss(pred, gt, mask).item() == pytest.approx((0.75 + 0.5 / 3) / 2)
+    assert progress_loss(pred, gt, mask, kind="l2").item() == pytest.approx(((0.25 + 1) / 2 + 0.25 / 3) / 2)
+
+
+def test_edge_masks_take_the_first_and_last_tenth_at_least_one_frame():
+    mask = torch.arange(12).unsqueeze(0) < torch.tensor([[12], [3]])
+    start, end = edge_masks(mask)
+    assert start[0].nonzero().flatten().tolist() == [0, 1] and end[0].nonzero().flatten().tolist() == [10, 11]
+    assert start[1].nonzero().flatten().tolist() == [0] and end[1].nonzero().flatten().tolist() == [2]
+
+
+def test_edge_weight_adds_the_mean_error_at_each_edge():
+    pred = torch.zeros(1, 12)
+    gt = torch.arange(1, 13, dtype=torch.float32).unsqueeze(0) / 12
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    base = progress_loss(pred, gt, mask).item()
+    start, end = (1 / 12 + 2 / 12) / 2, (11 / 12 + 1.0) / 2
+    assert progress_loss(pred, gt, mask, edge=0.5).item() == pytest.approx(base + 0.5 * (start + end))
+
+
+def test_time_warp_replays_the_action_in_order_at_another_speed():
+    rng = np.random.default_rng(0)
+    seq = np.arange(40, dtype=np.float32)[:, None]
+    assert time_warp(seq, rng, 0.0) is seq
+    lengths = set()
+    for _ in range(200):
+        out = time_warp(seq, rng, 0.5)
+        lengths.add(len(out))
+        assert np.all(np.diff(out[:, 0]) >= 0) and set(out[:, 0]) <= set(seq[:, 0])
+        assert 40 * np.exp(-0.5) - 1 <= len(out) <= 40 * np.exp(0.5) + 1
+    assert min(lengths) < 32 and max(lengths) > 50  # both slower and faster replays occur

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from training.checkpoint import SCHEMA_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.model import ProgressHead
+
+
+def test_round_trip_keeps_weights_config_and_metadata(tmp_path):
+    cfg = TrainConfig(hidden_dim=8, members=2, layers=2)
+    model = ProgressHead(5, 9.0, **cfg.model_kwargs())
+    model.fit_input_norm(torch.randn(50, 5) * 3 + 1)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model, cfg, {"length_median": 9.0}, {"epoch": 3})
+    loaded, meta = load_checkpoint(path)
+    assert meta.train_config == cfg and meta.data == {"length_median": 9.0} and meta.metrics == {"epoch": 3}
+    assert meta.model_config == model.config and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert not (tmp_path / "best.pt.tmp").exists()
+
+
+def test_another_schema_is_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"state_dict": {}, "model_config": {}}, path)  # the first release's layout
+    with pytest.raises(
+        CheckpointError, match=f"old.pt: checkpoint schema none, this version reads schema {SCHEMA_VERSION}"
+    ):
+        load_checkpoint(path)
+
+
+def test_a_missing_part_is_named(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"schema": SCHEMA_VERSION, "model_config": {}}, path)
+    with pytest.raises(CheckpointError, match="lacks state_dict, train_config, data, metrics"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    cfg = TrainConfig(hidden_dim=8, members=1)
+    model = ProgressHead(5, 9.0, **cfg.model_kwargs())
+    path = tmp_path / "mismatch.pt"
+    save_checkpoint(path, model, cfg, {}, {})
+    raw = torch.load(path, weights_only=False)
+    raw["model_config"]["hidden_dim"] = 16
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="does not match its model_config"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(b"\x00not a zip file")
+    with pytest.raises(CheckpointError, match=r"noise\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
