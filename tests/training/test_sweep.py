@@ -1,0 +1,22 @@
+from training.config import TrainConfig
+from training.sweep import RECIPES, recipe_config, sweep_table
+
+CHOSEN = "norm+warp+ens3+h128+edge"  # the README's "How the default was chosen"
+
+
+def test_the_recipe_the_sweep_chose_is_the_default():
+    assert recipe_config(CHOSEN) == TrainConfig() == recipe_config("default")
+
+
+def test_every_recipe_is_a_valid_config():
+    for name in RECIPES:
+        recipe_config(name, threads=1)
+
+
+def test_the_table_ranks_recipes_by_their_worst_family():
+    rows = [
+        {"recipe": r, "data": d, "ratio": x, "start_bias": 0.01, "end_bias": -0.02, "seconds": 10.0}
+        for r, d, x in [("a", "f1", 0.3), ("a", "f2", 0.9), ("b", "f1", 0.5), ("b", "f2", 0.6)]
+    ]
+    lines = sweep_table(rows).splitlines()
+    assert lines[2].startswith("| b | 0.500 | 0.600 | 0.600 |") and lines[3].startswith("| a | 0.300 | 0.900 | 0.900 |")
