@@ -6,9 +6,8 @@ PROGRESS := $(BIN)/progress
 ANNOTATIONS ?= ../shared/data/egoprocel.json
 SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
-VARIANTS := default relative none
 
-.PHONY: install test lint data train eval report model verify bench-step serve bench-serve loadtest \
+.PHONY: install test lint data train eval report sweep model verify bench-step serve bench-serve loadtest \
 	images compose-up compose-up-gpu compose-config cluster-smoke loadtest-proxy clean
 
 install: $(VENV)/.installed
@@ -27,31 +26,51 @@ test: install lint
 	$(BIN)/pytest
 
 # --- training ---------------------------------------------------------------------------
-data/synth-s%/annotations.json: | install
-	$(PROGRESS) synth --annotations $(ANNOTATIONS) --out data/synth-s$* --stride $*
+# Data folders are FAMILY-sSTRIDE (progress synth --family FAMILY --stride STRIDE); run folders
+# FAMILY-sSTRIDE-VARIANT, where VARIANT is default (TrainConfig's defaults, no --config), a file of
+# configs/, or phase (the default trained on the family's content phase: the phase-oracle bound).
+FAMILIES ?= smooth substeps cyclic shifted
+STRIDES ?= $(SPARSE_STRIDE) $(DENSE_STRIDE)
+VARIANTS := relative none
+family = $(word 1,$(subst -, ,$(1)))
+stride = $(patsubst s%,%,$(word 2,$(subst -, ,$(1))))
+variant = $(word 3,$(subst -, ,$(1)))
+dataset = $(call family,$(1))-s$(call stride,$(1))
 
-data: data/synth-s$(SPARSE_STRIDE)/annotations.json data/synth-s$(DENSE_STRIDE)/annotations.json
+data/%/annotations.json: | install
+	$(PROGRESS) synth --annotations $(ANNOTATIONS) --family $(call family,$*) --stride $(call stride,$*) --out data/$*
 
-runs/s%/best.pt:
-	$(MAKE) data/synth-s$(firstword $(subst -, ,$*))/annotations.json
-	$(PROGRESS) train --annotations data/synth-s$(firstword $(subst -, ,$*))/annotations.json \
-		--features data/synth-s$(firstword $(subst -, ,$*))/features \
-		--config configs/$(word 2,$(subst -, ,$*)).toml --out runs/s$*
+data: $(foreach f,$(FAMILIES),$(foreach s,$(STRIDES),data/$(f)-s$(s)/annotations.json))
 
-train: runs/s$(SPARSE_STRIDE)-default/best.pt
+.SECONDEXPANSION:
+runs/%/best.pt: data/$$(call dataset,$$*)/annotations.json
+	$(PROGRESS) train --annotations data/$(call dataset,$*)/annotations.json \
+		--features data/$(call dataset,$*)/$(if $(filter phase,$(call variant,$*)),phase,features) \
+		$(if $(filter default phase,$(call variant,$*)),,--config configs/$(call variant,$*).toml) --out runs/$*
 
-# eval-8, eval-3: every variant and the baselines on one stride's held-out videos
-eval-%: $(foreach v,$(VARIANTS),runs/s%-$(v)/best.pt)
-	$(PROGRESS) eval --checkpoint runs/s$*-default/best.pt \
-		--compare relative=runs/s$*-relative/best.pt --compare none=runs/s$*-none/best.pt \
-		--annotations data/synth-s$*/annotations.json --features data/synth-s$*/features --out reports/s$*
+train: runs/smooth-s$(SPARSE_STRIDE)-default/best.pt
 
-eval: eval-$(SPARSE_STRIDE)
+# reports/FAMILY-sSTRIDE: the default, every variant, the phase oracle and the baselines on held-out videos
+reports/%/metrics.json: runs/%-default/best.pt $(foreach v,$(VARIANTS) phase,runs/%-$(v)/best.pt)
+	$(PROGRESS) eval --checkpoint runs/$*-default/best.pt \
+		$(foreach v,$(VARIANTS),--compare $(v)=runs/$*-$(v)/best.pt) \
+		--compare phase-oracle=runs/$*-phase/best.pt@data/$*/phase \
+		--annotations data/$*/annotations.json --features data/$*/features --out reports/$*
 
-report: eval-$(SPARSE_STRIDE) eval-$(DENSE_STRIDE)
+REPORTS := $(foreach f,$(FAMILIES),$(foreach s,$(STRIDES),reports/$(f)-s$(s)/metrics.json))
+
+eval: reports/smooth-s$(SPARSE_STRIDE)/metrics.json
+
+# every family at both strides, then the one table the README shows (make -j N report runs N at a time)
+report: $(REPORTS)
+	$(PROGRESS) summary $(dir $(REPORTS)) | tee reports/summary.md
+
+# the recipe sweep that chose the default (validation videos only; slow: every recipe on every family)
+sweep: $(foreach f,$(FAMILIES),data/$(f)-s$(SPARSE_STRIDE)/annotations.json)
+	$(PROGRESS) sweep $(foreach f,$(FAMILIES),--data data/$(f)-s$(SPARSE_STRIDE)) --out reports/sweep $(SWEEP_ARGS)
 
 # --- export -----------------------------------------------------------------------------
-DEFAULT_RUN := runs/s$(SPARSE_STRIDE)-default
+DEFAULT_RUN := runs/smooth-s$(SPARSE_STRIDE)-default
 MODEL := models/progress_head.onnx
 
 $(MODEL): $(DEFAULT_RUN)/best.pt

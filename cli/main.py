@@ -34,14 +34,21 @@ def _fail(exc: Exception) -> typer.Exit:
 def synth(
     annotations: Annotations,
     out: Annotated[Path, typer.Option(help="Output folder (annotations.json + features/).")],
+    family: Annotated[str, typer.Option(help="Feature family: smooth, substeps, cyclic or shifted (README).")] = (
+        "smooth"
+    ),
     stride: Annotated[int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")] = 8,
     dim: int = 128,
     seed: int = 0,
 ) -> None:
-    """Generate the built-in dataset: real EgoProceL timings, synthetic embeddings."""
-    from training.synth import SynthConfig, synthesize
+    """Generate synthetic embeddings of one family on real annotation timings (GTCC layout)."""
+    from training.families import FamilyConfig
+    from training.synth import synthesize
 
-    summary = synthesize(annotations, out, SynthConfig(stride=stride, dim=dim, seed=seed))
+    try:
+        summary = synthesize(annotations, out, FamilyConfig(stride=stride, dim=dim, seed=seed), family)
+    except ValueError as exc:
+        raise _fail(exc) from exc
     typer.echo(json.dumps(summary))
 
 
@@ -53,22 +60,56 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TOML config (see configs/).")] = None,
     split: Split = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set epochs=5")] = None,
+    search: Annotated[
+        int, typer.Option(min=0, help="Search up to N configs on your validation videos (Optuna); 0: train once.")
+    ] = 0,
+    search_minutes: Annotated[
+        float, typer.Option(min=0.1, help="Time budget of --search (checked between trials).")
+    ] = (30.0),
 ) -> None:
-    """Train a ProgressHead."""
+    """Train a ProgressHead (the README's default unless --config or --set say otherwise)."""
     from training.config import load_config
     from training.data import DataError
+    from training.train import load_training_data
     from training.train import train as run_training
 
     try:
         cfg = load_config(config, set_)
-        summary = run_training(cfg, annotations, features, out, split)
+        if search:
+            from training.search import run_search
+
+            data = load_training_data(annotations, features, split, cfg.val_fraction)
+            best = run_search(cfg, data, out, search, search_minutes)
+            typer.echo(
+                f"best of {search} trials: trial {best['trial']}, val OGPE {best['val_ogpe']:.4f} "
+                f"({best['ratio_to_bayes']:.2f}× length-Bayes) -> {out / 'best.pt'}, {out / 'config.json'}"
+            )
+            return
+        result = run_training(cfg, annotations, features, out, split)
     except (DataError, ValueError) as exc:
         raise _fail(exc) from exc
-    val = summary["val"]
+    val = result["val"]
     typer.echo(
-        f"best epoch {summary['best_epoch']}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
-        f"end {val['end_mean']:.3f}; trained in {summary['train_seconds']:.1f} s -> {out / 'best.pt'}"
+        f"best epoch {result['best_epoch']}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
+        f"end {val['end_mean']:.3f}; trained in {result['train_seconds']:.1f} s -> {out / 'best.pt'}"
     )
+
+
+@app.command()
+def sweep(
+    data: Annotated[list[Path], typer.Option(help="A data folder (annotations.json + features/); repeatable.")],
+    out: Annotated[Path, typer.Option(help="Runs and sweep.jsonl go here.")] = Path("reports/sweep"),
+    recipe: Annotated[list[str] | None, typer.Option(help="Recipes to run (default: all, and 'default').")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel runs (one torch thread each when > 1).")] = 1,
+) -> None:
+    """Train recipes on several feature families; rank them by their worst validation ratio to length-Bayes."""
+    from training.sweep import RECIPES, run_sweep, sweep_table
+
+    names = recipe or ["default", *RECIPES]
+    unknown = [n for n in names if n != "default" and n not in RECIPES]
+    if unknown:
+        raise _fail(ValueError(f"unknown recipes {unknown}; known: default, {', '.join(RECIPES)}"))
+    typer.echo(sweep_table(run_sweep(data, names, out, jobs)))
 
 
 @app.command("eval")
@@ -79,24 +120,42 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder: report.md, metrics.json, PNG plots.")],
     split: Split = None,
     compare: Annotated[
-        list[str] | None, typer.Option(help="More heads in the same table: NAME=CHECKPOINT (repeatable).")
+        list[str] | None,
+        typer.Option(help="More heads in the table: NAME=CHECKPOINT, or NAME=CHECKPOINT@FEATURES (repeatable)."),
     ] = None,
 ) -> None:
     """Evaluate causally on the test handles, against content-free baselines."""
+    from training.checkpoint import CheckpointError
     from training.data import DataError
     from training.report import run_evaluation
 
-    extra = {}
+    extra, own = {}, {}
     for item in compare or []:
-        name, sep, path = item.partition("=")
+        name, sep, rest = item.partition("=")
         if not sep:
             raise _fail(ValueError(f"--compare {item!r} is not NAME=CHECKPOINT"))
+        path, at, folder = rest.partition("@")
         extra[name] = Path(path)
+        if at:
+            own[name] = Path(folder)
     try:
-        table = run_evaluation({"model": checkpoint, **extra}, annotations, features, out, split)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        table = run_evaluation({"model": checkpoint, **extra}, annotations, features, out, split, own)
+    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     typer.echo(table)
+
+
+@app.command()
+def summary(
+    reports: Annotated[list[Path], typer.Argument(help="Report folders written by `progress eval`.")],
+) -> None:
+    """One table across report folders (family × stride): every model's OGPE ÷ length-Bayes, the targets."""
+    from training.report import family_summary
+
+    try:
+        typer.echo(family_summary(reports))
+    except (OSError, KeyError, ValueError) as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -107,10 +166,11 @@ def export(
 ) -> None:
     """Export a checkpoint as a stepwise ONNX cell (one frame in, hidden state carried in and out)."""
     from model_export.onnx_cell import ExportError, export_checkpoint
+    from training.checkpoint import CheckpointError
 
     try:
         meta = export_checkpoint(checkpoint, out)
-    except (ExportError, FileNotFoundError) as exc:
+    except (ExportError, CheckpointError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"wrote {out} (D={meta['embedding_dim']}, H={meta['hidden_dim']}, {meta['position_encoding']})")
     if triton is not None:

@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from training.checkpoint import load_checkpoint
+from training.config import MODEL_FIELDS, TrainConfig
 from training.data import load_annotations
 
 PROGRESS = [sys.executable, "-m", "cli.main"]
@@ -16,23 +19,57 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*PROGRESS, *args], capture_output=True, text=True, check=False)
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def documented_default() -> dict:
+    """The TOML block the README gives as the default recipe."""
+    text = README.read_text()
+    block = text.split("<!-- default-recipe -->", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    return tomllib.loads(block)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_data: Path, tmp_path_factory) -> Path:
+    """Plain ``progress train`` with no --config: the default recipe, one epoch of it."""
     out = tmp_path_factory.mktemp("run")
     data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
-    res = run("train", *data, "--out", str(out), "--config", "configs/default.toml", "--set", "epochs=1")
+    res = run("train", *data, "--out", str(out), "--set", "epochs=1")
     assert res.returncode == 0, res.stderr
     return out
 
 
-def test_train_writes_a_best_checkpoint_with_its_config_and_metrics(trained):
-    import torch
+def test_plain_train_builds_the_default_the_readme_documents(trained):
+    saved = json.loads((trained / "config.json").read_text())
+    documented = documented_default()
+    assert documented, "the README's default-recipe block is empty"
+    assert {k: saved[k] for k in documented if k != "epochs"} == {k: v for k, v in documented.items() if k != "epochs"}
+    assert saved["epochs"] == 1  # the one override
+    assert {k: v for k, v in saved.items() if k != "epochs"} == {
+        k: v for k, v in TrainConfig().to_dict().items() if k != "epochs"
+    }
+    assert set(documented) >= set(MODEL_FIELDS) | {"loss", "weighted_loss", "time_warp", "regime"}
 
-    ckpt = torch.load(trained / "best.pt", weights_only=False)
-    assert ckpt["model_config"]["position_encoding"] == "log"
-    assert ckpt["train_config"]["epochs"] == 1
-    assert ckpt["data"]["embedding_dim"] == 16 and ckpt["data"]["length_median"] > 0
-    assert 0 <= ckpt["metrics"]["val"]["ogpe"] <= 1
+
+def test_train_writes_a_best_checkpoint_with_its_config_and_metrics(trained):
+    model, ckpt = load_checkpoint(trained / "best.pt")
+    assert (
+        ckpt.model_config["position_encoding"] == "log"
+        and model.state_dim
+        == ckpt.model_config["members"] * ckpt.model_config["layers"] * ckpt.model_config["hidden_dim"]
+    )
+    assert ckpt.train_config.epochs == 1
+    assert ckpt.data["embedding_dim"] == 16 and ckpt.data["length_median"] > 0
+    assert 0 <= ckpt.metrics["val"]["ogpe"] <= 1 and ckpt.metrics["val"]["ratio_to_bayes"] > 0
+
+
+def test_a_mistyped_config_value_fails_with_the_key_named(tiny_data, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('weighted_loss = "false"\n')
+    data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
+    res = run("train", *data, "--out", str(tmp_path / "run"), "--config", str(bad))
+    assert res.returncode == 2 and "'weighted_loss' must be bool" in res.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_eval_reports_the_model_beside_the_baselines(trained, tiny_data, tmp_path):
@@ -87,3 +124,31 @@ def test_bad_config_key_is_a_clear_error(tiny_data, tmp_path):
         "epoks=1",
     )
     assert res.returncode == 2 and "epoks" in res.stderr
+
+
+def test_phase_oracle_reads_its_own_features_and_the_summary_has_every_model(trained, tiny_data, tmp_path):
+    data = ["--annotations", str(tiny_data / "annotations.json")]
+    phase_run = tmp_path / "phase"
+    res = run("train", *data, "--features", str(tiny_data / "phase"), "--out", str(phase_run), "--set", "epochs=1")
+    assert res.returncode == 0, res.stderr
+    report = tmp_path / "tiny-s16"
+    res = run(
+        "eval",
+        "--checkpoint",
+        str(trained / "best.pt"),
+        "--compare",
+        f"phase-oracle={phase_run / 'best.pt'}@{tiny_data / 'phase'}",
+        *data,
+        "--features",
+        str(tiny_data / "features"),
+        "--out",
+        str(report),
+    )
+    assert res.returncode == 0, res.stderr
+    details = json.loads((report / "metrics.json").read_text())["details"]
+    assert details["phase-oracle"]["features"] == str(tiny_data / "phase") and details["phase-oracle"]["input_dim"] == 1
+    res = run("summary", str(report))
+    assert res.returncode == 0, res.stderr
+    header, _, row = res.stdout.strip().splitlines()
+    assert "| default |" in header and "phase-oracle" in header and "length_bayes" in header
+    assert row.startswith("| tiny-s16 |") and ("| yes |" in row or "| no: " in row)
