@@ -9,7 +9,7 @@ from model_export.onnx_cell import ExportError, export_checkpoint, file_sha256
 from model_export.verify import TOLERANCE, random_streams, step_mixed_batches, verify_export
 from service.runtime import CellRuntime
 from tests.conftest import train_tiny
-from training.model import load_checkpoint
+from training.checkpoint import load_checkpoint
 
 
 def shapes(values) -> dict:
@@ -19,23 +19,33 @@ def shapes(values) -> dict:
     }
 
 
-def test_graph_signature_is_exactly_the_contract(tiny_model):
+def state_width(checkpoint) -> int:
+    """members × layers × hidden: the one state vector the cell carries."""
+    _, ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.model_config
+    return cfg["members"] * cfg["layers"] * cfg["hidden_dim"]
+
+
+def test_graph_signature_is_exactly_the_contract(tiny_model, tiny_checkpoint):
+    width = state_width(tiny_checkpoint)
+    assert width == 3 * 16  # the default's three members, concatenated
     model = onnx.load(tiny_model)
     onnx.checker.check_model(model, full_check=True)
     f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     assert shapes(model.graph.input) == {
         "embedding": (f, ["batch", 16]),
         "step": (i64, ["batch"]),
-        "state": (f, ["batch", 16]),
+        "state": (f, ["batch", width]),
     }
-    assert shapes(model.graph.output) == {"progress": (f, ["batch"]), "next_state": (f, ["batch", 16])}
+    assert shapes(model.graph.output) == {"progress": (f, ["batch"]), "next_state": (f, ["batch", width])}
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
 
 
 def test_metadata_describes_model_checkpoint_data_and_metrics(tiny_model, tiny_checkpoint):
     meta = {p.key: p.value for p in onnx.load(tiny_model).metadata_props}
     assert meta["format_version"] == "1"
-    assert (meta["embedding_dim"], meta["hidden_dim"], meta["position_encoding"]) == ("16", "16", "log")
+    width = str(state_width(tiny_checkpoint))
+    assert (meta["embedding_dim"], meta["hidden_dim"], meta["position_encoding"]) == ("16", width, "log")
     assert json.loads(meta["position_params"])["length_ref"] > 0
     assert meta["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
     assert json.loads(meta["training_data"])["embedding_dim"] == 16
@@ -47,8 +57,8 @@ def test_step_zero_ignores_the_state_input(tiny_model):
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((4, 16)).astype(np.float32)
     step = np.array([0, 0, 5, 5], np.int64)
-    a = rt.step(emb, step, np.zeros((4, 16), np.float32))
-    b = rt.step(emb, step, rng.standard_normal((4, 16)).astype(np.float32) * 10)
+    a = rt.step(emb, step, np.zeros((4, rt.hidden_dim), np.float32))
+    b = rt.step(emb, step, rng.standard_normal((4, rt.hidden_dim)).astype(np.float32) * 10)
     np.testing.assert_array_equal(a[0][:2], b[0][:2])
     np.testing.assert_array_equal(a[1][:2], b[1][:2])
     assert not np.allclose(a[1][2:], b[1][2:])  # rows past step 0 do read their state

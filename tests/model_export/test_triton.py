@@ -48,9 +48,10 @@ def test_triton_graph_steps_like_triton_would_carry_it(tiny_model, tmp_path):
     folder = write_repository(tiny_model, tmp_path)
     triton = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     plain = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"])
+    width = {i.name: i for i in plain.get_inputs()}["state"].shape[1]  # members × layers × hidden
     x = np.random.default_rng(0).standard_normal((7, 2, 16)).astype(np.float32)
-    state, step = np.zeros((2, 16), np.float32), np.zeros((2, 1), np.int64)
-    plain_state = np.zeros((2, 16), np.float32)
+    state, step = np.zeros((2, width), np.float32), np.zeros((2, 1), np.int64)
+    plain_state = np.zeros((2, width), np.float32)
     for t in range(7):
         progress, state, step = triton.run(None, {"embedding": x[t], "step": step, "state": state})
         ref, plain_state = plain.run(None, {"embedding": x[t], "step": np.full(2, t, np.int64), "state": plain_state})

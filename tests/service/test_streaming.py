@@ -114,7 +114,7 @@ def test_stream_lifecycle_model_and_stateless(server, runtime):
     assert h.delete("/v1/streams/life-1").status_code == 204
     assert h.get("/v1/streams/life-1").status_code == 404
     model = h.get("/v1/model").json()
-    assert model["providers"] == ["CPUExecutionProvider"] and model["hidden_dim"] == "16"
+    assert model["providers"] == ["CPUExecutionProvider"] and model["hidden_dim"] == str(runtime.hidden_dim)
     x = frames(rng, 40)
     stateless = h.post("/v1/progress", json={"embeddings": x.tolist()}).json()["progress"]
     np.testing.assert_allclose(stateless, runtime.run_action(x), atol=TOL)
