@@ -1,7 +1,7 @@
 """Frames per second of the stepwise ONNX cell vs PyTorch eager vs recomputing the prefix.
 
     .venv/bin/python benchmarks/step_throughput.py --model models/progress_head.onnx \
-        --checkpoint runs/s8-default/best.pt
+        --checkpoint runs/smooth-s8-default/best.pt
 
 Everything is measured in this one run on this machine's CPU; ratios compare against the PyTorch
 eager step at the same batch size and thread setting.
@@ -76,7 +76,7 @@ def recompute_rates(args: argparse.Namespace, config: dict) -> dict[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/progress_head.onnx")
-    parser.add_argument("--checkpoint", default="runs/s8-default/best.pt")
+    parser.add_argument("--checkpoint", default="runs/smooth-s8-default/best.pt")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 1024])
     parser.add_argument("--lengths", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
