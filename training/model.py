@@ -33,24 +33,6 @@ class _Member(nn.Module):
         hidden, _ = self.gru(x, h0)
         return self.head(hidden)
 
-    def step(self, x: Tensor, state: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
-        """``state`` ``(B, layers·H)``; rows where ``start`` begin from ``h0``. The GRU equations by hand."""
-        layers, hidden = self.h0.shape
-        h_all = torch.where(start.unsqueeze(-1), self.h0.reshape(1, -1).expand_as(state), state)
-        nexts = []
-        for k in range(layers):
-            h = h_all[:, k * hidden : (k + 1) * hidden]
-            gi = x @ getattr(self.gru, f"weight_ih_l{k}").T + getattr(self.gru, f"bias_ih_l{k}")
-            gh = h @ getattr(self.gru, f"weight_hh_l{k}").T + getattr(self.gru, f"bias_hh_l{k}")
-            i_r, i_z, i_n = gi.chunk(3, dim=-1)
-            h_r, h_z, h_n = gh.chunk(3, dim=-1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            x = (1.0 - z) * n + z * h
-            nexts.append(x)
-        return self.head(x), torch.cat(nexts, dim=-1)
-
 
 class ProgressHead(nn.Module):
     """members × [GRU(norm(embedding) ⊕ position) → Linear → ReLU → Linear] → mean → sigmoid or clamp.
@@ -158,22 +140,43 @@ class ProgressHead(nn.Module):
         last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1)
         return out.gather(1, last.view(-1, 1).to(out.device)).squeeze(1)
 
+    def _stacked(self, name: str) -> Tensor:
+        """One parameter of every member stacked on a leading members axis (constants in the exported graph)."""
+        return torch.stack([member.get_parameter(name) for member in self.members])
+
     def step(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One frame per row: ``(B, D)``, 0-based ``step`` ``(B,)``, ``state`` ``(B, state_dim)``.
 
-        Rows with ``step == 0`` start from the learned initial states and ignore ``state``.
+        Rows with ``step == 0`` start from the learned initial states and ignore ``state``. The GRU
+        equations by hand, every member at once (batched matrix products over a members axis), so the
+        cell's operator count does not grow with the ensemble. ``state`` is laid out member-major,
+        then layer, then unit.
         """
         if not self.streamable:
             raise ValueError("the relative encoding depends on the prefix length: it cannot run step by step")
         x = (embedding - self.input_mean) * self.input_scale
         if self.position_encoding != "none":
             x = torch.cat([x, self.position_features(step)], dim=-1)
-        start = step == 0
-        width = self.state_dim // len(self.members)
-        raws, nexts = [], []
-        for k, member in enumerate(self.members):
-            out, nxt = member.step(x, state[:, k * width : (k + 1) * width], start)
-            raws.append(out[:, 0])
-            nexts.append(nxt)
-        raw = torch.stack(raws).mean(dim=0)
-        return self.activate(raw), torch.cat(nexts, dim=-1)
+        members, layers, hidden = len(self.members), self.config["layers"], self.config["hidden_dim"]
+        h0 = torch.stack([member.h0 for member in self.members]).reshape(1, -1)
+        h_all = torch.where((step == 0).unsqueeze(-1), h0.expand_as(state), state)
+        h_all = h_all.reshape(-1, members, layers, hidden).permute(2, 1, 0, 3)  # (layers, members, B, H)
+        inp = x.unsqueeze(0)  # (1, B, in): every member reads the same first-layer input
+        nexts = []
+        for k in range(layers):
+            gi = (
+                inp @ self._stacked(f"gru.weight_ih_l{k}").transpose(1, 2) + self._stacked(f"gru.bias_ih_l{k}")[:, None]
+            )
+            gh = h_all[k] @ self._stacked(f"gru.weight_hh_l{k}").transpose(1, 2)
+            gh = gh + self._stacked(f"gru.bias_hh_l{k}")[:, None]
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            inp = (1.0 - z) * n + z * h_all[k]  # (members, B, H)
+            nexts.append(inp)
+        hid = torch.relu(inp @ self._stacked("head.0.weight").transpose(1, 2) + self._stacked("head.0.bias")[:, None])
+        out = hid @ self._stacked("head.2.weight").transpose(1, 2) + self._stacked("head.2.bias")[:, None]
+        next_state = torch.stack(nexts).permute(2, 1, 0, 3).reshape(-1, self.state_dim)
+        return self.activate(out[..., 0].mean(dim=0)), next_state
