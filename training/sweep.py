@@ -65,6 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "hidden_dim": 128,
         "edge_weight": 0.5,
     },
+    "norm+warp+h128+edge": {"input_norm": "standardize", "time_warp": 0.3, "hidden_dim": 128, "edge_weight": 0.5},
     "norm+warp+ens3+h128+edge1": {
         "input_norm": "standardize",
         "time_warp": 0.3,
