@@ -20,3 +20,9 @@ def test_the_table_ranks_recipes_by_their_worst_family():
     ]
     lines = sweep_table(rows).splitlines()
     assert lines[2].startswith("| b | 0.500 | 0.600 | 0.600 |") and lines[3].startswith("| a | 0.300 | 0.900 | 0.900 |")
+
+
+def test_the_light_variant_is_the_default_with_one_member():
+    from training.config import load_config
+
+    assert load_config("configs/light.toml") == recipe_config("norm+warp+h128+edge") == TrainConfig(members=1)
