@@ -20,7 +20,7 @@ from service.errors import Overloaded, SeqConflict, StreamNotFound
 from service.metrics import Metrics
 from service.runtime import CellRuntime
 from service.settings import Settings
-from service.snapshot import read_snapshot, write_snapshot
+from service.snapshot import identity, load_state, write_snapshot
 from service.streams import Chunk, Stream, StreamTable
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Engine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         state_file = self.settings.state_file
-        if state_file is not None and Path(state_file).exists():
+        if state_file is not None:
             self.restore(Path(state_file))
         self._tasks = [
             asyncio.create_task(self.batcher.run(), name="batcher"),
@@ -196,16 +196,19 @@ class Engine:
                 "step": self.table.step[slots],
                 "outputs": self.table.outputs[slots],
             }
-        meta = {"checkpoint_sha256": self.runtime.metadata.get("checkpoint_sha256", ""), "window": self.table.window}
-        await asyncio.to_thread(write_snapshot, path, arrays, meta)
+        await asyncio.to_thread(write_snapshot, path, arrays, self.snapshot_identity())
         return len(streams)
 
+    def snapshot_identity(self) -> dict:
+        """What a state file must match to be restored here (the model and the retained window)."""
+        return identity(self.runtime.metadata.get("checkpoint_sha256", ""), self.table.window)
+
     def restore(self, path: Path) -> int:
-        arrays, meta = read_snapshot(path)
-        expected = self.runtime.metadata.get("checkpoint_sha256", "")
-        if meta.get("checkpoint_sha256") != expected or meta.get("window") != self.table.window:
-            log.warning("%s was written for another model or window; not restoring it", path)
+        """Restore the state file at ``path`` if there is one; see :func:`service.snapshot.load_state`."""
+        loaded = load_state(path, self.snapshot_identity(), self.settings.max_streams, self.settings.state_on_mismatch)
+        if loaded is None:
             return 0
+        arrays, _ = loaded
         for i, stream_id in enumerate(arrays["ids"]):
             stream = self.table.create(str(stream_id))
             stream.next_seq = stream.done_seq = int(arrays["done_seq"][i])
@@ -221,5 +224,6 @@ class Engine:
             await asyncio.sleep(self.settings.snapshot_interval_s)
             try:
                 await self.snapshot(path)
-            except OSError:
-                log.exception("snapshot to %s failed", path)
+            except OSError as exc:
+                self.metrics.snapshot_failures.inc()
+                log.error("snapshot to %s failed: %s", path, exc)

@@ -76,6 +76,9 @@ class Metrics:
         )
         self.errors = Counter("progress_errors", "Errors answered, by code", ["code"], registry=r)
         self.evictions = Counter("progress_evictions", "Streams evicted after their idle TTL", registry=r)
+        self.snapshot_failures = Counter(
+            "progress_snapshot_failures", "Periodic state-file snapshots that could not be written", registry=r
+        )
         self.streams_active = Gauge("progress_streams_active", "Streams held", registry=r)
         self.queue_frames = Gauge("progress_queue_frames", "Frames accepted, waiting for inference", registry=r)
         self.model = Info("progress_model", "The model being served", registry=r)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import uvicorn
 from uvicorn._types import ASGIApplication
 
 from service.app import create_app
+from service.runtime import CellRuntime, ModelError
 from service.settings import Settings
+from service.snapshot import SnapshotError, identity, load_state
 
 
 def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "info") -> uvicorn.Config:
@@ -28,7 +31,21 @@ def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "i
     )
 
 
+def preflight(settings: Settings) -> None:
+    """Refuse to start, before serving anything, on a model or a state file this server cannot use."""
+    runtime = CellRuntime(settings.model_path, "cpu")
+    if settings.state_file is not None:
+        expected = identity(runtime.metadata.get("checkpoint_sha256", ""), settings.retained_window)
+        load_state(settings.state_file, expected, settings.max_streams, settings.state_on_mismatch)
+
+
 def run(model: Path | None = None, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
+    """Serve; a model or state file that cannot be used exits with code 2 and one line naming it."""
     overrides = {k: v for k, v in {"model_path": model, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
+    try:
+        preflight(settings)
+    except (ModelError, SnapshotError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()

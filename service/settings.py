@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,4 +29,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger HTTP bodies get 413, WS 1009")
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer KEY'")
     state_file: Path | None = Field(None, description="snapshot all streams here; restored at start")
+    state_on_mismatch: Literal["fail", "discard"] = Field(
+        "fail", description="a state file this server cannot restore: fail the start, or move it aside and start empty"
+    )
     snapshot_interval_s: float = Field(5.0, gt=0)
