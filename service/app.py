@@ -11,6 +11,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.engine import Engine
 from service.errors import (
@@ -40,6 +42,25 @@ HTTP_STATUS: dict[type[EngineError], int] = {
     SeqConflict: 409,
     Overloaded: 503,
 }
+
+
+#: Errors the router answers before any handler runs.
+ROUTING_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("not_found", "no such route: see /docs for the API"),
+    405: ("method_not_allowed", "this route does not take that method (see the Allow header)"),
+}
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (the router itself names only the first route's)."""
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    )
 
 
 def http_status(exc: EngineError) -> int:
@@ -96,6 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return await engine_error(request, BadInput(field, f"{field}: {first['msg']}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """No route or a wrong method: the same error shape as every other answer, with no path echoed."""
+        code, message = ROUTING_ERRORS.get(exc.status_code, ("http_error", "the request cannot be served"))
+        body = {"error": {"code": code, "message": message}}
+        headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else exc.headers
+        return Response(orjson.dumps(body), exc.status_code, headers, "application/json")
 
     app.include_router(v1_router)
     app.include_router(ws_router)

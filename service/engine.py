@@ -159,7 +159,8 @@ class Engine:
 
     async def progress_once(self, frames: np.ndarray) -> np.ndarray:
         """Stateless: every frame of one action through a temporary stream."""
-        stream, _ = self.create("_stateless_" + secrets.token_hex(8))
+        # marked by its flag; its id has a character no client id may have, so it can never collide
+        stream = self.table.create("~" + secrets.token_hex(8), durable=False)
         try:
             return await asyncio.shield(self.submit(stream, 0, frames))
         finally:
@@ -186,7 +187,7 @@ class Engine:
     async def snapshot(self, path: Path) -> int:
         """Write every stream's processed state atomically; returns how many streams."""
         async with self.batcher.cycle_lock:
-            streams = [s for s in self.table.streams.values() if not s.id.startswith("_stateless_")]
+            streams = [s for s in self.table.streams.values() if s.durable]
             slots = np.array([s.slot for s in streams], np.int64)
             arrays = {
                 "ids": np.array([s.id for s in streams], dtype=str),

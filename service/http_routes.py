@@ -6,13 +6,15 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from service.engine import Engine
 from service.errors import BadInput, PayloadTooLarge, Unauthorized
 from service.protocol import (
+    STREAM_ID,
+    STREAM_ID_RULE,
     CreateStream,
     ErrorReply,
     FramesReply,
@@ -48,6 +50,18 @@ def get_settings(request: Request) -> Settings:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def stream_id_param(
+    stream_id: Annotated[
+        str, Path(description=STREAM_ID_RULE, json_schema_extra={"pattern": STREAM_ID.pattern, "maxLength": 64})
+    ],
+) -> str:
+    """Every route's ``{stream_id}``, checked by the one validator (the schema declares its pattern)."""
+    return check_stream_id(stream_id)
+
+
+StreamId = Annotated[str, Depends(stream_id_param)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:
@@ -88,9 +102,9 @@ async def create_stream(engine: EngineDep, response: Response, body: CreateStrea
 
 
 @v1_router.put("/streams/{stream_id}", status_code=201, summary="Create a stream with this id (idempotent)")
-async def put_stream(stream_id: str, engine: EngineDep, response: Response) -> dict:
+async def put_stream(stream_id: StreamId, engine: EngineDep, response: Response) -> dict:
     """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
-    return await create_stream(engine, response, CreateStream(stream_id=check_stream_id(stream_id)))
+    return await create_stream(engine, response, CreateStream(stream_id=stream_id))
 
 
 @v1_router.post(
@@ -99,7 +113,7 @@ async def put_stream(stream_id: str, engine: EngineDep, response: Response) -> d
     openapi_extra=json_body(FramesRequest),
     summary="Send frames seq.. of a stream; get each frame's progress",
 )
-async def post_frames(stream_id: str, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     started = time.perf_counter()
     seq, frames, reset = parse_frames(
         await read_json(request, settings), engine.runtime.embedding_dim, settings.max_frames_per_message
@@ -110,12 +124,12 @@ async def post_frames(stream_id: str, request: Request, engine: EngineDep, setti
 
 
 @v1_router.get("/streams/{stream_id}", summary="A stream's state")
-async def get_stream(stream_id: str, engine: EngineDep) -> dict:
-    return engine.describe(engine.get(check_stream_id(stream_id)))
+async def get_stream(stream_id: StreamId, engine: EngineDep) -> dict:
+    return engine.describe(engine.get(stream_id))
 
 
 @v1_router.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream")
-async def delete_stream(stream_id: str, engine: EngineDep) -> Response:
+async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
     engine.delete(stream_id)
     return Response(status_code=204)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from service.errors import BadInput, TooManyFrames
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
 
 #: Binary request: little-endian ``uint64 seq, uint32 count, uint32 flags`` then ``count × D`` float32.
 REQUEST_HEADER = struct.Struct("<QII")
@@ -25,9 +26,7 @@ FLAG_RESET = 1
 
 
 class CreateStream(BaseModel):
-    stream_id: str | None = Field(
-        None, pattern=STREAM_ID.pattern, description="1-64 of [A-Za-z0-9_-]; random if absent"
-    )
+    stream_id: str | None = Field(None, pattern=STREAM_ID.pattern, description=f"{STREAM_ID_RULE}; random if absent")
 
 
 class FramesRequest(BaseModel):
@@ -59,8 +58,9 @@ class ErrorReply(BaseModel):
 
 
 def check_stream_id(stream_id: str) -> str:
+    """The one stream-id check of every route and the WebSocket; the message never echoes the id."""
     if not STREAM_ID.match(stream_id):
-        raise BadInput("stream_id", "stream_id must be 1-64 characters of [A-Za-z0-9_-]")
+        raise BadInput("stream_id", f"stream_id must be {STREAM_ID_RULE}")
     return stream_id
 
 

@@ -35,6 +35,7 @@ class Stream:
     pending: deque[Chunk] = field(default_factory=deque)
     in_cycle: int = 0  # frames of it in the batch now under inference
     closed: bool = False  # removed from the table (a batch still holding it frees its slot when done)
+    durable: bool = True  # snapshotted; False for the temporary stream of a stateless request
 
     @property
     def busy(self) -> bool:
@@ -61,13 +62,13 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def create(self, stream_id: str) -> Stream:
+    def create(self, stream_id: str, durable: bool = True) -> Stream:
         if not self._free:
             raise TooManyStreams(f"the server holds its maximum of {self.capacity} streams; retry later", 5)
         slot = self._free.pop()
         self.state[slot] = 0.0
         self.step[slot] = 0
-        stream = Stream(stream_id, slot)
+        stream = Stream(stream_id, slot, durable=durable)
         self.streams[stream_id] = stream
         return stream
 

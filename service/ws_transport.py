@@ -13,8 +13,16 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.engine import Engine
-from service.errors import EngineError, Overloaded, ProtocolViolation, StreamNotFound, error_body, most_specific
-from service.protocol import REQUEST_HEADER, STREAM_ID, binary_reply, parse_binary, parse_frames
+from service.errors import (
+    BadInput,
+    EngineError,
+    Overloaded,
+    ProtocolViolation,
+    StreamNotFound,
+    error_body,
+    most_specific,
+)
+from service.protocol import REQUEST_HEADER, binary_reply, check_stream_id, parse_binary, parse_frames
 from service.settings import Settings
 from service.streams import Stream
 
@@ -35,8 +43,10 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     if settings.api_key and websocket.headers.get("authorization") != f"Bearer {settings.api_key}":
         await websocket.close(POLICY_VIOLATION, "missing or wrong API key")  # before accept: HTTP 403
         return
-    if not STREAM_ID.match(stream_id):
-        await websocket.close(POLICY_VIOLATION, "stream_id must be 1-64 of [A-Za-z0-9_-]")
+    try:
+        check_stream_id(stream_id)
+    except BadInput as exc:
+        await websocket.close(POLICY_VIOLATION, exc.message)
         return
     try:
         stream, _ = engine.create(stream_id)
