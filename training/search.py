@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from training.config import TrainConfig
-from training.train import TrainingData, fit
+from training.train import TrainingData, fit, run_scores
 
 #: What the search varies (everything else is the base config's).
 SPACE: dict[str, tuple[Any, ...]] = {
@@ -62,7 +62,7 @@ def run_search(base: TrainConfig, data: TrainingData, out: Path, trials: int, mi
     def objective(trial: optuna.Trial) -> float:
         cfg = base.replace(**_suggest(trial, base))
         summary = fit(cfg, data, out / "trials" / f"{trial.number:03d}", verbose=False)
-        results[trial.number] = {"trial": trial.number, "config": cfg.to_dict(), **_scores(summary)}
+        results[trial.number] = {"trial": trial.number, "config": cfg.to_dict(), **run_scores(summary)}
         with (out / "search.jsonl").open("a") as log:
             log.write(json.dumps(results[trial.number]) + "\n")
         return summary["val"]["ogpe"]
@@ -74,15 +74,3 @@ def run_search(base: TrainConfig, data: TrainingData, out: Path, trials: int, mi
     (out / "config.json").write_text(json.dumps(best["config"], indent=2))
     (out / "search_summary.json").write_text(json.dumps({"best": best, "trials": len(results)}, indent=2))
     return best
-
-
-def _scores(summary: dict) -> dict:
-    val = summary["val"]
-    return {
-        "val_ogpe": val["ogpe"],
-        "ratio_to_bayes": val["ratio_to_bayes"],
-        "start_bias": val["start_mean"] - val["start_true"],
-        "end_bias": val["end_mean"] - val["end_true"],
-        "best_epoch": summary["best_epoch"],
-        "train_seconds": summary["train_seconds"],
-    }

@@ -84,22 +84,12 @@ def recipe_config(name: str, threads: int = 0) -> TrainConfig:
 
 
 def _run_one(recipe: str, data_dir: Path, out: Path, threads: int) -> dict:
-    from training.train import fit, load_training_data
+    from training.train import fit, load_training_data, run_scores
 
     cfg = recipe_config(recipe, threads)
     data = load_training_data(data_dir / "annotations.json", data_dir / "features", None, cfg.val_fraction)
     summary = fit(cfg, data, out / recipe / data_dir.name, verbose=False)
-    val = summary["val"]
-    return {
-        "recipe": recipe,
-        "data": data_dir.name,
-        "ratio": val["ratio_to_bayes"],
-        "ogpe": val["ogpe"],
-        "start_bias": val["start_mean"] - val["start_true"],
-        "end_bias": val["end_mean"] - val["end_true"],
-        "best_epoch": summary["best_epoch"],
-        "seconds": summary["train_seconds"],
-    }
+    return {"recipe": recipe, "data": data_dir.name, **run_scores(summary)}
 
 
 def run_sweep(data_dirs: list[Path], recipes: list[str], out: Path, jobs: int = 1) -> list[dict]:
@@ -125,13 +115,13 @@ def sweep_table(rows: list[dict]) -> str:
         by_recipe.setdefault(r["recipe"], {})[r["data"]] = r
     head = ["recipe", *datasets, "worst ÷ Bayes", "worst abs(start − true)", "worst end − true", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(by_recipe, key=lambda k: max(r["ratio"] for r in by_recipe[k].values()))
+    order = sorted(by_recipe, key=lambda k: max(r["ratio_to_bayes"] for r in by_recipe[k].values()))
     for name in order:
         got = by_recipe[name]
-        cells = [f"{got[d]['ratio']:.3f}" if d in got else "—" for d in datasets]
-        worst = max(r["ratio"] for r in got.values())
+        cells = [f"{got[d]['ratio_to_bayes']:.3f}" if d in got else "—" for d in datasets]
+        worst = max(r["ratio_to_bayes"] for r in got.values())
         start = max(abs(r["start_bias"]) for r in got.values())
         end = min(r["end_bias"] for r in got.values())
-        secs = sum(r["seconds"] for r in got.values()) / len(got)
+        secs = sum(r["train_seconds"] for r in got.values()) / len(got)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.3f} | {start:.3f} | {end:+.3f} | {secs:.0f} |")
     return "\n".join(lines)

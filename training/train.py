@@ -181,6 +181,19 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     return summary
 
 
+def run_scores(summary: dict) -> dict:
+    """The validation scores of a :func:`fit` summary that sweeps and searches log and rank by."""
+    val = summary["val"]
+    return {
+        "val_ogpe": val["ogpe"],
+        "ratio_to_bayes": val["ratio_to_bayes"],
+        "start_bias": val["start_mean"] - val["start_true"],
+        "end_bias": val["end_mean"] - val["end_true"],
+        "best_epoch": summary["best_epoch"],
+        "train_seconds": summary["train_seconds"],
+    }
+
+
 def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split: Path | None = None) -> dict:
     """Load the training handles' data, then :func:`fit`; writes ``out/best.pt`` and returns its metrics."""
     return fit(cfg, load_training_data(annotations, features, split, cfg.val_fraction), out)

@@ -24,12 +24,21 @@ BAD_IDS = {"10 kB": "a" * 10_000, "65 chars": "b" * 65, "NUL": "a%00b", "unicode
     [("GET", "", None), ("PUT", "", None), ("DELETE", "", None), ("POST", "/frames", {"seq": 0, "embeddings": []})],
 )
 def test_every_route_refuses_a_bad_id_the_same_way_without_echoing_it(server, bad, method, suffix, body):
+    bystander = StreamSession(server.url, stream_id="bystander")
+    if bystander.next_seq == 0:  # the first case gives it frames; the others find it as it was
+        bystander.send(frames(np.random.default_rng(9), 2))
+    before = httpx.get(f"{server.url}/v1/streams/bystander").json()
     res = httpx.request(method, f"{server.url}/v1/streams/{BAD_IDS[bad]}{suffix}", json=body)
     assert res.status_code == 422
     assert res.json() == {
         "error": {"code": "invalid_input", "message": f"stream_id must be {STREAM_ID_RULE}", "field": "stream_id"}
     }
     assert len(res.content) < 200
+    after = httpx.get(f"{server.url}/v1/streams/bystander").json()
+    assert {k: after[k] for k in ("next_seq", "processed_seq", "step")} == {
+        k: before[k] for k in ("next_seq", "processed_seq", "step")
+    }
+    bystander.close()
 
 
 def test_the_websocket_refuses_a_bad_id_with_the_same_message(server):

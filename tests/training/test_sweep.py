@@ -15,7 +15,7 @@ def test_every_recipe_is_a_valid_config():
 
 def test_the_table_ranks_recipes_by_their_worst_family():
     rows = [
-        {"recipe": r, "data": d, "ratio": x, "start_bias": 0.01, "end_bias": -0.02, "seconds": 10.0}
+        {"recipe": r, "data": d, "ratio_to_bayes": x, "start_bias": 0.01, "end_bias": -0.02, "train_seconds": 10.0}
         for r, d, x in [("a", "f1", 0.3), ("a", "f2", 0.9), ("b", "f1", 0.5), ("b", "f2", 0.6)]
     ]
     lines = sweep_table(rows).splitlines()
