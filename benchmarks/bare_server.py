@@ -1,7 +1,7 @@
 """The bare endpoint of the serving benchmark: same server settings, same parsers, no inference.
 
-It parses each WebSocket message exactly as the service does (orjson + checks, or the binary
-header + frombuffer + checks) and answers a reply of the same shape with zeros.
+It parses each WebSocket message exactly as the service does (the same :class:`Wire`: pydantic's
+strict JSON validation, or the binary header + frombuffer + checks) and answers a reply of the same shape with zeros.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from service.protocol import binary_reply, parse_binary, parse_frames
+from service.protocol import Wire, binary_reply
 from service.server import uvicorn_config
 from service.settings import Settings
 
 
 def bare_app(dim: int, max_frames: int) -> FastAPI:
     app = FastAPI()
+    wire = Wire(dim, max_frames, max_frames)
 
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def bare(websocket: WebSocket, stream_id: str) -> None:
@@ -35,11 +36,11 @@ def bare_app(dim: int, max_frames: int) -> FastAPI:
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("bytes") is not None:
-                    seq, frames, _ = parse_binary(message["bytes"], dim, max_frames)
+                    seq, frames, _ = wire.parse_binary(message["bytes"])
                     next_seq = seq + len(frames)
                     await websocket.send_bytes(binary_reply(seq, next_seq, np.zeros(len(frames), np.float32)))
                 else:
-                    seq, frames, _ = parse_frames(orjson.loads(message["text"]), dim, max_frames)
+                    seq, frames, _ = wire.parse_frames(message["text"])
                     next_seq = seq + len(frames)
                     reply = {"seq": seq, "progress": np.zeros(len(frames), np.float32), "next_seq": next_seq}
                     await websocket.send_text(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY).decode())

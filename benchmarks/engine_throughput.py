@@ -14,20 +14,19 @@ import time
 
 import numpy as np
 
-from service.engine import Engine
+from service.engine import Engine, EngineConfig
 from service.runtime import CellRuntime
-from service.settings import Settings
 
 
 async def drive(runtime: CellRuntime, streams: int, frames: int, seconds: float, max_batch: int) -> tuple[float, float]:
-    settings = Settings(
+    config = EngineConfig(
         max_streams=streams,
         max_batch=max_batch,
         max_frames_per_message=frames,
         retained_window=max(frames, 16),
         max_queue_frames=streams * frames + 1,
     )
-    engine = Engine(runtime, settings)
+    engine = Engine(runtime, config)
     await engine.start()
     x = np.random.default_rng(0).standard_normal((frames, runtime.embedding_dim)).astype(np.float32)
     done = 0

@@ -5,46 +5,29 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.edge import EdgeGuard, Scope
 from service.engine import Engine
-from service.errors import (
-    BadInput,
-    EngineError,
-    Overloaded,
-    PayloadTooLarge,
-    SeqConflict,
-    StreamNotFound,
-    Unauthorized,
-    error_body,
-    most_specific,
-)
+from service.errors import BadInput, ServiceError, error_body, error_headers
 from service.http_routes import ops_router, v1_router
+from service.protocol import CreateStream, Wire
 from service.runtime import CellRuntime
 from service.settings import Settings
 from service.ws_transport import ws_router
 
 log = logging.getLogger(__name__)
 
-
-HTTP_STATUS: dict[type[EngineError], int] = {
-    PayloadTooLarge: 413,
-    BadInput: 422,
-    Unauthorized: 401,
-    StreamNotFound: 404,
-    SeqConflict: 409,
-    Overloaded: 503,
-}
-
-
-#: Errors the router answers before any handler runs.
+#: Errors the router answers before any handler runs (codes of :data:`service.errors.ERRORS`).
 ROUTING_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found", "no such route: see /docs for the API"),
     405: ("method_not_allowed", "this route does not take that method (see the Allow header)"),
@@ -63,9 +46,23 @@ def allowed_methods(request: Request) -> str:
     )
 
 
-def http_status(exc: EngineError) -> int:
-    """The status of the most specific mapped class of ``exc`` (its MRO order), else 500."""
-    return most_specific(HTTP_STATUS, exc, 500)
+def error_response(exc: ServiceError) -> Response:
+    return Response(orjson.dumps(error_body(exc)), exc.spec.status, error_headers(exc.code), "application/json")
+
+
+def count_error(scope: Scope, code: str) -> None:
+    engine = getattr(scope["app"].state, "engine", None)
+    if engine is not None:
+        engine.metrics.errors.labels(code).inc()
+
+
+def openapi_schema(app: FastAPI, wire: Wire) -> dict[str, Any]:
+    """The schema with this server's real limits: the request bodies are the :class:`Wire` models."""
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (wire.frames_request, wire.progress_request, CreateStream):
+        components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return schema
 
 
 def warm_up(runtime: CellRuntime, max_batch: int) -> None:
@@ -86,9 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = CellRuntime(settings.model_path, settings.providers, settings.threads)
         log.info("model %s on providers %s", settings.model_path, runtime.providers)
         warm_up(runtime, settings.max_batch)
-        engine = Engine(runtime, settings)
+        wire = Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless)
+        engine = Engine(runtime, settings.engine_config())
         await engine.start()
-        app.state.engine = engine
+        app.state.wire, app.state.engine = wire, engine
+        app.openapi_schema = openapi_schema(app, wire)
         app.state.ready = True
         try:
             yield
@@ -105,23 +104,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.add_middleware(
+        EdgeGuard,
+        api_key=settings.api_key,
+        allowed_origins=settings.allowed_origins,
+        max_body_bytes=settings.max_message_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        count_error=count_error,
+    )
 
-    @app.exception_handler(EngineError)
-    async def engine_error(request: Request, exc: EngineError) -> Response:
-        request.app.state.engine.metrics.errors.labels(exc.code).inc()
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        return Response(orjson.dumps(error_body(exc)), http_status(exc), headers, "application/json")
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        count_error(request.scope, exc.code)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return await engine_error(request, BadInput(field, f"{field}: {first['msg']}"))
+        return await service_error(request, BadInput(field, f"{field}: {first['msg']}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
         """No route or a wrong method: the same error shape as every other answer, with no path echoed."""
-        code, message = ROUTING_ERRORS.get(exc.status_code, ("http_error", "the request cannot be served"))
+        code, message = ROUTING_ERRORS.get(exc.status_code, ("invalid_input", "the request cannot be served"))
         body = {"error": {"code": code, "message": message}}
         headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else exc.headers
         return Response(orjson.dumps(body), exc.status_code, headers, "application/json")

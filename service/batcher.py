@@ -206,7 +206,7 @@ class Batcher:
             for chunk in stream.pending:
                 if not chunk.future.done():
                     chunk.future.set_exception(
-                        InferenceFailed(f"inference failed ({exc}); resend from seq {stream.done_seq}")
+                        InferenceFailed(f"inference failed ({exc}); resend from seq {stream.done_seq}", stream.done_seq)
                     )
             stream.pending.clear()
             stream.next_seq = stream.done_seq

@@ -11,41 +11,63 @@ import contextlib
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from service.batcher import Batcher
-from service.errors import Overloaded, SeqConflict, StreamNotFound
+from service.errors import Overloaded, SeqConflict, ShuttingDown, StreamNotFound
 from service.metrics import Metrics
 from service.runtime import CellRuntime
-from service.settings import Settings
 from service.snapshot import identity, load_state, write_snapshot
-from service.streams import Chunk, Stream, StreamTable
+from service.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
 
 log = logging.getLogger(__name__)
 
 
-class Engine:
-    def __init__(self, runtime: CellRuntime, settings: Settings, metrics: Metrics | None = None):
-        if settings.retained_window < settings.max_frames_per_message:
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs, and nothing of the web layer (hosts, keys, origins, body limits).
+
+    The web ``Settings`` derives one with ``engine_config()``; tests and benchmarks build their own.
+    """
+
+    max_streams: int = 10_000
+    idle_ttl_s: float = 600.0
+    max_batch: int = 1024
+    max_wait_us: int = 200
+    inference_in_thread: bool = False
+    max_queue_frames: int = 200_000
+    retained_window: int = 512
+    max_frames_per_message: int = 256
+    state_file: Path | None = None
+    state_on_mismatch: str = "fail"
+    snapshot_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.retained_window < self.max_frames_per_message:
             raise ValueError("retained_window must be at least max_frames_per_message")
+
+
+class Engine:
+    def __init__(self, runtime: CellRuntime, config: EngineConfig, metrics: Metrics | None = None):
         self.runtime = runtime
-        self.settings = settings
+        self.config = config
         self.metrics = metrics or Metrics()
-        self.table = StreamTable(settings.max_streams, runtime.hidden_dim, settings.retained_window)
+        self.table = StreamTable(config.max_streams, runtime.hidden_dim, config.retained_window)
         self.batcher = Batcher(
             runtime,
             self.table,
             self.metrics,
-            settings.max_batch,
-            settings.max_wait_us,
-            in_thread=settings.inference_in_thread,
+            config.max_batch,
+            config.max_wait_us,
+            in_thread=config.inference_in_thread,
         )
         self.metrics.watch(lambda: len(self.table), lambda: self.batcher.queued_frames)
         self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
         self.accepting = True
-        self.max_queue_frames = settings.max_queue_frames
+        self.max_queue_frames = config.max_queue_frames
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop  # set by start(): submit() runs on it
 
@@ -63,7 +85,7 @@ class Engine:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        state_file = self.settings.state_file
+        state_file = self.config.state_file
         if state_file is not None:
             self.restore(Path(state_file))
         self._tasks = [
@@ -77,8 +99,8 @@ class Engine:
         """Stop accepting, finish every accepted frame, snapshot, stop the tasks."""
         self.accepting = False
         await self.batcher.drain()
-        if self.settings.state_file is not None:
-            await self.snapshot(Path(self.settings.state_file))
+        if self.config.state_file is not None:
+            await self.snapshot(Path(self.config.state_file))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,28 +150,33 @@ class Engine:
         n = len(frames)
         if seq == stream.next_seq:
             if not self.accepting:
-                raise Overloaded("the server is shutting down; reconnect and resume from next_seq", 1)
+                raise ShuttingDown("the server is shutting down; reconnect and resume from next_seq")
             if self.batcher.queued_frames + n > self.max_queue_frames:
                 raise Overloaded(f"{self.batcher.queued_frames} frames already wait for inference; retry shortly")
             future = self._loop.create_future()
+            self.table.remember(stream, seq, n, reset, chunk_digest(frames))
             self.batcher.enqueue(stream, Chunk(seq, frames, reset, future))
             stream.next_seq += n
             return future
-        if seq < stream.next_seq and seq + n <= stream.next_seq:
-            stored = self.table.replay(stream, seq, n)
-            if stored is not None:
-                future = self._loop.create_future()
-                future.set_result(stored)
-                return future
-            for chunk in stream.pending:
-                if chunk.seq == seq and len(chunk.frames) == n:
-                    return chunk.future
-            raise SeqConflict(
-                f"seq {seq} (+{n} frames) is not a chunk this stream still retains (window "
-                f"{self.table.window} frames); resume from next_seq {stream.next_seq}",
-                stream.next_seq,
-            )
-        raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
+        if seq > stream.next_seq:
+            raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
+        # seq was accepted before: a retry is answered only if it is the same chunk
+        differs = self.table.difference(stream, seq, n, reset, chunk_digest(frames))
+        if differs is not None:
+            raise SeqConflict(f"seq {seq} {differs}; the stream continues at {stream.next_seq}", stream.next_seq)
+        stored = self.table.replay(stream, seq, n)
+        if stored is not None:
+            future = self._loop.create_future()
+            future.set_result(stored)
+            return future
+        for chunk in stream.pending:
+            if chunk.seq == seq:
+                return chunk.future
+        raise SeqConflict(
+            f"seq {seq} (+{n} frames) is older than this stream retains (window {self.table.window} frames); "
+            f"the stream continues at {stream.next_seq}",
+            stream.next_seq,
+        )
 
     async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
         """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
@@ -170,7 +197,7 @@ class Engine:
     # --- housekeeping ------------------------------------------------------------------------
     def evict_idle(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
-        ttl = self.settings.idle_ttl_s
+        ttl = self.config.idle_ttl_s
         idle = [s for s in self.table.streams.values() if now - s.last_seen > ttl and not s.busy and not s.pending]
         for stream in idle:
             self.table.remove(stream)
@@ -178,7 +205,7 @@ class Engine:
         return len(idle)
 
     async def _evict_loop(self) -> None:
-        period = min(1.0, self.settings.idle_ttl_s / 4)
+        period = min(1.0, self.config.idle_ttl_s / 4)
         while True:
             await asyncio.sleep(period)
             if evicted := self.evict_idle():
@@ -193,10 +220,14 @@ class Engine:
                 "ids": np.array([s.id for s in streams], dtype=str),
                 "done_seq": np.array([s.done_seq for s in streams], np.int64),
                 "created_at": np.array([s.created_at for s in streams], np.float64),
-                "state": self.table.state[slots],
-                "step": self.table.step[slots],
-                "outputs": self.table.outputs[slots],
+                **{name: getattr(self.table, name)[slots] for name in SLOT_ARRAYS},
             }
+            for row, stream in enumerate(streams):
+                if stream.pending and stream.pending[0].pos:  # restored, it holds only the processed head
+                    head = stream.pending[0]
+                    pos = head.seq % self.table.window
+                    arrays["chunk_shape"][row, pos] = 2 * head.pos + head.reset
+                    arrays["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
         await asyncio.to_thread(write_snapshot, path, arrays, self.snapshot_identity())
         return len(streams)
 
@@ -206,7 +237,7 @@ class Engine:
 
     def restore(self, path: Path) -> int:
         """Restore the state file at ``path`` if there is one; see :func:`service.snapshot.load_state`."""
-        loaded = load_state(path, self.snapshot_identity(), self.settings.max_streams, self.settings.state_on_mismatch)
+        loaded = load_state(path, self.snapshot_identity(), self.config.max_streams, self.config.state_on_mismatch)
         if loaded is None:
             return 0
         arrays, _ = loaded
@@ -214,15 +245,14 @@ class Engine:
             stream = self.table.create(str(stream_id))
             stream.next_seq = stream.done_seq = int(arrays["done_seq"][i])
             stream.created_at = float(arrays["created_at"][i])
-            self.table.state[stream.slot] = arrays["state"][i]
-            self.table.step[stream.slot] = arrays["step"][i]
-            self.table.outputs[stream.slot] = arrays["outputs"][i]
+            for name in SLOT_ARRAYS:
+                getattr(self.table, name)[stream.slot] = arrays[name][i]
         log.info("restored %d streams from %s", len(arrays["ids"]), path)
         return len(arrays["ids"])
 
     async def _snapshot_loop(self, path: Path) -> None:
         while True:
-            await asyncio.sleep(self.settings.snapshot_interval_s)
+            await asyncio.sleep(self.config.snapshot_interval_s)
             try:
                 await self.snapshot(path)
             except OSError as exc:

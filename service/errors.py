@@ -1,26 +1,90 @@
-"""The engine's errors; each transport maps them to its own codes (HTTP status, WebSocket close code)."""
+"""The error contract: every error code with its HTTP status, WebSocket close code, Retry-After and
+what a client should do. One table: the server's handlers, the Python client, the load test and the
+README's error table all derive from :data:`ERRORS`.
+
+:class:`EngineError` is what the engine raises; :class:`WireError` is what the transports and the
+wire codecs raise (bad bodies, auth, origins, framing). Both are :class:`ServiceError`.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from dataclasses import dataclass
+from enum import StrEnum
 
-T = TypeVar("T")
+
+class Action(StrEnum):
+    """What a client does with an error (the Python client and the load test act on this)."""
+
+    FIX = "fix the request; resending it unchanged fails again"
+    RESUME = "resend from error.expected_seq (frames from there on were not accepted)"
+    WAIT = "wait Retry-After seconds, then resend the same message"
+    RECONNECT = "reconnect (and resend from next_seq)"
 
 
-class EngineError(Exception):
-    """Base: ``code`` is a stable machine-readable name, the message says what to do."""
+#: WebSocket close codes (RFC 6455): after accept, only these close a socket; other errors are messages.
+POLICY_VIOLATION, MESSAGE_TOO_BIG, SERVICE_RESTART, TRY_AGAIN_LATER = 1008, 1009, 1012, 1013
 
-    code = "error"
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    status: int  # HTTP status, also the status of a refused WebSocket handshake
+    action: Action
+    meaning: str
+    ws_close: int | None = None  # close code after a WebSocket accept; None: an error message, socket stays open
+    retry_after: int | None = None  # seconds, sent as Retry-After
+
+
+ERRORS: dict[str, ErrorSpec] = {
+    "invalid_input": ErrorSpec(422, Action.FIX, "a field is invalid or missing; error.field names it"),
+    "empty": ErrorSpec(422, Action.FIX, "no frames: send at least one"),
+    "wrong_dimension": ErrorSpec(422, Action.FIX, "a frame does not have the model's embedding_dim numbers"),
+    "not_finite": ErrorSpec(422, Action.FIX, "a frame holds NaN or infinity; error.field names the row"),
+    "too_many_frames": ErrorSpec(413, Action.FIX, "more frames in one message than the limit"),
+    "too_large": ErrorSpec(
+        413, Action.FIX, "the body is over max_message_bytes (a WebSocket message: close 1009)", MESSAGE_TOO_BIG
+    ),
+    "unsupported_media_type": ErrorSpec(415, Action.FIX, "a body that is not Content-Type application/json, or gzip"),
+    "unauthorized": ErrorSpec(401, Action.FIX, "missing or wrong 'Authorization: Bearer <API key>'"),
+    "forbidden_origin": ErrorSpec(403, Action.FIX, "a browser Origin not in PROGRESS_ALLOWED_ORIGINS"),
+    "not_found": ErrorSpec(404, Action.FIX, "no such route"),
+    "method_not_allowed": ErrorSpec(405, Action.FIX, "the route does not take that method; see Allow"),
+    "request_timeout": ErrorSpec(408, Action.RECONNECT, "the request's body did not arrive in time"),
+    "stream_not_found": ErrorSpec(
+        404, Action.FIX, "no such stream (never created, deleted or evicted)", POLICY_VIOLATION
+    ),
+    "seq_conflict": ErrorSpec(409, Action.RESUME, "seq does not continue the stream, or is not the same chunk"),
+    "protocol_violation": ErrorSpec(400, Action.FIX, "a WebSocket message breaks the framing", POLICY_VIOLATION),
+    "inference_failed": ErrorSpec(500, Action.RESUME, "the model call failed; the frames were not processed"),
+    "too_many_streams": ErrorSpec(503, Action.WAIT, "the server holds max_streams streams", TRY_AGAIN_LATER, 5),
+    "overloaded": ErrorSpec(503, Action.WAIT, "too many frames wait for inference", TRY_AGAIN_LATER, 1),
+    "shutting_down": ErrorSpec(503, Action.RECONNECT, "the server is stopping", SERVICE_RESTART, 1),
+}
+
+
+class ServiceError(Exception):
+    """Base: ``code`` is a key of :data:`ERRORS`; the message says what to do."""
+
+    code = "invalid_input"
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
+    @property
+    def spec(self) -> ErrorSpec:
+        return ERRORS[self.code]
 
-class BadInput(EngineError):
+
+class EngineError(ServiceError):
+    """Raised by the engine (any transport maps it through :data:`ERRORS`)."""
+
+
+class WireError(ServiceError):
+    """Raised by the transports and the codecs: what arrived cannot be taken as it is."""
+
+
+class BadInput(WireError):
     """A request's content is invalid; ``field`` names the offending field."""
-
-    code = "invalid_input"
 
     def __init__(self, field: str, message: str, code: str | None = None):
         super().__init__(message)
@@ -33,12 +97,30 @@ class PayloadTooLarge(BadInput):
     code = "too_large"
 
 
-class TooManyFrames(PayloadTooLarge):
+class TooManyFrames(BadInput):
     code = "too_many_frames"
 
 
-class Unauthorized(EngineError):
+class UnsupportedMediaType(WireError):
+    code = "unsupported_media_type"
+
+
+class Unauthorized(WireError):
     code = "unauthorized"
+
+
+class ForbiddenOrigin(WireError):
+    code = "forbidden_origin"
+
+
+class RequestTimeout(WireError):
+    code = "request_timeout"
+
+
+class ProtocolViolation(WireError):
+    """A WebSocket message that breaks the framing (not JSON, not an object, bad binary length or flags)."""
+
+    code = "protocol_violation"
 
 
 class StreamNotFound(EngineError):
@@ -46,7 +128,8 @@ class StreamNotFound(EngineError):
 
 
 class SeqConflict(EngineError):
-    """``seq`` is past ``next_seq``, or too old to replay; the client resumes from ``expected_seq``."""
+    """``seq`` is past ``next_seq``, overlaps, differs from the accepted chunk, or is too old to replay;
+    the client resumes from ``expected_seq``."""
 
     code = "seq_conflict"
 
@@ -55,33 +138,25 @@ class SeqConflict(EngineError):
         self.expected_seq = expected_seq
 
 
-class Overloaded(EngineError):
-    """The server cannot take this now; retry after ``retry_after`` seconds."""
-
-    code = "overloaded"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class TooManyStreams(Overloaded):
-    code = "too_many_streams"
-
-
-class InferenceFailed(EngineError):
-    """The model call failed; the frames were not processed (resend from next_seq)."""
+class InferenceFailed(SeqConflict):
+    """The model call failed; the stream went back to its processed frames (resend from ``expected_seq``)."""
 
     code = "inference_failed"
 
 
-class ProtocolViolation(EngineError):
-    """A WebSocket message that breaks the framing (not JSON, not an object, bad binary length)."""
-
-    code = "protocol_violation"
+class Overloaded(EngineError):
+    code = "overloaded"
 
 
-def error_body(exc: EngineError) -> dict:
+class TooManyStreams(EngineError):
+    code = "too_many_streams"
+
+
+class ShuttingDown(EngineError):
+    code = "shutting_down"
+
+
+def error_body(exc: ServiceError) -> dict:
     """The one JSON error shape of every transport: ``{"error": {code, message, field?, expected_seq?}}``."""
     body: dict = {"code": exc.code, "message": exc.message}
     if isinstance(exc, BadInput):
@@ -91,6 +166,19 @@ def error_body(exc: EngineError) -> dict:
     return {"error": body}
 
 
-def most_specific(table: dict[type, T], exc: Exception, default: T | None = None) -> T | None:
-    """The value for the most specific class of ``exc`` (in MRO order) that ``table`` maps."""
-    return next((table[c] for c in type(exc).__mro__ if c in table), default)
+def error_headers(code: str) -> dict[str, str] | None:
+    retry_after = ERRORS[code].retry_after
+    return {"Retry-After": str(retry_after)} if retry_after is not None else None
+
+
+def error_table() -> str:
+    """The README's error table (a test holds the README to it)."""
+    rows = [
+        "| code | HTTP | WebSocket after accept | Retry-After | meaning | client should |",
+        "|---|---|---|---|---|---|",
+    ]
+    for code, spec in ERRORS.items():
+        close = f"close {spec.ws_close}" if spec.ws_close else "error message, stays open"
+        retry = f"{spec.retry_after} s" if spec.retry_after is not None else ""
+        rows.append(f"| `{code}` | {spec.status} | {close} | {retry} | {spec.meaning} | {spec.action.value} |")
+    return "\n".join(rows)

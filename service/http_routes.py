@@ -7,49 +7,51 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from service.engine import Engine
-from service.errors import BadInput, PayloadTooLarge, Unauthorized
+from service.errors import ERRORS
 from service.protocol import (
     STREAM_ID,
     STREAM_ID_RULE,
-    CreateStream,
     ErrorReply,
     FramesReply,
-    FramesRequest,
-    ProgressRequest,
+    ProgressReply,
+    StreamCreated,
+    Wire,
     check_stream_id,
-    embeddings_array,
-    parse_frames,
 )
-from service.settings import Settings
 
 JSON = "application/json"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorReply, "description": what}
-    for code, what in (
-        (401, "missing or wrong API key"),
-        (404, "unknown stream"),
-        (409, "seq conflict: resume from error.expected_seq"),
-        (413, "too many frames or too large a body"),
-        (422, "invalid input; error.field names it"),
-        (503, "stream limit or overload; see Retry-After"),
-    )
-}
+
+
+def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that can answer these error codes (described by the table)."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERRORS[code].status, []).append(code)
+    return {
+        status: {"model": ErrorReply, "description": "; ".join(f"{c}: {ERRORS[c].meaning}" for c in names)}
+        for status, names in by_status.items()
+    }
+
+
+#: What every /v1 route can answer before its handler runs (the edge guards and the id check).
+EDGE_ERRORS = ("unauthorized", "forbidden_origin", "too_large", "unsupported_media_type", "request_timeout")
+BODY_ERRORS = ("invalid_input", "empty", "wrong_dimension", "not_finite", "too_many_frames")
 
 
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_wire(request: Request) -> Wire:
+    return request.app.state.wire
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+WireDep = Annotated[Wire, Depends(get_wire)]
 
 
 def stream_id_param(
@@ -64,82 +66,96 @@ def stream_id_param(
 StreamId = Annotated[str, Depends(stream_id_param)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-        raise Unauthorized("send 'Authorization: Bearer <API key>'")
-
-
-def json_body(model: type[BaseModel]) -> dict:
-    """OpenAPI description of a body the handler parses itself (orjson, one parser for every transport)."""
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": model.model_json_schema()}}}}
-
-
-async def read_json(request: Request, settings: Settings) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_message_bytes:
-        raise PayloadTooLarge("body", f"body of {declared} bytes exceeds {settings.max_message_bytes}")
-    body = await request.body()
-    if len(body) > settings.max_message_bytes:
-        raise PayloadTooLarge("body", f"body of {len(body)} bytes exceeds {settings.max_message_bytes}")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", f"malformed JSON: {exc}") from exc
+def json_body(name: str, required: bool = True) -> dict:
+    """OpenAPI reference to a body the handler validates itself against the server's :class:`Wire` models."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": required, "content": {JSON: {"schema": schema}}}}
 
 
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON)
 
 
-v1_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["v1"])
+v1_router = APIRouter(prefix="/v1", responses=error_responses(*EDGE_ERRORS), tags=["v1"])
 
 
-@v1_router.post("/streams", status_code=201, summary="Create a stream (idempotent with an id)")
-async def create_stream(engine: EngineDep, response: Response, body: CreateStream | None = None) -> dict:
-    stream, created = engine.create(body.stream_id if body else None)
-    response.status_code = 201 if created else 200
-    return {"stream_id": stream.id, "next_seq": stream.next_seq, "model": engine.model_summary()}
+CREATED = {
+    201: {"model": StreamCreated, "description": "created"},
+    200: {"model": StreamCreated, "description": "the stream already exists: its state"},
+    **error_responses("invalid_input", "too_many_streams"),
+}
 
 
-@v1_router.put("/streams/{stream_id}", status_code=201, summary="Create a stream with this id (idempotent)")
-async def put_stream(stream_id: StreamId, engine: EngineDep, response: Response) -> dict:
+def created(engine: Engine, stream_id: str | None) -> Response:
+    stream, new = engine.create(stream_id)
+    body = {"stream_id": stream.id, "next_seq": stream.next_seq, "model": engine.model_summary()}
+    return json_response(body, 201 if new else 200)
+
+
+@v1_router.post(
+    "/streams",
+    responses=CREATED,
+    openapi_extra=json_body("CreateStream", required=False),
+    summary="Create a stream (idempotent with an id)",
+)
+async def create_stream(request: Request, engine: EngineDep) -> Response:
+    return created(engine, Wire.parse_create(await request.body()))
+
+
+@v1_router.put("/streams/{stream_id}", responses=CREATED, summary="Create a stream with this id (idempotent)")
+async def put_stream(stream_id: StreamId, engine: EngineDep) -> Response:
     """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
-    return await create_stream(engine, response, CreateStream(stream_id=stream_id))
+    return created(engine, stream_id)
 
 
 @v1_router.post(
     "/streams/{stream_id}/frames",
-    response_model=FramesReply,
-    openapi_extra=json_body(FramesRequest),
+    responses={
+        200: {"model": FramesReply, "description": "each frame's progress"},
+        **error_responses(
+            *BODY_ERRORS, "stream_not_found", "seq_conflict", "overloaded", "shutting_down", "inference_failed"
+        ),
+    },
+    openapi_extra=json_body("FramesRequest"),
     summary="Send frames seq.. of a stream; get each frame's progress",
 )
-async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, wire: WireDep) -> Response:
     started = time.perf_counter()
-    seq, frames, reset = parse_frames(
-        await read_json(request, settings), engine.runtime.embedding_dim, settings.max_frames_per_message
-    )
+    seq, frames, reset = wire.parse_frames(await request.body())
     progress, next_seq = await engine.frames(stream_id, seq, frames, reset)
     engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
     return json_response({"stream_id": stream_id, "seq": seq, "progress": progress, "next_seq": next_seq})
 
 
-@v1_router.get("/streams/{stream_id}", summary="A stream's state")
+@v1_router.get(
+    "/streams/{stream_id}", responses=error_responses("invalid_input", "stream_not_found"), summary="A stream's state"
+)
 async def get_stream(stream_id: StreamId, engine: EngineDep) -> dict:
     return engine.describe(engine.get(stream_id))
 
 
-@v1_router.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream")
+@v1_router.delete(
+    "/streams/{stream_id}",
+    status_code=204,
+    responses=error_responses("invalid_input", "stream_not_found"),
+    summary="Delete a stream",
+)
 async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
     engine.delete(stream_id)
     return Response(status_code=204)
 
 
-@v1_router.post("/progress", openapi_extra=json_body(ProgressRequest), summary="Stateless: one whole action")
-async def progress(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    body = await read_json(request, settings)
-    if not isinstance(body, dict):
-        raise BadInput("body", "expected a JSON object with embeddings")
-    frames = embeddings_array(body.get("embeddings"), engine.runtime.embedding_dim, settings.max_frames_stateless)
+@v1_router.post(
+    "/progress",
+    responses={
+        200: {"model": ProgressReply, "description": "each frame's progress"},
+        **error_responses(*BODY_ERRORS, "too_many_streams", "overloaded", "shutting_down", "inference_failed"),
+    },
+    openapi_extra=json_body("ProgressRequest"),
+    summary="Stateless: one whole action",
+)
+async def progress(request: Request, engine: EngineDep, wire: WireDep) -> Response:
+    frames = wire.parse_progress(await request.body())
     return json_response({"progress": await engine.progress_once(frames)})
 
 
@@ -156,12 +172,21 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@ops_router.get("/readyz", summary="Model loaded and warmed up")
+@ops_router.get(
+    "/readyz",
+    responses={503: {"description": "not ready (starting or stopping)"}},
+    summary="Model loaded and warmed up",
+)
 async def readyz(request: Request) -> Response:
     ready = bool(getattr(request.app.state, "ready", False))
     return json_response({"ready": ready}, 200 if ready else 503)
 
 
-@ops_router.get("/metrics", summary="Prometheus metrics")
+@ops_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+)
 async def metrics(engine: EngineDep) -> Response:
     return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)

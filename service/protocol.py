@@ -1,19 +1,22 @@
-"""Wire formats: the JSON messages (pydantic models document them) and the compact binary frame format.
+"""The wire contract: stream ids, limits, the JSON bodies and the compact binary frame format.
 
-The hot path parses with orjson and checks by hand (one parser for HTTP and WebSocket alike);
-the pydantic models below are the schema shown in OpenAPI and used for the cold endpoints.
+:class:`Wire` is built once the model is loaded (it knows ``embedding_dim``): its pydantic models
+both validate every JSON body (HTTP and WebSocket alike, strictly: numbers must be JSON numbers)
+and generate the OpenAPI schema, so what is accepted and what is documented cannot drift apart.
+The error codes and what each means live in :mod:`service.errors`.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from service.errors import BadInput, TooManyFrames
+from service.errors import BadInput, ProtocolViolation, TooManyFrames
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
@@ -23,16 +26,22 @@ REQUEST_HEADER = struct.Struct("<QII")
 #: Binary reply: ``uint64 seq, uint64 next_seq, uint32 count, uint32 flags`` then ``count`` float32 progress.
 REPLY_HEADER = struct.Struct("<QQII")
 FLAG_RESET = 1
+KNOWN_FLAGS = FLAG_RESET
+#: The largest seq: the binary header's uint64, held in an int64 table (JSON takes the same bound).
+MAX_SEQ = 2**62
+
+STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 class CreateStream(BaseModel):
+    model_config = STRICT
     stream_id: str | None = Field(None, pattern=STREAM_ID.pattern, description=f"{STREAM_ID_RULE}; random if absent")
 
 
-class FramesRequest(BaseModel):
-    seq: int = Field(..., ge=0, description="stream-wide index of the chunk's first frame")
-    embeddings: list[list[float]] = Field(..., description="one D-dimensional embedding per frame")
-    reset: bool = Field(False, description="start a new action at the chunk's first frame")
+class StreamCreated(BaseModel):
+    stream_id: str
+    next_seq: int
+    model: dict[str, Any]
 
 
 class FramesReply(BaseModel):
@@ -42,8 +51,8 @@ class FramesReply(BaseModel):
     next_seq: int
 
 
-class ProgressRequest(BaseModel):
-    embeddings: list[list[float]] = Field(..., description="every frame of one action, in order")
+class ProgressReply(BaseModel):
+    progress: list[float]
 
 
 class ErrorBody(BaseModel):
@@ -64,57 +73,101 @@ def check_stream_id(stream_id: str) -> str:
     return stream_id
 
 
-def embeddings_array(value: Any, dim: int, max_frames: int, field: str = "embeddings") -> np.ndarray:
-    """A list of ``D``-float lists → float32 ``(n, D)``, with errors naming the field."""
-    if not isinstance(value, list):
-        raise BadInput(field, f"{field} must be a list of frames, each a list of {dim} numbers")
-    if not value:
-        raise BadInput(field, f"{field} is empty: send at least one frame", code="empty")
-    if len(value) > max_frames:
-        raise TooManyFrames(field, f"{field} has {len(value)} frames; at most {max_frames} per message")
-    try:
-        arr = np.array(value, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
-        raise BadInput(field, f"{field} must be a list of frames, each a list of {dim} numbers") from exc
-    return check_embeddings(arr, dim, field)
+def field_name(loc: tuple[str | int, ...]) -> str:
+    """``('embeddings', 3, 1)`` → ``embeddings[3][1]``; the body itself is ``body``."""
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return name or "body"
 
 
-def check_embeddings(arr: np.ndarray, dim: int, field: str = "embeddings") -> np.ndarray:
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        got = arr.shape[1] if arr.ndim == 2 else f"shape {arr.shape}"
-        raise BadInput(field, f"{field}: each frame must have {dim} numbers, got {got}", code="wrong_dimension")
+@dataclass(frozen=True)
+class Wire:
+    """The limits of one server and the request models they give; every body is parsed here."""
+
+    embedding_dim: int
+    max_frames_per_message: int
+    max_frames_stateless: int
+    frames_request: type[BaseModel] = field(init=False)
+    progress_request: type[BaseModel] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frames_request", self._frames_model("FramesRequest", self.max_frames_per_message))
+        object.__setattr__(self, "progress_request", self._frames_model("ProgressRequest", self.max_frames_stateless))
+
+    def _frames_model(self, name: str, max_frames: int) -> type[BaseModel]:
+        row = Annotated[
+            list[float],
+            Field(min_length=self.embedding_dim, max_length=self.embedding_dim, description="one frame's embedding"),
+        ]
+        frames = Annotated[list[row], Field(min_length=1, max_length=max_frames, description="frames, in order")]
+        fields: dict[str, Any] = {"embeddings": (frames, ...)}
+        if name == "FramesRequest":
+            fields["seq"] = (int, Field(..., ge=0, le=MAX_SEQ, description="stream-wide index of the first frame"))
+            fields["reset"] = (bool, Field(False, description="start a new action at the chunk's first frame"))
+        return create_model(name, __config__=STRICT, **fields)
+
+    def parse_frames(self, body: bytes | str) -> tuple[int, np.ndarray, bool]:
+        """A JSON frames message → ``(seq, float32 (n, D), reset)``."""
+        msg = self._validate(self.frames_request, body)
+        return msg.seq, check_finite(np.array(msg.embeddings, np.float32)), msg.reset
+
+    def parse_progress(self, body: bytes | str) -> np.ndarray:
+        return check_finite(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
+
+    @staticmethod
+    def parse_create(body: bytes | str) -> str | None:
+        return Wire._validate(CreateStream, body).stream_id if body else None
+
+    @staticmethod
+    def _validate(model: type[BaseModel], body: bytes | str) -> Any:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise bad_input(exc.errors(include_url=False)[0]) from None
+
+    def parse_binary(self, data: bytes) -> tuple[int, np.ndarray, bool]:
+        """A binary frames message → ``(seq, embeddings, reset)``; broken framing is a ProtocolViolation."""
+        dim = self.embedding_dim
+        if len(data) < REQUEST_HEADER.size:
+            raise ProtocolViolation(f"binary message shorter than its {REQUEST_HEADER.size}-byte header")
+        seq, count, flags = REQUEST_HEADER.unpack_from(data)
+        if len(data) != REQUEST_HEADER.size + 4 * count * dim:
+            raise ProtocolViolation(f"binary message of {len(data)} bytes does not hold {count} frames of {dim} floats")
+        if flags & ~KNOWN_FLAGS:
+            raise ProtocolViolation(f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} (known: reset = {FLAG_RESET})")
+        if seq > MAX_SEQ:
+            raise BadInput("seq", f"seq must be at most {MAX_SEQ}")
+        if count == 0:
+            raise BadInput("count", "count is 0: send at least one frame", code="empty")
+        if count > self.max_frames_per_message:
+            raise TooManyFrames("count", f"count is {count}; at most {self.max_frames_per_message} frames per message")
+        arr = np.frombuffer(data, dtype="<f4", offset=REQUEST_HEADER.size).reshape(count, dim)
+        return seq, check_finite(arr), bool(flags & FLAG_RESET)
+
+
+def bad_input(error: dict) -> BadInput:
+    """A pydantic error → the service's error: the field it names and the code a client can act on."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if kind == "json_invalid":
+        return BadInput("body", f"malformed JSON: {error['msg']}")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return BadInput("body", "expected a JSON object")
+    name = field_name(loc)
+    if loc == ("embeddings",) and kind == "too_short":
+        return BadInput(name, "embeddings is empty: send at least one frame", code="empty")
+    if loc == ("embeddings",) and kind == "too_long":
+        return TooManyFrames(name, f"embeddings: {error['msg']}")
+    if len(loc) == 2 and loc[0] == "embeddings" and kind in ("too_short", "too_long"):
+        dim = error["ctx"].get("min_length", error["ctx"].get("max_length"))
+        return BadInput(name, f"{name}: each frame must have {dim} numbers", code="wrong_dimension")
+    return BadInput(name, f"{name}: {error['msg']}")
+
+
+def check_finite(arr: np.ndarray) -> np.ndarray:
+    """Refuse NaN and infinity (including numbers beyond float32), naming the first bad row."""
     if not np.isfinite(arr).all():
         row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise BadInput(f"{field}[{row}]", f"{field}[{row}] contains NaN or inf", code="not_finite")
+        raise BadInput(f"embeddings[{row}]", f"embeddings[{row}] contains NaN or inf", code="not_finite")
     return arr
-
-
-def parse_frames(obj: Any, dim: int, max_frames: int) -> tuple[int, np.ndarray, bool]:
-    """A decoded JSON frames message → ``(seq, embeddings, reset)``."""
-    if not isinstance(obj, dict):
-        raise BadInput("body", "expected a JSON object with seq and embeddings")
-    seq = obj.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise BadInput("seq", "seq must be a non-negative integer")
-    reset = obj.get("reset", False)
-    if not isinstance(reset, bool):
-        raise BadInput("reset", "reset must be true or false")
-    return seq, embeddings_array(obj.get("embeddings"), dim, max_frames), reset
-
-
-def parse_binary(data: bytes, dim: int, max_frames: int) -> tuple[int, np.ndarray, bool]:
-    """A binary frames message → ``(seq, embeddings, reset)``; raises ValueError if the framing is broken."""
-    if len(data) < REQUEST_HEADER.size:
-        raise ValueError(f"binary message shorter than its {REQUEST_HEADER.size}-byte header")
-    seq, count, flags = REQUEST_HEADER.unpack_from(data)
-    if len(data) != REQUEST_HEADER.size + 4 * count * dim:
-        raise ValueError(f"binary message of {len(data)} bytes does not hold {count} frames of {dim} float32")
-    if count == 0:
-        raise BadInput("count", "count is 0: send at least one frame", code="empty")
-    if count > max_frames:
-        raise TooManyFrames("count", f"count is {count}; at most {max_frames} frames per message")
-    arr = np.frombuffer(data, dtype="<f4", offset=REQUEST_HEADER.size).reshape(count, dim)
-    return seq, check_embeddings(arr, dim), bool(flags & FLAG_RESET)
 
 
 def binary_reply(seq: int, next_seq: int, progress: np.ndarray) -> bytes:

@@ -9,25 +9,30 @@ import uvicorn
 from uvicorn._types import ASGIApplication
 
 from service.app import create_app
+from service.http_protocol import with_header_timeout
 from service.runtime import CellRuntime, ModelError
 from service.settings import Settings
 from service.snapshot import SnapshotError, identity, load_state
 
+#: Open requests get this long after SIGTERM: under compose's 30 s grace, with every deadline
+#: (headers, body: 10 s each by default) shorter still, so a slow client cannot hold the exit.
+GRACEFUL_SHUTDOWN_S = 20
+
 
 def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "info") -> uvicorn.Config:
-    """One process (it owns its streams), uvloop + httptools, no per-message deflate."""
+    """One process (it owns its streams), uvloop + httptools (with a header deadline), no per-message deflate."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=with_header_timeout(settings.header_timeout_s),
         ws="websockets-sansio",
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=False,
         log_level=log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 

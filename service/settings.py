@@ -1,12 +1,21 @@
-"""Every service setting, read from ``PROGRESS_*`` environment variables (or a ``.env`` file)."""
+"""Every service setting, read from ``PROGRESS_*`` environment variables (or a ``.env`` file).
+
+The engine's settings take their defaults from :class:`~service.engine.EngineConfig` and are handed
+to it by :meth:`Settings.engine_config`; the rest belong to the web layer.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.engine import EngineConfig
+
+ENGINE = EngineConfig()
 
 
 class Settings(BaseSettings):
@@ -17,19 +26,36 @@ class Settings(BaseSettings):
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: all cores)")
     host: str = "127.0.0.1"
     port: int = 8000
-    max_streams: int = Field(10_000, ge=1, description="streams held at once; creating more answers 503")
-    idle_ttl_s: float = Field(600.0, gt=0, description="a stream idle this long is evicted")
-    max_batch: int = Field(1024, ge=1, description="most streams (one frame each) per inference call")
-    max_wait_us: int = Field(200, ge=0, description="an idle batcher waits up to this for as many streams as last time")
-    inference_in_thread: bool = Field(False, description="run inference in a worker thread, not on the event loop")
-    max_queue_frames: int = Field(200_000, ge=1, description="frames waiting for inference before 503/1013")
-    retained_window: int = Field(512, ge=1, description="outputs kept per stream for retries")
-    max_frames_per_message: int = Field(256, ge=1)
+    max_streams: int = Field(ENGINE.max_streams, ge=1, description="streams held at once; creating more answers 503")
+    idle_ttl_s: float = Field(ENGINE.idle_ttl_s, gt=0, description="a stream idle this long is evicted")
+    max_batch: int = Field(ENGINE.max_batch, ge=1, description="most streams (one frame each) per inference call")
+    max_wait_us: int = Field(
+        ENGINE.max_wait_us, ge=0, description="an idle batcher waits up to this for as many streams as last time"
+    )
+    inference_in_thread: bool = Field(
+        ENGINE.inference_in_thread, description="run inference in a worker thread, not on the event loop"
+    )
+    max_queue_frames: int = Field(
+        ENGINE.max_queue_frames, ge=1, description="frames waiting for inference before 503/1013"
+    )
+    retained_window: int = Field(ENGINE.retained_window, ge=1, description="outputs kept per stream for retries")
+    max_frames_per_message: int = Field(ENGINE.max_frames_per_message, ge=1)
     max_frames_stateless: int = Field(8192, ge=1, description="frames of one action at POST /v1/progress")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger HTTP bodies get 413, WS 1009")
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer KEY'")
-    state_file: Path | None = Field(None, description="snapshot all streams here; restored at start")
-    state_on_mismatch: Literal["fail", "discard"] = Field(
-        "fail", description="a state file this server cannot restore: fail the start, or move it aside and start empty"
+    allowed_origins: str = Field(
+        "",
+        description="comma-separated browser origins allowed besides the server's own ('*': any); "
+        "a request or WebSocket whose Origin header is not allowed gets 403",
     )
-    snapshot_interval_s: float = Field(5.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
+    state_file: Path | None = Field(ENGINE.state_file, description="snapshot all streams here; restored at start")
+    state_on_mismatch: Literal["fail", "discard"] = Field(
+        ENGINE.state_on_mismatch,
+        description="a state file this server cannot restore: fail the start, or move it aside and start empty",
+    )
+    snapshot_interval_s: float = Field(ENGINE.snapshot_interval_s, gt=0)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})

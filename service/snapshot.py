@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.streams import SLOT_ARRAYS
+
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the accepted chunks' records (retries are checked against them)
 #: The arrays of a snapshot, one row per stream.
-ARRAYS = ("ids", "done_seq", "created_at", "state", "step", "outputs")
+ARRAYS = ("ids", "done_seq", "created_at", *SLOT_ARRAYS)
 ON_MISMATCH = ("fail", "discard")
 
 

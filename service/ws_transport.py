@@ -1,7 +1,9 @@
 """WebSocket transport: ``/v1/streams/{id}/ws``, JSON text or compact binary messages, answered in order.
 
-Each message is answered before the next is read, so answers come in order. Close codes: 1008
-protocol violation or bad auth, 1009 message too large (the server's ``ws_max_size``), 1013 overload.
+A refused handshake (bad id, full table; the edge refuses a bad key or Origin) is answered like an
+HTTP request: the status, ``Retry-After`` and JSON body of :data:`service.errors.ERRORS`. After the
+accept every error is an error message; the codes whose table entry has a close code then close
+the socket with it (1009 for an oversized message comes from the server's ``ws_max_size``).
 """
 
 from __future__ import annotations
@@ -11,52 +13,36 @@ import time
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response
 
 from service.engine import Engine
-from service.errors import (
-    BadInput,
-    EngineError,
-    Overloaded,
-    ProtocolViolation,
-    StreamNotFound,
-    error_body,
-    most_specific,
-)
-from service.protocol import REQUEST_HEADER, binary_reply, check_stream_id, parse_binary, parse_frames
-from service.settings import Settings
+from service.errors import BadInput, ProtocolViolation, ServiceError, error_body, error_headers
+from service.protocol import REQUEST_HEADER, Wire, check_stream_id
+from service.protocol import binary_reply as encode_binary_reply
 from service.streams import Stream
-
-POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013
-CLOSE_CODES = {
-    ProtocolViolation: (POLICY_VIOLATION, "protocol violation: see the error message"),
-    StreamNotFound: (POLICY_VIOLATION, "stream deleted or evicted"),
-    Overloaded: (TRY_AGAIN_LATER, "overloaded: retry later"),
-}
 
 ws_router = APIRouter()
 
 
+async def deny(websocket: WebSocket, exc: ServiceError) -> None:
+    """Refuse the handshake with the error's HTTP status and body."""
+    websocket.app.state.engine.metrics.errors.labels(exc.code).inc()
+    body = orjson.dumps(error_body(exc))
+    await websocket.send_denial_response(Response(body, exc.spec.status, error_headers(exc.code), "application/json"))
+
+
 @ws_router.websocket("/v1/streams/{stream_id}/ws")
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
-    settings: Settings = websocket.app.state.settings
     engine: Engine = websocket.app.state.engine
-    if settings.api_key and websocket.headers.get("authorization") != f"Bearer {settings.api_key}":
-        await websocket.close(POLICY_VIOLATION, "missing or wrong API key")  # before accept: HTTP 403
-        return
     try:
-        check_stream_id(stream_id)
-    except BadInput as exc:
-        await websocket.close(POLICY_VIOLATION, exc.message)
-        return
-    try:
-        stream, _ = engine.create(stream_id)
-    except Overloaded as exc:
-        await websocket.close(TRY_AGAIN_LATER, exc.message)
+        stream, _ = engine.create(check_stream_id(stream_id))
+    except ServiceError as exc:
+        await deny(websocket, exc)
         return
     await websocket.accept()
     # its own task: every wake-up (a message, a result) resumes a short coroutine chain instead of the
     # whole ASGI middleware stack above this handler
-    await asyncio.create_task(Connection(websocket, engine, settings, stream).serve())
+    await asyncio.create_task(Connection(websocket, engine, websocket.app.state.wire, stream).serve())
 
 
 class Connection:
@@ -66,12 +52,11 @@ class Connection:
     before answering this one would gain nothing; answering inline saves a task switch per message.
     """
 
-    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, stream: Stream):
+    def __init__(self, websocket: WebSocket, engine: Engine, wire: Wire, stream: Stream):
         self.ws = websocket
         self.engine = engine
+        self.wire = wire
         self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
-        self.dim = engine.runtime.embedding_dim
-        self.max_frames = settings.max_frames_per_message
         self.latency = engine.metrics.request_seconds.labels("ws")
         self.seq: int | None = None
 
@@ -87,13 +72,13 @@ class Connection:
                 try:
                     future = self._submit(message, binary)
                     progress = await future
-                except EngineError as exc:
+                except ServiceError as exc:
                     if await self._error(self.seq, exc):
                         return
                     continue
                 seq, next_seq = self.seq, self.stream.next_seq
                 if binary:
-                    await self.ws.send_bytes(binary_reply(seq, next_seq, progress))
+                    await self.ws.send_bytes(encode_binary_reply(seq, next_seq, progress))
                 else:
                     reply = {"seq": seq, "progress": progress, "next_seq": next_seq}
                     await self.ws.send_text(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY).decode())
@@ -106,32 +91,36 @@ class Connection:
         if binary:
             data = message["bytes"]
             try:
-                seq, frames, reset = parse_binary(data, self.dim, self.max_frames)
-            except ValueError as exc:
-                raise ProtocolViolation(str(exc)) from exc
-            except EngineError:
+                seq, frames, reset = self.wire.parse_binary(data)
+            except BadInput:
                 self.seq = REQUEST_HEADER.unpack_from(data)[0]  # the header parsed; its content did not
                 raise
         else:
+            text = message.get("text") or ""
             try:
-                obj = orjson.loads(message.get("text") or "")
-            except orjson.JSONDecodeError as exc:
-                raise ProtocolViolation(f"not JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise ProtocolViolation("a message must be a JSON object")
-            try:
-                seq, frames, reset = parse_frames(obj, self.dim, self.max_frames)
-            except EngineError:
-                self.seq = obj["seq"] if isinstance(obj.get("seq"), int) else None
+                seq, frames, reset = self.wire.parse_frames(text)
+            except BadInput as exc:
+                if exc.field == "body":  # not a JSON object at all: the framing is broken
+                    raise ProtocolViolation(exc.message) from None
+                self.seq = seq_of(text)
                 raise
         self.seq = seq
         return self.engine.submit(self.stream, seq, frames, reset)
 
-    async def _error(self, seq: int | None, exc: EngineError) -> bool:
-        """Send the error message; close the socket where the error calls for it (returns True then)."""
+    async def _error(self, seq: int | None, exc: ServiceError) -> bool:
+        """Send the error message; close the socket where the table says so (returns True then)."""
         self.engine.metrics.errors.labels(exc.code).inc()
         await self.ws.send_text(orjson.dumps({"seq": seq, **error_body(exc)}).decode())
-        close = most_specific(CLOSE_CODES, exc)
+        close = exc.spec.ws_close
         if close is not None:
-            await self.ws.close(*close)
+            await self.ws.close(close, exc.message[:120])
         return close is not None
+
+
+def seq_of(text: str) -> int | None:
+    """The seq of a message that failed validation, if it has a usable one (for its error message)."""
+    try:
+        seq = orjson.loads(text).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None

@@ -9,10 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service.engine import Engine
+from service.engine import Engine, EngineConfig
 from service.errors import InferenceFailed
 from service.runtime import CellRuntime
-from service.settings import Settings
 
 
 def odd_cell(path) -> CellRuntime:
@@ -49,7 +48,7 @@ def odd_cell(path) -> CellRuntime:
 
 def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_path):
     async def main():
-        engine = Engine(odd_cell(tmp_path / "odd.onnx"), Settings(max_wait_us=0, retained_window=256))
+        engine = Engine(odd_cell(tmp_path / "odd.onnx"), EngineConfig(max_wait_us=0, retained_window=256))
         await engine.start()
         x = np.ones((1, 4), np.float32)
         lonely, _ = engine.create("lonely")

@@ -21,6 +21,9 @@ def http(server):
         yield client
 
 
+JSON = {"content-type": "application/json"}
+
+
 def error(response: httpx.Response) -> dict:
     return response.json()["error"]
 
@@ -28,12 +31,23 @@ def error(response: httpx.Response) -> dict:
 @pytest.mark.parametrize(
     ("body", "status", "field", "code"),
     [
-        ({"seq": 0, "embeddings": [[0.1] * 15]}, 422, "embeddings", "wrong_dimension"),
+        ({"seq": 0, "embeddings": [[0.1] * 15]}, 422, "embeddings[0]", "wrong_dimension"),
         ({"seq": 0, "embeddings": [[1e39] + [0.0] * 15]}, 422, "embeddings[0]", "not_finite"),
         ({"seq": 0, "embeddings": []}, 422, "embeddings", "empty"),
         ({"seq": 0, "embeddings": [[0.0] * 16] * 17}, 413, "embeddings", "too_many_frames"),
         ({"seq": -1, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
-        ({"seq": 0, "embeddings": [["a"] * 16]}, 422, "embeddings", "invalid_input"),
+        ({"seq": 0, "embeddings": [["a"] * 16]}, 422, "embeddings[0][0]", "invalid_input"),
+        # D10: numbers must be JSON numbers, integers integers, flags booleans
+        ({"seq": 0, "embeddings": [[0.0] * 15 + ["0.05"]]}, 422, "embeddings[0][15]", "invalid_input"),
+        ({"seq": 0, "embeddings": [[" 1 "] + [0.0] * 15]}, 422, "embeddings[0][0]", "invalid_input"),
+        ({"seq": 0, "embeddings": [[0.0] * 16, ["1_0"] + [0.0] * 15]}, 422, "embeddings[1][0]", "invalid_input"),
+        ({"seq": 0, "embeddings": [[True] + [0.0] * 15]}, 422, "embeddings[0][0]", "invalid_input"),
+        ({"seq": "0", "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
+        ({"seq": 0.0, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
+        ({"seq": True, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
+        ({"seq": 2**70, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
+        ({"seq": 0}, 422, "embeddings", "invalid_input"),
+        ({"seq": 0, "embeddings": [[0.0] * 16], "extra": 1}, 422, "extra", "invalid_input"),
         ({"seq": 0, "embeddings": [[0.0] * 16], "reset": "yes"}, 422, "reset", "invalid_input"),
         ([1, 2], 422, "body", "invalid_input"),
     ],
@@ -54,7 +68,7 @@ def test_malformed_json_unknown_stream_and_bad_ids(http):
     assert r.status_code == 404 and error(r)["code"] == "stream_not_found"
     r = http.post("/v1/streams", json={"stream_id": "bad id!"})
     assert r.status_code == 422 and error(r)["field"] == "stream_id"
-    r = http.post(f"/v1/streams/{sid}/frames", content=b"x" * (4 * 1024 * 1024 + 1))
+    r = http.post(f"/v1/streams/{sid}/frames", content=b"x" * (4 * 1024 * 1024 + 1), headers=JSON)
     assert r.status_code == 413 and error(r)["code"] == "too_large"
 
 

@@ -108,7 +108,9 @@ def test_api_key_guards_v1_but_not_health_or_metrics(tiny_model, tmp_path):
 
         with pytest.raises(InvalidStatus) as refused:
             asyncio.run(ws({}))
-        assert refused.value.response.status_code == 403
+        # the handshake is answered like any /v1 request: 401 and the error body
+        assert refused.value.response.status_code == 401
+        assert orjson.loads(refused.value.response.body)["error"]["code"] == "unauthorized"
         assert "progress" in asyncio.run(ws({"Authorization": "Bearer s3cret"}))
 
 

@@ -1,0 +1,158 @@
+"""Guards at the edge: everything that can be refused without the body is refused before it is read.
+
+An ASGI middleware in front of every route and the WebSocket. In order: the ``Origin`` of a browser
+(a cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
+request with a body its encoding and type, its declared length, and finally the body itself, read
+here with a byte count (chunked bodies included) and a deadline. A refusal is answered at once in
+the error shape with ``Connection: close``, so an unread body is never buffered. The handlers then
+get the body already read. Incomplete request headers are :mod:`service.http_protocol`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from service.errors import (
+    ForbiddenOrigin,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    error_headers,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """The client went away while its body was being read: nothing to answer."""
+
+
+class EdgeGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        allowed_origins: str,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        count_error: Callable[[Scope, str], None] = lambda scope, code: None,
+    ):
+        self.app = app
+        self.api_key = f"Bearer {api_key}".encode() if api_key else None
+        self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
+        self.max_body = max_body_bytes
+        self.body_timeout = body_timeout_s
+        self.count_error = count_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            self.check_origin(headers)
+            if scope["path"].startswith("/v1/"):
+                self.check_key(headers)
+            if scope["type"] == "http":
+                receive = await self.read_body(headers, receive)
+        except ServiceError as exc:
+            self.count_error(scope, exc.code)
+            await refuse(scope, receive, send, exc)
+            return
+        except Disconnected:
+            return
+        await self.app(scope, receive, send)
+
+    def check_origin(self, headers: dict[bytes, bytes]) -> None:
+        """A request without ``Origin`` (every non-browser client) passes; a browser's must be the
+        server's own origin (same host and port) or one of ``allowed_origins``."""
+        origin = headers.get(b"origin")
+        if origin is None or "*" in self.origins:
+            return
+        text = origin.decode("latin-1").strip().rstrip("/").lower()
+        if text in self.origins or urlsplit(text).netloc == headers.get(b"host", b"").decode("latin-1").lower():
+            return
+        raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
+
+    def check_key(self, headers: dict[bytes, bytes]) -> None:
+        if self.api_key and not hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
+            raise Unauthorized("send 'Authorization: Bearer <API key>'")
+
+    async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> Receive:
+        """The whole body, bounded in size and time; returns the ``receive`` the app will see."""
+        declared = headers.get(b"content-length")
+        if (declared is None and b"transfer-encoding" not in headers) or declared == b"0":
+            return receive
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding != b"identity":
+            name = encoding.decode("latin-1")[:20]
+            raise UnsupportedMediaType(f"Content-Encoding {name!r} is not accepted: send the body uncompressed")
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            raise UnsupportedMediaType("a body must be sent with Content-Type: application/json")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            raise PayloadTooLarge("body", f"body of {declared.decode('latin-1')[:20]} bytes exceeds {self.max_body}")
+        parts, size = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Disconnected
+                    size += len(message.get("body", b""))
+                    if size > self.max_body:
+                        raise PayloadTooLarge("body", f"body exceeds {self.max_body} bytes")
+                    parts.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s") from None
+        return replay(b"".join(parts), receive)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then waits on the real one (disconnects)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
+    """Answer ``exc`` in the error shape; a WebSocket handshake is refused with the same HTTP answer."""
+    body = orjson.dumps(error_body(exc))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (error_headers(exc.code) or {}).items()),
+    ]
+    prefix = ""
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            return
+        prefix = "websocket."
+    else:
+        headers.append((b"connection", b"close"))  # the unread rest of the body is never read
+    await send({"type": f"{prefix}http.response.start", "status": exc.spec.status, "headers": headers})
+    await send({"type": f"{prefix}http.response.body", "body": body})
