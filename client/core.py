@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import ERRORS, Action
+
+RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -80,6 +84,20 @@ def stitch(chunk: Chunk, sent: list[Chunk], results: list[np.ndarray]) -> np.nda
 
 
 Outcome = tuple[str, Any]  # ("ok", progress) | ("conflict", expected_seq) | ("wait", seconds)
+
+
+def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
+    """What to do about an error answer, by its code's entry in the service's error table;
+    ``None`` when resending cannot help (the caller raises)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    spec = ERRORS.get(error.get("code")) if isinstance(error, dict) else None
+    if spec is None:
+        return None
+    if spec.action is Action.RESUME:
+        return "conflict", error["expected_seq"]
+    if spec.action in (Action.WAIT, Action.RECONNECT):
+        return "wait", float(retry_after or spec.retry_after or RETRY_DELAY)
+    return None
 
 
 def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 20) -> Generator[Chunk, Outcome, np.ndarray]:

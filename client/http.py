@@ -7,9 +7,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from client.core import Chunk, Outcome, SessionState, drive, drive_async, exchange, frames_json
-
-RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
+from client.core import (
+    RETRY_DELAY,
+    Chunk,
+    Outcome,
+    SessionState,
+    drive,
+    drive_async,
+    error_outcome,
+    exchange,
+    frames_json,
+)
 
 
 class ServerError(RuntimeError):
@@ -23,14 +31,22 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def response_body(response: httpx.Response) -> Any:
+    """The JSON body, or the text of a body that is not JSON (a proxy's error page)."""
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
+
+
 def outcome(response: httpx.Response) -> Outcome:
     if response.status_code == 200:
         return "ok", np.asarray(response.json()["progress"], np.float32)
-    if response.status_code == 409:
-        return "conflict", response.json()["error"]["expected_seq"]
-    if response.status_code == 503:
-        return "wait", float(response.headers.get("Retry-After", "1"))
-    raise ServerError(response.status_code, response.json())
+    body = response_body(response)
+    action = error_outcome(body, response.headers.get("Retry-After"))
+    if action is None:
+        raise ServerError(response.status_code, body)
+    return action
 
 
 class _Session(SessionState):
@@ -51,7 +67,7 @@ class _Session(SessionState):
 
     def _created(self, response: httpx.Response) -> None:
         if response.status_code not in (200, 201):
-            raise ServerError(response.status_code, response.json())
+            raise ServerError(response.status_code, response_body(response))
         self.stream_id, self.next_seq = response.json()["stream_id"], response.json()["next_seq"]
 
     def _stream_path(self) -> str:

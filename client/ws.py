@@ -15,11 +15,21 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from client.core import Chunk, Outcome, SessionState, drive, drive_async, exchange, frames_json
-from client.http import RETRY_DELAY, ServerError, auth_headers
+from client.core import (
+    RETRY_DELAY,
+    Chunk,
+    Outcome,
+    SessionState,
+    drive,
+    drive_async,
+    error_outcome,
+    exchange,
+    frames_json,
+)
+from client.http import ServerError, auth_headers
 from service.protocol import binary_request, parse_binary_reply
 
-RECONNECT_ERRORS = (ConnectionClosed, OSError, InvalidStatus, TimeoutError)
+RECONNECT_ERRORS = (ConnectionClosed, OSError, TimeoutError)
 
 
 def encode(chunk: Chunk, binary: bool) -> bytes | str:
@@ -34,12 +44,22 @@ def decode(message: bytes | str) -> Outcome:
     body = orjson.loads(message)
     if "progress" in body:
         return "ok", np.asarray(body["progress"], np.float32)
-    error = body["error"]
-    if error["code"] == "seq_conflict":
-        return "conflict", error["expected_seq"]
-    if error["code"] == "overloaded":
-        return "wait", 1.0
-    raise ServerError(400, body)
+    action = error_outcome(body)
+    if action is None:
+        raise ServerError(400, body)
+    return action
+
+
+def refused(exc: InvalidStatus) -> Outcome:
+    """A refused handshake: wait and retry where the error table says so (a full table), else raise."""
+    try:
+        body = orjson.loads(exc.response.body or b"")
+    except orjson.JSONDecodeError:
+        body = None
+    action = error_outcome(body, exc.response.headers.get("Retry-After"))
+    if action is None:
+        raise ServerError(exc.response.status_code, body) from None
+    return action
 
 
 class _WsSession(SessionState):
@@ -79,6 +99,9 @@ class WsStreamSession(_WsSession):
                 await self._connect()
             await self.conn.send(encode(chunk, self.binary))
             return decode(await self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return refused(exc)
         except RECONNECT_ERRORS:
             self.conn = None
             return "wait", RETRY_DELAY
@@ -109,6 +132,9 @@ class SyncWsStreamSession(_WsSession):
                 self._connect()
             self.conn.send(encode(chunk, self.binary))
             return decode(self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return refused(exc)
         except RECONNECT_ERRORS:
             self.conn = None
             return "wait", RETRY_DELAY
