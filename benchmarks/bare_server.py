@@ -19,9 +19,8 @@ from service.server import uvicorn_config
 from service.settings import Settings
 
 
-def bare_app(dim: int, max_frames: int) -> FastAPI:
+def bare_app(wire: Wire) -> FastAPI:
     app = FastAPI()
-    wire = Wire(dim, max_frames, max_frames)
 
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def bare(websocket: WebSocket, stream_id: str) -> None:
@@ -56,7 +55,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     args = parser.parse_args()
     settings = Settings(port=args.port)
-    uvicorn.Server(uvicorn_config(bare_app(args.dim, settings.max_frames_per_message), settings, "warning")).run()
+    wire = Wire(args.dim, settings.max_frames_per_message, settings.max_frames_stateless)
+    uvicorn.Server(uvicorn_config(bare_app(wire), settings, wire, "warning")).run()
 
 
 if __name__ == "__main__":

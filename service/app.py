@@ -50,6 +50,12 @@ def error_response(exc: ServiceError) -> Response:
     return Response(orjson.dumps(error_body(exc)), exc.spec.status, error_headers(exc.code), "application/json")
 
 
+def body_limit(wire: Wire, path: str) -> int:
+    """A route's body limit: the largest body its frame limit allows (derived, so never tighter)."""
+    frames = wire.max_frames_stateless if path == "/v1/progress" else wire.max_frames_per_message
+    return wire.max_body_bytes(frames)
+
+
 def count_error(scope: Scope, code: str) -> None:
     engine = getattr(scope["app"].state, "engine", None)
     if engine is not None:
@@ -87,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = Engine(runtime, settings.engine_config())
         await engine.start()
         app.state.wire, app.state.engine = wire, engine
-        app.openapi_schema = openapi_schema(app, wire)
+        schema = openapi_schema(app, wire)
+        app.openapi = lambda: schema  # type: ignore[method-assign]
         app.state.ready = True
         try:
             yield
@@ -108,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         EdgeGuard,
         api_key=settings.api_key,
         allowed_origins=settings.allowed_origins,
-        max_body_bytes=settings.max_message_bytes,
+        body_limit=lambda path: body_limit(app.state.wire, path),
         body_timeout_s=settings.body_timeout_s,
         count_error=count_error,
     )

@@ -47,14 +47,14 @@ class EdgeGuard:
         *,
         api_key: str | None,
         allowed_origins: str,
-        max_body_bytes: int,
+        body_limit: Callable[[str], int],
         body_timeout_s: float,
         count_error: Callable[[Scope, str], None] = lambda scope, code: None,
     ):
         self.app = app
         self.api_key = f"Bearer {api_key}".encode() if api_key else None
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
-        self.max_body = max_body_bytes
+        self.body_limit = body_limit
         self.body_timeout = body_timeout_s
         self.count_error = count_error
 
@@ -68,7 +68,7 @@ class EdgeGuard:
             if scope["path"].startswith("/v1/"):
                 self.check_key(headers)
             if scope["type"] == "http":
-                receive = await self.read_body(headers, receive)
+                receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
         except ServiceError as exc:
             self.count_error(scope, exc.code)
             await refuse(scope, receive, send, exc)
@@ -92,7 +92,7 @@ class EdgeGuard:
         if self.api_key and not hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
             raise Unauthorized("send 'Authorization: Bearer <API key>'")
 
-    async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> Receive:
+    async def read_body(self, headers: dict[bytes, bytes], receive: Receive, limit: int) -> Receive:
         """The whole body, bounded in size and time; returns the ``receive`` the app will see."""
         declared = headers.get(b"content-length")
         if (declared is None and b"transfer-encoding" not in headers) or declared == b"0":
@@ -104,8 +104,8 @@ class EdgeGuard:
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media_type != b"application/json":
             raise UnsupportedMediaType("a body must be sent with Content-Type: application/json")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            raise PayloadTooLarge("body", f"body of {declared.decode('latin-1')[:20]} bytes exceeds {self.max_body}")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise PayloadTooLarge("body", f"body of {declared.decode('latin-1')[:20]} bytes exceeds {limit}")
         parts, size = [], 0
         try:
             async with asyncio.timeout(self.body_timeout):
@@ -114,8 +114,8 @@ class EdgeGuard:
                     if message["type"] == "http.disconnect":
                         raise Disconnected
                     size += len(message.get("body", b""))
-                    if size > self.max_body:
-                        raise PayloadTooLarge("body", f"body exceeds {self.max_body} bytes")
+                    if size > limit:
+                        raise PayloadTooLarge("body", f"body exceeds {limit} bytes")
                     parts.append(message.get("body", b""))
                     if not message.get("more_body", False):
                         break

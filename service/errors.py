@@ -38,10 +38,15 @@ ERRORS: dict[str, ErrorSpec] = {
     "invalid_input": ErrorSpec(422, Action.FIX, "a field is invalid or missing; error.field names it"),
     "empty": ErrorSpec(422, Action.FIX, "no frames: send at least one"),
     "wrong_dimension": ErrorSpec(422, Action.FIX, "a frame does not have the model's embedding_dim numbers"),
-    "not_finite": ErrorSpec(422, Action.FIX, "a frame holds NaN or infinity; error.field names the row"),
-    "too_many_frames": ErrorSpec(413, Action.FIX, "more frames in one message than the limit"),
+    "not_finite": ErrorSpec(
+        422, Action.FIX, "a frame holds NaN, infinity or a value beyond ±1e6; error.field names it"
+    ),
+    "too_many_frames": ErrorSpec(422, Action.FIX, "more frames in one message than the limit"),
     "too_large": ErrorSpec(
-        413, Action.FIX, "the body is over max_message_bytes (a WebSocket message: close 1009)", MESSAGE_TOO_BIG
+        413,
+        Action.FIX,
+        "a body larger than the route's frame limit can need (a WebSocket message: close 1009)",
+        MESSAGE_TOO_BIG,
     ),
     "unsupported_media_type": ErrorSpec(415, Action.FIX, "a body that is not Content-Type application/json, or gzip"),
     "unauthorized": ErrorSpec(401, Action.FIX, "missing or wrong 'Authorization: Bearer <API key>'"),
@@ -97,7 +102,7 @@ class PayloadTooLarge(BadInput):
     code = "too_large"
 
 
-class TooManyFrames(BadInput):
+class TooManyFrames(BadInput):  # 422 like the other content errors; 413 is the body's size in bytes
     code = "too_many_frames"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from service.errors import BadInput, ProtocolViolation, TooManyFrames
 
@@ -31,6 +31,16 @@ KNOWN_FLAGS = FLAG_RESET
 MAX_SEQ = 2**62
 
 STRICT = ConfigDict(strict=True, extra="forbid")
+#: The largest magnitude of an embedding value: far beyond any encoder's features, and small
+#: enough that no product inside the cell overflows float32 (which would answer NaN progress).
+MAX_ABS_VALUE = 1e6
+#: The most characters one JSON number of a frame takes, with its separator: ``-1.2345678901234567e-123, ``.
+NUMBER_CHARS = 26
+
+
+def integral(value: Any) -> Any:
+    """JSON Schema counts ``3.0`` as an integer; strings and booleans stay what they are (and fail)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class CreateStream(BaseModel):
@@ -94,24 +104,31 @@ class Wire:
         object.__setattr__(self, "progress_request", self._frames_model("ProgressRequest", self.max_frames_stateless))
 
     def _frames_model(self, name: str, max_frames: int) -> type[BaseModel]:
+        number = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, allow_inf_nan=False)]
         row = Annotated[
-            list[float],
+            list[number],
             Field(min_length=self.embedding_dim, max_length=self.embedding_dim, description="one frame's embedding"),
         ]
         frames = Annotated[list[row], Field(min_length=1, max_length=max_frames, description="frames, in order")]
         fields: dict[str, Any] = {"embeddings": (frames, ...)}
         if name == "FramesRequest":
-            fields["seq"] = (int, Field(..., ge=0, le=MAX_SEQ, description="stream-wide index of the first frame"))
+            seq = Annotated[int, BeforeValidator(integral)]
+            fields["seq"] = (seq, Field(..., ge=0, le=MAX_SEQ, description="stream-wide index of the first frame"))
             fields["reset"] = (bool, Field(False, description="start a new action at the chunk's first frame"))
         return create_model(name, __config__=STRICT, **fields)
+
+    def max_body_bytes(self, frames: int) -> int:
+        """The largest JSON body of ``frames`` valid frames (numbers as Python or JavaScript print them):
+        the body limit of a route, so no schema-valid request is refused for its size."""
+        return 1024 + frames * (self.embedding_dim * NUMBER_CHARS + 4)
 
     def parse_frames(self, body: bytes | str) -> tuple[int, np.ndarray, bool]:
         """A JSON frames message → ``(seq, float32 (n, D), reset)``."""
         msg = self._validate(self.frames_request, body)
-        return msg.seq, check_finite(np.array(msg.embeddings, np.float32)), msg.reset
+        return msg.seq, check_values(np.array(msg.embeddings, np.float32)), msg.reset
 
     def parse_progress(self, body: bytes | str) -> np.ndarray:
-        return check_finite(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
+        return check_values(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
 
     @staticmethod
     def parse_create(body: bytes | str) -> str | None:
@@ -141,7 +158,7 @@ class Wire:
         if count > self.max_frames_per_message:
             raise TooManyFrames("count", f"count is {count}; at most {self.max_frames_per_message} frames per message")
         arr = np.frombuffer(data, dtype="<f4", offset=REQUEST_HEADER.size).reshape(count, dim)
-        return seq, check_finite(arr), bool(flags & FLAG_RESET)
+        return seq, check_values(arr), bool(flags & FLAG_RESET)
 
 
 def bad_input(error: dict) -> BadInput:
@@ -162,11 +179,12 @@ def bad_input(error: dict) -> BadInput:
     return BadInput(name, f"{name}: {error['msg']}")
 
 
-def check_finite(arr: np.ndarray) -> np.ndarray:
-    """Refuse NaN and infinity (including numbers beyond float32), naming the first bad row."""
-    if not np.isfinite(arr).all():
-        row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise BadInput(f"embeddings[{row}]", f"embeddings[{row}] contains NaN or inf", code="not_finite")
+def check_values(arr: np.ndarray) -> np.ndarray:
+    """Refuse NaN, infinity and values beyond ±MAX_ABS_VALUE (one reduction), naming the first bad row."""
+    if not (np.abs(arr).max() <= MAX_ABS_VALUE):  # NaN compares False
+        row = int(np.flatnonzero(~(np.abs(arr) <= MAX_ABS_VALUE).all(axis=1))[0])
+        message = f"embeddings[{row}] holds NaN, infinity or a value beyond ±{MAX_ABS_VALUE:g}"
+        raise BadInput(f"embeddings[{row}]", message, code="not_finite")
     return arr
 
 

@@ -10,6 +10,7 @@ from uvicorn._types import ASGIApplication
 
 from service.app import create_app
 from service.http_protocol import with_header_timeout
+from service.protocol import Wire
 from service.runtime import CellRuntime, ModelError
 from service.settings import Settings
 from service.snapshot import SnapshotError, identity, load_state
@@ -19,8 +20,9 @@ from service.snapshot import SnapshotError, identity, load_state
 GRACEFUL_SHUTDOWN_S = 20
 
 
-def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "info") -> uvicorn.Config:
-    """One process (it owns its streams), uvloop + httptools (with a header deadline), no per-message deflate."""
+def uvicorn_config(app: ASGIApplication, settings: Settings, wire: Wire, log_level: str = "info") -> uvicorn.Config:
+    """One process (it owns its streams), uvloop + httptools (with a header deadline), no per-message deflate;
+    a WebSocket message may be as large as a valid JSON message of ``max_frames_per_message`` frames."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -28,7 +30,7 @@ def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "i
         loop="uvloop",
         http=with_header_timeout(settings.header_timeout_s),
         ws="websockets-sansio",
-        ws_max_size=settings.max_message_bytes,
+        ws_max_size=wire.max_body_bytes(settings.max_frames_per_message),
         ws_per_message_deflate=False,
         log_level=log_level,
         access_log=False,
@@ -36,12 +38,14 @@ def uvicorn_config(app: ASGIApplication, settings: Settings, log_level: str = "i
     )
 
 
-def preflight(settings: Settings) -> None:
-    """Refuse to start, before serving anything, on a model or a state file this server cannot use."""
+def preflight(settings: Settings) -> Wire:
+    """Refuse to start, before serving anything, on a model or a state file this server cannot use;
+    the wire contract the model gives."""
     runtime = CellRuntime(settings.model_path, "cpu")
     if settings.state_file is not None:
         expected = identity(runtime.metadata.get("checkpoint_sha256", ""), settings.retained_window)
         load_state(settings.state_file, expected, settings.max_streams, settings.state_on_mismatch)
+    return Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless)
 
 
 def run(model: Path | None = None, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
@@ -49,8 +53,8 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
     overrides = {k: v for k, v in {"model_path": model, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     try:
-        preflight(settings)
+        wire = preflight(settings)
     except (ModelError, SnapshotError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, wire, log_level)).run()

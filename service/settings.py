@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     retained_window: int = Field(ENGINE.retained_window, ge=1, description="outputs kept per stream for retries")
     max_frames_per_message: int = Field(ENGINE.max_frames_per_message, ge=1)
     max_frames_stateless: int = Field(8192, ge=1, description="frames of one action at POST /v1/progress")
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger HTTP bodies get 413, WS 1009")
     api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer KEY'")
     allowed_origins: str = Field(
         "",

@@ -32,9 +32,10 @@ def error(response: httpx.Response) -> dict:
     ("body", "status", "field", "code"),
     [
         ({"seq": 0, "embeddings": [[0.1] * 15]}, 422, "embeddings[0]", "wrong_dimension"),
-        ({"seq": 0, "embeddings": [[1e39] + [0.0] * 15]}, 422, "embeddings[0]", "not_finite"),
+        ({"seq": 0, "embeddings": [[1e39] + [0.0] * 15]}, 422, "embeddings[0][0]", "invalid_input"),
+        ({"seq": 0, "embeddings": [[0.0] * 16, [0.0] * 15 + [-2e6]]}, 422, "embeddings[1][15]", "invalid_input"),
         ({"seq": 0, "embeddings": []}, 422, "embeddings", "empty"),
-        ({"seq": 0, "embeddings": [[0.0] * 16] * 17}, 413, "embeddings", "too_many_frames"),
+        ({"seq": 0, "embeddings": [[0.0] * 16] * 17}, 422, "embeddings", "too_many_frames"),
         ({"seq": -1, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
         ({"seq": 0, "embeddings": [["a"] * 16]}, 422, "embeddings[0][0]", "invalid_input"),
         # D10: numbers must be JSON numbers, integers integers, flags booleans
@@ -43,7 +44,7 @@ def error(response: httpx.Response) -> dict:
         ({"seq": 0, "embeddings": [[0.0] * 16, ["1_0"] + [0.0] * 15]}, 422, "embeddings[1][0]", "invalid_input"),
         ({"seq": 0, "embeddings": [[True] + [0.0] * 15]}, 422, "embeddings[0][0]", "invalid_input"),
         ({"seq": "0", "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
-        ({"seq": 0.0, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
+        ({"seq": 0.5, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
         ({"seq": True, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
         ({"seq": 2**70, "embeddings": [[0.0] * 16]}, 422, "seq", "invalid_input"),
         ({"seq": 0}, 422, "embeddings", "invalid_input"),
