@@ -5,7 +5,8 @@
 For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binary: frames/s,
 p50/p99 message latency of each, the served/bare ratio, and each server's CPU time per message
 (utime+stime from /proc over the measured window). Closed loop: every stream sends its
-next message when the previous reply arrives.
+next message when the previous reply arrives. On a machine with two or more cores the servers run
+pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them).
 """
 
 from __future__ import annotations
@@ -58,18 +59,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=8870)
     parser.add_argument("--repeats", type=int, default=2, help="alternate bare/served runs; report medians")
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True, help="servers core 0, load core 1"
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     dim = CellRuntime(args.model, providers="cpu").embedding_dim
     logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    served = ServerProcess(Path(args.model), logs / "served.log", port=args.port).start()
-    bare_cmd = [sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
+    pin = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) >= 2 else []
+    if pin:
+        os.sched_setaffinity(0, {1})
+    serve_cmd = [*pin, sys.executable, "-m", "cli.main", "serve", "--model", args.model]
+    served = ServerProcess(Path(args.model), logs / "served.log", command=serve_cmd, port=args.port).start()
+    bare_cmd = [*pin, sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
     bare = ServerProcess(
         Path(args.model), logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1
     ).start()
     try:
-        print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores)\n")
+        where = "servers on core 0, load generator on core 1" if pin else "unpinned"
+        print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores; {where})\n")
         print(
             "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
             "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |"

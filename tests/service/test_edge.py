@@ -65,7 +65,7 @@ def raw_exchange(port: int, head: bytes, body_chunks, timeout: float = 10.0) -> 
             except (BrokenPipeError, ConnectionResetError):
                 break
         if b"\r\n\r\n" not in answer:  # the server may have answered and closed while we were sending
-            sock.setblocking(True)
+            sock.settimeout(2)
             with contextlib.suppress(OSError):
                 answer += sock.recv(65536)
     finally:
