@@ -64,7 +64,7 @@ class Engine:
             config.max_wait_us,
             in_thread=config.inference_in_thread,
         )
-        self.metrics.watch(lambda: len(self.table), lambda: self.batcher.queued_frames)
+        self.metrics.watch(lambda: len(self.table), lambda: self.table.queued_frames)
         self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
         self.accepting = True
         self.max_queue_frames = config.max_queue_frames
@@ -121,7 +121,6 @@ class Engine:
 
     def delete(self, stream_id: str) -> None:
         stream = self.table.get(stream_id)
-        self.batcher.drop(stream.queued)
         self.table.remove(stream)
 
     def describe(self, stream: Stream) -> dict:
@@ -151,12 +150,11 @@ class Engine:
         if seq == stream.next_seq:
             if not self.accepting:
                 raise ShuttingDown("the server is shutting down; reconnect and resume from next_seq")
-            if self.batcher.queued_frames + n > self.max_queue_frames:
-                raise Overloaded(f"{self.batcher.queued_frames} frames already wait for inference; retry shortly")
+            if self.table.queued_frames + n > self.max_queue_frames:
+                raise Overloaded(f"{self.table.queued_frames} frames already wait for inference; retry shortly")
             future = self._loop.create_future()
-            self.table.remember(stream, seq, n, reset, chunk_digest(frames))
-            self.batcher.enqueue(stream, Chunk(seq, frames, reset, future))
-            stream.next_seq += n
+            if self.table.accept(stream, Chunk(seq, frames, reset, future)):
+                self.batcher.ready(stream)
             return future
         if seq > stream.next_seq:
             raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
@@ -242,11 +240,8 @@ class Engine:
             return 0
         arrays, _ = loaded
         for i, stream_id in enumerate(arrays["ids"]):
-            stream = self.table.create(str(stream_id))
-            stream.next_seq = stream.done_seq = int(arrays["done_seq"][i])
-            stream.created_at = float(arrays["created_at"][i])
-            for name in SLOT_ARRAYS:
-                getattr(self.table, name)[stream.slot] = arrays[name][i]
+            rows = {name: arrays[name][i] for name in SLOT_ARRAYS}
+            self.table.restore(str(stream_id), int(arrays["done_seq"][i]), float(arrays["created_at"][i]), rows)
         log.info("restored %d streams from %s", len(arrays["ids"]), path)
         return len(arrays["ids"])
 

@@ -1,4 +1,9 @@
-"""The stream table: per-stream bookkeeping plus the recurrent state in preallocated slot arrays."""
+"""The stream table, the one owner of stream state: per-stream bookkeeping, the recurrent state in
+preallocated slot arrays, and every transition of both (accept, gather a batch, complete it, rewind
+it, remove a stream). The batcher only decides when and runs the model; the engine only checks.
+
+Transitions are synchronous and unit-tested as such (``tests/service/test_streams.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import StreamNotFound, TooManyStreams
+from service.errors import InferenceFailed, StreamNotFound, TooManyStreams
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +53,42 @@ class Stream:
         return sum(len(c.frames) - c.pos for c in self.pending) - self.in_cycle
 
 
+@dataclass(eq=False)
+class Batch:
+    """The rows of one cycle: streams, their chunks, how many frames each, and the gathered inputs.
+
+    ``emb`` and ``out`` are ``(steps, rows, …)`` views of the batcher's preallocated buffers.
+    """
+
+    streams: list[Stream]
+    chunks: list[Chunk]
+    slots: np.ndarray
+    counts: np.ndarray
+    steps0: np.ndarray
+    state: np.ndarray
+    emb: np.ndarray
+    out: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def filter(self, keep: np.ndarray) -> Batch:
+        """The rows where the boolean mask ``keep`` holds (``self`` when it holds everywhere)."""
+        if keep.all():
+            return self
+        rows = np.flatnonzero(keep)
+        return Batch(
+            [self.streams[i] for i in rows],
+            [self.chunks[i] for i in rows],
+            self.slots[rows],
+            self.counts[rows],
+            self.steps0[rows],
+            self.state[rows],
+            self.emb[:, rows],
+            self.out[:, rows],
+        )
+
+
 #: The per-slot arrays of :class:`StreamTable`: what a snapshot keeps of each stream besides its counters.
 SLOT_ARRAYS = ("state", "step", "outputs", "chunk_seq", "chunk_shape", "chunk_digest")
 
@@ -72,6 +113,7 @@ class StreamTable:
         self.chunk_shape = np.zeros((capacity, window), np.int32)
         self.chunk_digest = np.zeros((capacity, window), np.uint64)
         self.streams: dict[str, Stream] = {}
+        self.queued_frames = 0  # accepted frames not yet processed, over every stream
         self._free = list(range(capacity - 1, -1, -1))
 
     def __len__(self) -> int:
@@ -97,6 +139,7 @@ class StreamTable:
     def remove(self, stream: Stream) -> None:
         """Forget ``stream``; its waiting chunks fail, its slot is freed once no batch holds it."""
         self.streams.pop(stream.id, None)
+        self.queued_frames -= stream.queued  # frames in a running batch are counted off when it completes
         for chunk in stream.pending:
             if not chunk.future.done():
                 chunk.future.set_exception(StreamNotFound(f"stream {stream.id!r} was deleted"))
@@ -105,8 +148,105 @@ class StreamTable:
         if not stream.busy:
             self._free.append(stream.slot)
 
-    def release(self, stream: Stream) -> None:
-        self._free.append(stream.slot)
+    def accept(self, stream: Stream, chunk: Chunk) -> bool:
+        """Take ``chunk`` (its seq is ``next_seq``); True if the stream just became ready for a batch."""
+        n = len(chunk.frames)
+        self.remember(stream, chunk.seq, n, chunk.reset, chunk_digest(chunk.frames))
+        stream.pending.append(chunk)
+        stream.next_seq += n
+        self.queued_frames += n
+        return not stream.in_cycle and len(stream.pending) == 1
+
+    def gather(self, ready: deque[Stream], max_rows: int, emb: np.ndarray, out: np.ndarray) -> Batch | None:
+        """Up to ``max_rows`` ready streams, each with the next ``≤ len(emb)`` frames of its oldest chunk,
+        copied into the buffers ``emb (steps, rows, D)`` / ``out (steps, rows)``."""
+        streams, chunks, counts = [], [], []
+        while ready and len(streams) < max_rows:
+            stream = ready.popleft()
+            if stream.closed or not stream.pending:
+                continue
+            chunk = stream.pending[0]
+            stream.in_cycle = min(len(chunk.frames) - chunk.pos, len(emb))
+            streams.append(stream)
+            chunks.append(chunk)
+            counts.append(stream.in_cycle)
+        if not streams:
+            return None
+        rows, k = len(streams), max(counts)
+        inputs = emb[:k, :rows]
+        slots = np.fromiter((s.slot for s in streams), np.int64, rows)
+        steps0 = self.step[slots]
+        if k == 1:  # one frame per row (the common case of 1-frame messages): one copy for all rows
+            np.concatenate([c.frames[c.pos : c.pos + 1] for c in chunks], out=inputs[0])
+        else:
+            for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
+                inputs[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
+        resets = [i for i, c in enumerate(chunks) if c.reset and c.pos == 0]
+        steps0[resets] = 0
+        return Batch(streams, chunks, slots, np.array(counts), steps0, self.state[slots], inputs, out[:k, :rows])
+
+    def complete(self, batch: Batch) -> list[Stream]:
+        """Store a run batch's state and outputs, answer every chunk it finished; the streams that still
+        have frames waiting (to go back to the ready queue). Rows of streams removed meanwhile free
+        their slots and store nothing."""
+        self.queued_frames -= int(batch.counts.sum())
+        closed = np.fromiter((s.closed for s in batch.streams), bool, len(batch))
+        for stream in (s for s, gone in zip(batch.streams, closed, strict=True) if gone):
+            stream.in_cycle = 0
+            self._free.append(stream.slot)
+        batch = batch.filter(~closed)
+        self.state[batch.slots] = batch.state
+        self.step[batch.slots] = batch.steps0 + batch.counts
+        seqs = np.fromiter((ch.seq + ch.pos for ch in batch.chunks), np.int64, len(batch))
+        self.record(batch.slots, seqs, batch.counts, batch.out)
+        out = batch.out.T.copy()  # (rows, K), this batch's own: each whole chunk's result is a view into it
+        again = []
+        for i, (stream, chunk, n) in enumerate(zip(batch.streams, batch.chunks, batch.counts.tolist(), strict=True)):
+            stream.done_seq += n
+            stream.in_cycle = 0
+            if chunk.pos == 0 and n == len(chunk.frames):  # the whole chunk in this batch: the common case
+                result = out[i, :n]
+            else:
+                if chunk.out is None:
+                    chunk.out = np.empty(len(chunk.frames), np.float32)
+                chunk.out[chunk.pos : chunk.pos + n] = out[i, :n]
+                result = chunk.out
+            chunk.pos += n
+            if chunk.pos == len(chunk.frames):
+                stream.pending.popleft()
+                if not chunk.future.done():
+                    chunk.future.set_result(result)
+            if stream.pending:
+                again.append(stream)
+        return again
+
+    def rewind(self, batch: Batch, exc: Exception) -> None:
+        """A failed model call: fail every waiting chunk of the batch's streams (later chunks built on
+        the failed one); the streams keep their state and go back to ``next_seq = done_seq``, from where
+        clients resend."""
+        for stream in batch.streams:
+            if stream.closed:  # removed meanwhile: only its frames in this batch are still counted
+                self.queued_frames -= stream.in_cycle
+                stream.in_cycle = 0
+                self._free.append(stream.slot)
+                continue
+            stream.in_cycle = 0
+            self.queued_frames -= stream.queued
+            for chunk in stream.pending:
+                if not chunk.future.done():
+                    message = f"inference failed ({exc}); resend from seq {stream.done_seq}"
+                    chunk.future.set_exception(InferenceFailed(message, stream.done_seq))
+            stream.pending.clear()
+            stream.next_seq = stream.done_seq
+
+    def restore(self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray]) -> Stream:
+        """A stream from a snapshot: its counters and its row of every slot array."""
+        stream = self.create(stream_id)
+        stream.next_seq = stream.done_seq = done_seq
+        stream.created_at = created_at
+        for name in SLOT_ARRAYS:
+            getattr(self, name)[stream.slot] = rows[name]
+        return stream
 
     def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""
