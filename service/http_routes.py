@@ -164,7 +164,11 @@ async def model(engine: EngineDep) -> dict:
     return engine.runtime.describe()
 
 
-ops_router = APIRouter(tags=["operations"])
+#: The edge guards run in front of these too (a foreign Origin, a body sent to them).
+ops_router = APIRouter(
+    tags=["operations"],
+    responses=error_responses("forbidden_origin", "too_large", "unsupported_media_type", "request_timeout"),
+)
 
 
 @ops_router.get("/healthz", summary="Alive")
