@@ -85,7 +85,13 @@ bench-step: $(MODEL)
 	$(BIN)/python benchmarks/step_throughput.py --model $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
 
 # --- serving ----------------------------------------------------------------------------
-serve: $(MODEL)
+# the web page's demo pack: held-out actions of the data the default model was trained on
+DEMO := models/demo/index.json
+
+$(DEMO): data/smooth-s$(SPARSE_STRIDE)/annotations.json
+	$(PROGRESS) demo-pack --annotations $< --features data/smooth-s$(SPARSE_STRIDE)/features --out $(dir $@)
+
+serve: $(MODEL) $(DEMO)
 	$(PROGRESS) serve --model $(MODEL)
 
 bench-serve: $(MODEL)

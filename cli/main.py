@@ -200,6 +200,24 @@ def verify_export(
         raise _fail(ValueError(f"parity {worst:.3e} exceeds {TOLERANCE:.0e}"))
 
 
+@app.command("demo-pack")
+def demo_pack(
+    annotations: Annotated[Path, typer.Option(help="GTCC annotations JSON (its test split is used).")],
+    features: Annotated[Path, typer.Option(help="Folder of <handle>.npy features.")],
+    out: Annotated[Path, typer.Option(help="Folder to write index.json and the actions to.")] = Path("models/demo"),
+    count: Annotated[int, typer.Option(min=1, help="How many held-out actions.")] = 6,
+) -> None:
+    """Write the web page's demo pack: a few held-out actions with their truth."""
+    from training.data import DataError
+    from training.demo_pack import write_demo_pack
+
+    try:
+        index = write_demo_pack(annotations, features, out, count)
+    except (DataError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"wrote {index}")
+
+
 @app.command()
 def serve(
     model: Annotated[Path | None, typer.Option(help="ONNX cell (default: PROGRESS_MODEL_PATH or models/).")] = None,

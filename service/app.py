@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -20,6 +21,7 @@ from service.edge import EdgeGuard, Scope
 from service.engine import Engine
 from service.errors import BadInput, ServiceError, error_body, error_headers
 from service.http_routes import ops_router, v1_router
+from service.page_routes import PAGE_DIR, page_router
 from service.protocol import CreateStream, Wire
 from service.runtime import CellRuntime
 from service.settings import Settings
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.stopping = False  # set by the server when a stop begins: long-lived responses end
     app.add_middleware(
         EdgeGuard,
         api_key=settings.api_key,
@@ -142,4 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1_router)
     app.include_router(ws_router)
     app.include_router(ops_router)
+    app.include_router(page_router)
+    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+    app.mount("/demo", StaticFiles(directory=settings.demo_dir, check_dir=False), name="demo")
     return app

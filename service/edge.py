@@ -28,6 +28,7 @@ from service.errors import (
     error_body,
     error_headers,
 )
+from service.protocol import bearer_subprotocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +54,7 @@ class EdgeGuard:
     ):
         self.app = app
         self.api_key = f"Bearer {api_key}".encode() if api_key else None
+        self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
         self.body_limit = body_limit
         self.body_timeout = body_timeout_s
@@ -66,7 +68,7 @@ class EdgeGuard:
         try:
             self.check_origin(headers)
             if scope["path"].startswith("/v1/"):
-                self.check_key(headers)
+                self.check_key(headers, scope["type"] == "websocket")
             if scope["type"] == "http":
                 receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
         except ServiceError as exc:
@@ -88,9 +90,15 @@ class EdgeGuard:
             return
         raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
 
-    def check_key(self, headers: dict[bytes, bytes]) -> None:
-        if self.api_key and not hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
-            raise Unauthorized("send 'Authorization: Bearer <API key>'")
+    def check_key(self, headers: dict[bytes, bytes], websocket: bool) -> None:
+        """``Authorization: Bearer KEY``; a browser's WebSocket may offer the key as a subprotocol instead."""
+        if not self.api_key or hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
+            return
+        if websocket:
+            offered = (p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b","))
+            if any(hmac.compare_digest(p, self.ws_token) for p in offered):
+                return
+        raise Unauthorized("send 'Authorization: Bearer <API key>'")
 
     async def read_body(self, headers: dict[bytes, bytes], receive: Receive, limit: int) -> Receive:
         """The whole body, bounded in size and time; returns the ``receive`` the app will see."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service import board
 from service.engine import Engine
 from service.errors import ERRORS
 from service.protocol import (
@@ -19,11 +22,13 @@ from service.protocol import (
     FramesReply,
     ProgressReply,
     StreamCreated,
+    StreamPage,
     Wire,
     check_stream_id,
 )
 
 JSON = "application/json"
+BOARD_PERIOD_S = 0.1  # the board's updates are coalesced to at most 10 a second
 
 
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -157,6 +162,47 @@ async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
 async def progress(request: Request, engine: EngineDep, wire: WireDep) -> Response:
     frames = wire.parse_progress(await request.body())
     return json_response({"progress": await engine.progress_once(frames)})
+
+
+@v1_router.get("/streams", summary="Every stream, a page at a time (sorted by id)")
+async def list_streams(
+    engine: EngineDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    prefix: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = "",
+) -> StreamPage:
+    streams = board.listed(engine.table, prefix)
+    page = board.rows(engine.table, streams[offset : offset + limit])
+    return StreamPage(total=len(streams), offset=offset, limit=limit, streams=page)
+
+
+@v1_router.get(
+    "/board/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    summary="Live board: a snapshot, then coalesced updates at most every 100 ms (Server-Sent Events)",
+)
+async def board_events(request: Request, engine: EngineDep) -> StreamingResponse:
+    return StreamingResponse(board_stream(request, engine), media_type="text/event-stream")
+
+
+async def board_stream(request: Request, engine: Engine) -> AsyncIterator[bytes]:
+    """``snapshot`` with every row, then ``update`` events with what changed; ends when the client
+    leaves or the server stops. Reads the table, never the frame path."""
+    watcher = board.Watcher(engine.table)
+    yield sse("snapshot", watcher.update())
+    quiet = 0.0
+    while not request.app.state.stopping and not await request.is_disconnected():
+        await asyncio.sleep(BOARD_PERIOD_S)
+        update = watcher.update()
+        quiet += BOARD_PERIOD_S
+        if update["rows"] or update["removed"] or quiet >= 15:
+            quiet = 0.0
+            yield sse("update", update)
+
+
+def sse(event: str, data: dict) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 @v1_router.get("/model", summary="The served model's metadata")

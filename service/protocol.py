@@ -8,6 +8,7 @@ The error codes and what each means live in :mod:`service.errors`.
 
 from __future__ import annotations
 
+import base64
 import re
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +21,16 @@ from service.errors import BadInput, ProtocolViolation, TooManyFrames
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
+
+#: A browser cannot set headers on a WebSocket: it offers this subprotocol (which the server selects),
+#: plus ``bearer.<API key in unpadded base64url>`` when a key is set.
+WS_SUBPROTOCOL = "progress.v1"
+BEARER_SUBPROTOCOL = "bearer."
+
+
+def bearer_subprotocol(api_key: str) -> str:
+    return BEARER_SUBPROTOCOL + base64.urlsafe_b64encode(api_key.encode()).rstrip(b"=").decode()
+
 
 #: Binary request: little-endian ``uint64 seq, uint32 count, uint32 flags`` then ``count × D`` float32.
 REQUEST_HEADER = struct.Struct("<QII")
@@ -52,6 +63,21 @@ class StreamCreated(BaseModel):
     stream_id: str
     next_seq: int
     model: dict[str, Any]
+
+
+class StreamRow(BaseModel):
+    stream_id: str
+    progress: float | None = Field(description="the last progress answered; null before the first frame")
+    step: int = Field(description="frames into the current action")
+    processed_seq: int
+    idle_s: float
+
+
+class StreamPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    streams: list[StreamRow]
 
 
 class FramesReply(BaseModel):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn._types import ASGIApplication
 
 from service.app import create_app
@@ -57,4 +59,18 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
     except (ModelError, SnapshotError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, wire, log_level)).run()
+    app = create_app(settings)
+    StoppingServer(uvicorn_config(app, settings, wire, log_level), app).run()
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server that tells the app when a stop begins (``app.state.stopping``), so long-lived
+    responses such as the board's event stream end at once instead of holding the graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.stopping = True
+        super().handle_exit(sig, frame)

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
+    demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")
     state_file: Path | None = Field(ENGINE.state_file, description="snapshot all streams here; restored at start")
     state_on_mismatch: Literal["fail", "discard"] = Field(
         ENGINE.state_on_mismatch,

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from service.engine import Engine
 from service.errors import BadInput, ProtocolViolation, ServiceError, error_body, error_headers
-from service.protocol import REQUEST_HEADER, Wire, check_stream_id
+from service.protocol import REQUEST_HEADER, WS_SUBPROTOCOL, Wire, check_stream_id
 from service.protocol import binary_reply as encode_binary_reply
 from service.streams import Stream
 
@@ -39,7 +39,8 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     except ServiceError as exc:
         await deny(websocket, exc)
         return
-    await websocket.accept()
+    # a browser offers the subprotocol (its key rides beside it) and fails unless one is selected
+    await websocket.accept(WS_SUBPROTOCOL if WS_SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None)
     # its own task: every wake-up (a message, a result) resumes a short coroutine chain instead of the
     # whole ASGI middleware stack above this handler
     await asyncio.create_task(Connection(websocket, engine, websocket.app.state.wire, stream).serve())
