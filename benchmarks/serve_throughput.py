@@ -6,17 +6,22 @@ For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binar
 p50/p99 message latency of each, the served/bare ratio, and each server's CPU time per message
 (utime+stime from /proc over the measured window). Closed loop: every stream sends its
 next message when the previous reply arrives. On a machine with two or more cores the servers run
-pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them).
+pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them). ``--board`` adds a
+third variant: the served server while a live web board reads its event stream (``curl``, on the load
+generator's core), and the board's cost against the plain served runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from client.loadtest import LoadResult, LoadSpec, run_load
@@ -35,6 +40,17 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from ``/proc/PID/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def board_reader(server: ServerProcess) -> Iterator[None]:
+    """A board connected to ``server`` for the duration: its event stream read and thrown away."""
+    reader = subprocess.Popen(["curl", "-sN", f"{server.url}/v1/board/events", "-o", os.devnull])
+    try:
+        yield
+    finally:
+        reader.terminate()
+        reader.wait()
 
 
 async def measured_run(server: ServerProcess, spec: LoadSpec) -> tuple[LoadResult, float]:
@@ -59,6 +75,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=8870)
     parser.add_argument("--repeats", type=int, default=2, help="alternate bare/served runs; report medians")
+    parser.add_argument("--board", action="store_true", help="also measure with a live board connected")
     parser.add_argument(
         "--pin", action=argparse.BooleanOptionalAction, default=True, help="servers core 0, load core 1"
     )
@@ -79,17 +96,19 @@ def main() -> None:
     try:
         where = "servers on core 0, load generator on core 1" if pin else "unpinned"
         print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores; {where})\n")
+        variants = [("bare", bare), ("served", served)] + ([("board", served)] if args.board else [])
+        board_head = " served + board frames/s | board cost | board CPU µs/msg |" if args.board else ""
         print(
             "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
-            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |"
+            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |" + board_head
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.board else ""))
         for streams in args.streams:
             for frames in args.frames:
                 for binary in (False, True):
-                    runs: dict[str, list[tuple[LoadResult, float]]] = {"bare": [], "served": []}
+                    runs: dict[str, list[tuple[LoadResult, float]]] = {"bare": [], "served": [], "board": []}
                     for _ in range(args.repeats):
-                        for name, server in (("bare", bare), ("served", served)):
+                        for name, server in variants:
                             spec = LoadSpec(
                                 server.ws_url,
                                 streams,
@@ -100,13 +119,22 @@ def main() -> None:
                                 warmup=args.warmup,
                                 dim=dim,
                             )
-                            runs[name].append(asyncio.run(measured_run(server, spec)))
+                            if name == "board":  # a live board reads the served server's event stream meanwhile
+                                with board_reader(served):
+                                    runs[name].append(asyncio.run(measured_run(server, spec)))
+                            else:
+                                runs[name].append(asyncio.run(measured_run(server, spec)))
                     (b, b_cpu), (s, s_cpu) = median_run(runs["bare"]), median_run(runs["served"])
+                    board_cells = ""
+                    if args.board:
+                        w, w_cpu = median_run(runs["board"])
+                        cost = 1 - w.frames_per_s / s.frames_per_s
+                        board_cells = f" {w.frames_per_s:,.0f} | {cost:+.1%} | {w_cpu:.1f} |"
                     print(
                         f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
                         f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "
                         f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} | "
-                        f"{b_cpu:.1f} / {s_cpu:.1f} |",
+                        f"{b_cpu:.1f} / {s_cpu:.1f} |" + board_cells,
                         flush=True,
                     )
     finally:
