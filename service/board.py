@@ -50,25 +50,24 @@ class Watcher:
     sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # id → (processed_seq, when)
 
     def update(self) -> dict:
-        """``{"rows": [changed or new rows, with fps], "removed": [ids]}`` since the last call."""
+        """``{"rows": [changed or new rows, with fps], "removed": [ids]}`` since the last call. A stream
+        that stopped is sent again about once a second (fps 0, idle time growing)."""
         now = time.monotonic()
-        streams = listed(self.table)
+        streams = [s for s in self.table.streams.values() if s.durable]
         current = {s.id for s in streams}
         removed = [sid for sid in self.sent if sid not in current]
         for sid in removed:
             del self.sent[sid]
-        changed = [s for s in streams if s.id not in self.sent or self.sent[s.id][0] != s.done_seq]
+        due = [s for s in streams if self._due(s, now)]
         out = []
-        for row in rows(self.table, changed):
-            before = self.sent.get(row["stream_id"])
-            fps = (row["processed_seq"] - before[0]) / max(now - before[1], 1e-3) if before else 0.0
-            out.append({**row, "fps": round(fps, 1)})
-            self.sent[row["stream_id"]] = (row["processed_seq"], now)
-        idle = [s.id for s in streams if s.id not in {r["stream_id"] for r in out} and self._stale(s.id, now)]
-        for sid in idle:  # a stream that stopped is sent again about once a second: fps 0, idle time growing
-            self.sent[sid] = (self.sent[sid][0], now)
-        out += [{**row, "fps": 0.0} for row in rows(self.table, [self.table.streams[i] for i in idle])]
+        for stream, row in zip(due, rows(self.table, due), strict=True):
+            before = self.sent.get(stream.id)
+            fps = (stream.done_seq - before[0]) / max(now - before[1], 1e-3) if before else 0.0
+            row["fps"] = round(fps, 1)
+            out.append(row)
+            self.sent[stream.id] = (stream.done_seq, now)
         return {"rows": out, "removed": removed}
 
-    def _stale(self, stream_id: str, now: float) -> bool:
-        return now - self.sent[stream_id][1] > 1.0
+    def _due(self, stream: Stream, now: float) -> bool:
+        before = self.sent.get(stream.id)
+        return before is None or before[0] != stream.done_seq or now - before[1] > 1.0

@@ -29,6 +29,7 @@ from service.protocol import (
 
 JSON = "application/json"
 BOARD_PERIOD_S = 0.1  # the board's updates are coalesced to at most 10 a second
+BOARD_CPU_SHARE = 0.02  # and slowed down so that a board never takes more than 2 % of the loop
 
 
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -188,17 +189,18 @@ async def board_events(request: Request, engine: EngineDep) -> StreamingResponse
 
 async def board_stream(request: Request, engine: Engine) -> AsyncIterator[bytes]:
     """``snapshot`` with every row, then ``update`` events with what changed; ends when the client
-    leaves or the server stops. Reads the table, never the frame path."""
+    leaves or the server stops. Reads the table, never the frame path; with many streams (a tick
+    reads all of them: about 0.25 ms per 100 busy streams) the period grows to keep its share small."""
     watcher = board.Watcher(engine.table)
+    started = time.perf_counter()
     yield sse("snapshot", watcher.update())
-    quiet = 0.0
+    spent = time.perf_counter() - started
     while not request.app.state.stopping and not await request.is_disconnected():
-        await asyncio.sleep(BOARD_PERIOD_S)
+        await asyncio.sleep(max(BOARD_PERIOD_S, spent / BOARD_CPU_SHARE))
+        started = time.perf_counter()
         update = watcher.update()
-        quiet += BOARD_PERIOD_S
-        if update["rows"] or update["removed"] or quiet >= 15:
-            quiet = 0.0
-            yield sse("update", update)
+        spent = time.perf_counter() - started
+        yield sse("update", update)
 
 
 def sse(event: str, data: dict) -> bytes:
