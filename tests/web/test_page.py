@@ -107,6 +107,9 @@ def test_the_board_shows_streams_within_a_second_and_drops_deleted_ones(watched,
     httpx.delete(f"{web_server.url}/v1/streams/station-1")
     page.wait_for_function("() => !window.progressBoard.rows.has('station-1')", timeout=1000)
     assert page.locator('[data-id="station-1"]').count() == 0
+    page.select_option("#sort", "progress")
+    first = max(answered, key=lambda sid: answered[sid] if sid != "station-1" else -1)
+    page.wait_for_function("id => document.querySelector('#rows .row:not([hidden])')?.dataset.id === id", arg=first)
     page.fill("#filter", "station-2")
     page.wait_for_function("() => document.getElementById('count').textContent === '1'", timeout=1000)
     assert watched.problems == []
@@ -139,6 +142,20 @@ def test_a_dropped_npy_file_streams(watched, web_server, tmp_path):
     state = page.evaluate("() => window.progressDemo.state")
     assert state["name"] == "mine.npy" and state["error"] is None
     np.testing.assert_allclose(state["predicted"], stateless(web_server, frames), atol=1e-6)
+    dropped = np.random.default_rng(2).standard_normal((9, DIM)).astype(np.float32)
+    np.save(tmp_path / "dropped.npy", dropped)
+    page.evaluate(
+        """bytes => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], "dropped.npy"));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true }));
+        }""",
+        list((tmp_path / "dropped.npy").read_bytes()),
+    )
+    page.wait_for_function("() => window.progressDemo.state.name === 'dropped.npy' && window.progressDemo.state.done")
+    np.testing.assert_allclose(
+        page.evaluate("() => window.progressDemo.state.predicted"), stateless(web_server, dropped)
+    )
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((3, DIM + 1), np.float32))
     page.set_input_files("#file", str(wrong))
