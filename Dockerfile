@@ -36,7 +36,7 @@ CMD ["sh", "-c", "test -f /models/progress_head.onnx || (make model ANNOTATIONS=
 # ---------------------------------------------------------------------------------------------
 FROM train AS model-builder
 COPY --from=annotations --chown=10001 egoprocel.json /annotations/egoprocel.json
-RUN make model ANNOTATIONS=/annotations/egoprocel.json
+RUN make model models/demo/index.json ANNOTATIONS=/annotations/egoprocel.json
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS service
@@ -60,6 +60,7 @@ USER 10001
 WORKDIR /home/progress
 ENV PATH=/opt/venv/bin:$PATH \
     PROGRESS_MODEL_PATH=/models/progress_head.onnx \
+    PROGRESS_DEMO_DIR=/models/demo \
     PROGRESS_HOST=0.0.0.0 \
     PROGRESS_PORT=8000
 EXPOSE 8000
@@ -71,3 +72,4 @@ ENTRYPOINT ["progress", "serve"]
 # ---------------------------------------------------------------------------------------------
 FROM service AS bundled
 COPY --from=model-builder /app/models/progress_head.onnx /models/progress_head.onnx
+COPY --from=model-builder /app/models/demo /models/demo
