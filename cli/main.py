@@ -200,6 +200,22 @@ def verify_export(
         raise _fail(ValueError(f"parity {worst:.3e} exceeds {TOLERANCE:.0e}"))
 
 
+@app.command()
+def probe(
+    data: Annotated[list[Path], typer.Option(help="Dataset folders (annotations.json, features/, phase/).")],
+    window: Annotated[int, typer.Option(min=0, help="Neighbouring frames on each side.")] = 4,
+) -> None:
+    """How much of the content phase each dataset's features carry (per-task linear probe, test R²)."""
+    from training.data import DataError
+    from training.probe import phase_r2
+
+    for folder in data:
+        try:
+            typer.echo(f"{folder}\tphase R2 {phase_r2(folder, window):.3f}")
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            raise _fail(exc) from exc
+
+
 @app.command("demo-pack")
 def demo_pack(
     annotations: Annotated[Path, typer.Option(help="GTCC annotations JSON (its test split is used).")],

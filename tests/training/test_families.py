@@ -60,3 +60,18 @@ def test_synth_writes_the_gtcc_layout_with_the_phase_beside_it(tmp_path, stride)
         x = np.load(tmp_path / "out" / "features" / f"{handle}.npy")
         phase = np.load(tmp_path / "out" / "phase" / f"{handle}.npy")
         assert x.shape == (max(ends) + 1, 8) and phase.shape == (max(ends) + 1, 1)
+
+
+def test_the_phase_probe_tells_features_that_carry_the_phase_from_noise(tiny_data, tmp_path):
+    """The probe scores the real features well and pure noise near zero (on the same videos and phases)."""
+    from training.probe import phase_r2
+
+    noise = tmp_path / "noise"
+    (noise / "features").mkdir(parents=True)
+    (noise / "annotations.json").write_bytes((tiny_data / "annotations.json").read_bytes())
+    rng = np.random.default_rng(0)
+    for path in (tiny_data / "features").glob("*.npy"):
+        np.save(noise / "features" / path.name, rng.standard_normal(np.load(path).shape).astype(np.float32))
+    (noise / "phase").symlink_to(tiny_data / "phase")
+    assert phase_r2(tiny_data, window=1) > 0.5
+    assert phase_r2(noise, window=1) < 0.1
