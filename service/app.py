@@ -25,6 +25,8 @@ from service.page_routes import PAGE_DIR, page_router
 from service.protocol import CreateStream, Wire
 from service.runtime import CellRuntime
 from service.settings import Settings
+from service.store import RedisStore
+from service.streams import StreamTable
 from service.ws_transport import ws_router
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,15 @@ def allowed_methods(request: Request) -> str:
 
 def error_response(exc: ServiceError) -> Response:
     return Response(orjson.dumps(error_body(exc)), exc.spec.status, error_headers(exc.code), "application/json")
+
+
+def make_store(settings: Settings, runtime: CellRuntime) -> RedisStore | None:
+    """The shared state store the settings name, if any (its layout follows the model's state width)."""
+    if settings.redis_url is None:
+        return None
+    model = runtime.metadata.get("checkpoint_sha256", "")
+    layout = StreamTable.layout(runtime.hidden_dim, settings.retained_window)
+    return RedisStore(settings.redis_url, settings.state_password, model, layout, settings.idle_ttl_s)
 
 
 def body_limit(wire: Wire, path: str) -> int:
@@ -92,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("model %s on providers %s", settings.model_path, runtime.providers)
         warm_up(runtime, settings.max_batch)
         wire = Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless)
-        engine = Engine(runtime, settings.engine_config())
+        engine = Engine(runtime, settings.engine_config(), store=make_store(settings, runtime))
         await engine.start()
         app.state.wire, app.state.engine = wire, engine
         schema = openapi_schema(app, wire)

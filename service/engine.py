@@ -21,7 +21,9 @@ from service.errors import Overloaded, SeqConflict, ShuttingDown, StreamNotFound
 from service.metrics import Metrics
 from service.runtime import CellRuntime
 from service.snapshot import identity, load_state, write_snapshot
+from service.store import RedisStore, StoreUnavailable
 from service.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
+from service.takeover import SharedStreams
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,14 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, runtime: CellRuntime, config: EngineConfig, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        runtime: CellRuntime,
+        config: EngineConfig,
+        metrics: Metrics | None = None,
+        store: RedisStore | None = None,
+    ):
+        """``store``: a shared store (Redis) that other replicas read too; see :mod:`service.takeover`."""
         self.runtime = runtime
         self.config = config
         self.metrics = metrics or Metrics()
@@ -66,6 +75,9 @@ class Engine:
         )
         self.metrics.watch(lambda: len(self.table), lambda: self.table.queued_frames)
         self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
+        self.shared = (
+            SharedStreams(store, self.table, self.batcher, self.metrics, config.snapshot_interval_s) if store else None
+        )
         self.accepting = True
         self.max_queue_frames = config.max_queue_frames
         self._tasks: list[asyncio.Task] = []
@@ -94,6 +106,8 @@ class Engine:
         ]
         if state_file is not None:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(Path(state_file)), name="snapshots"))
+        if self.shared is not None:
+            self._tasks.append(asyncio.create_task(self.shared.run(), name="store"))
 
     async def stop(self) -> None:
         """Stop accepting, finish every accepted frame, snapshot, stop the tasks."""
@@ -101,11 +115,18 @@ class Engine:
         await self.batcher.drain()
         if self.config.state_file is not None:
             await self.snapshot(Path(self.config.state_file))
+        if self.shared is not None:  # every stream, so the next owner continues exactly
+            try:
+                await self.shared.save(everything=True)
+            except StoreUnavailable as exc:
+                log.error("final write to the state store failed: %s", exc)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.batcher.close()
+        if self.shared is not None:
+            await self.shared.store.close()
 
     # --- streams -----------------------------------------------------------------------------
     def create(self, stream_id: str | None = None) -> tuple[Stream, bool]:
@@ -116,12 +137,43 @@ class Engine:
             return stream, False
         return self.table.create(stream_id or secrets.token_hex(16)), True
 
-    def get(self, stream_id: str) -> Stream:
-        return self.table.get(stream_id)
+    async def find(self, stream_id: str) -> Stream | None:
+        """The stream held here, else taken over from the shared store; None if it is nowhere."""
+        stream = self.table.streams.get(stream_id)
+        if stream is None and self.shared is not None:
+            stream = await self.shared.take_over(stream_id)
+        return stream
 
-    def delete(self, stream_id: str) -> None:
-        stream = self.table.get(stream_id)
-        self.table.remove(stream)
+    async def open(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+        """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
+        if stream_id is not None and (stream := await self.find(stream_id)) is not None:
+            stream.last_seen = time.monotonic()
+            return stream, False
+        return self.create(stream_id)
+
+    async def get(self, stream_id: str) -> Stream:
+        stream = await self.find(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+        return stream
+
+    async def delete(self, stream_id: str) -> None:
+        stream = self.table.streams.get(stream_id)
+        if stream is not None:
+            self.table.remove(stream)
+        if self.shared is not None:
+            await self.shared.forget(stream_id)
+        elif stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+
+    async def resubmit(
+        self, stream: Stream, conflict: SeqConflict, seq: int, frames: np.ndarray, reset: bool
+    ) -> asyncio.Future:
+        """After a conflict: if the copy here is behind what the client sent and the shared store holds it
+        further along, reload it and submit again; otherwise the conflict stands."""
+        if self.shared is None or seq <= stream.next_seq or not await self.shared.catch_up(stream):
+            raise conflict
+        return self.submit(stream, seq, frames, reset)
 
     def describe(self, stream: Stream) -> dict:
         return {
@@ -178,8 +230,12 @@ class Engine:
 
     async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
         """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
-        stream = self.table.get(stream_id)
-        progress = await asyncio.shield(self.submit(stream, seq, frames, reset))
+        stream = await self.get(stream_id)
+        try:
+            future = self.submit(stream, seq, frames, reset)
+        except SeqConflict as conflict:
+            future = await self.resubmit(stream, conflict, seq, frames, reset)
+        progress = await asyncio.shield(future)
         return progress, stream.next_seq
 
     async def progress_once(self, frames: np.ndarray) -> np.ndarray:
@@ -189,8 +245,8 @@ class Engine:
         try:
             return await asyncio.shield(self.submit(stream, 0, frames))
         finally:
-            if stream.id in self.table.streams:
-                self.delete(stream.id)
+            if self.table.streams.get(stream.id) is stream:
+                self.table.remove(stream)
 
     # --- housekeeping ------------------------------------------------------------------------
     def evict_idle(self, now: float | None = None) -> int:
@@ -213,19 +269,12 @@ class Engine:
         """Write every stream's processed state atomically; returns how many streams."""
         async with self.batcher.cycle_lock:
             streams = [s for s in self.table.streams.values() if s.durable]
-            slots = np.array([s.slot for s in streams], np.int64)
             arrays = {
                 "ids": np.array([s.id for s in streams], dtype=str),
                 "done_seq": np.array([s.done_seq for s in streams], np.int64),
                 "created_at": np.array([s.created_at for s in streams], np.float64),
-                **{name: getattr(self.table, name)[slots] for name in SLOT_ARRAYS},
+                **self.table.rows_of(streams),
             }
-            for row, stream in enumerate(streams):
-                if stream.pending and stream.pending[0].pos:  # restored, it holds only the processed head
-                    head = stream.pending[0]
-                    pos = head.seq % self.table.window
-                    arrays["chunk_shape"][row, pos] = 2 * head.pos + head.reset
-                    arrays["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
         await asyncio.to_thread(write_snapshot, path, arrays, self.snapshot_identity())
         return len(streams)
 

@@ -92,8 +92,8 @@ CREATED = {
 }
 
 
-def created(engine: Engine, stream_id: str | None) -> Response:
-    stream, new = engine.create(stream_id)
+async def created(engine: Engine, stream_id: str | None) -> Response:
+    stream, new = await engine.open(stream_id)
     body = {"stream_id": stream.id, "next_seq": stream.next_seq, "model": engine.model_summary()}
     return json_response(body, 201 if new else 200)
 
@@ -105,13 +105,13 @@ def created(engine: Engine, stream_id: str | None) -> Response:
     summary="Create a stream (idempotent with an id)",
 )
 async def create_stream(request: Request, engine: EngineDep) -> Response:
-    return created(engine, Wire.parse_create(await request.body()))
+    return await created(engine, Wire.parse_create(await request.body()))
 
 
 @v1_router.put("/streams/{stream_id}", responses=CREATED, summary="Create a stream with this id (idempotent)")
 async def put_stream(stream_id: StreamId, engine: EngineDep) -> Response:
     """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
-    return created(engine, stream_id)
+    return await created(engine, stream_id)
 
 
 @v1_router.post(
@@ -137,7 +137,7 @@ async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, 
     "/streams/{stream_id}", responses=error_responses("invalid_input", "stream_not_found"), summary="A stream's state"
 )
 async def get_stream(stream_id: StreamId, engine: EngineDep) -> dict:
-    return engine.describe(engine.get(stream_id))
+    return engine.describe(await engine.get(stream_id))
 
 
 @v1_router.delete(
@@ -147,7 +147,7 @@ async def get_stream(stream_id: StreamId, engine: EngineDep) -> dict:
     summary="Delete a stream",
 )
 async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
-    engine.delete(stream_id)
+    await engine.delete(stream_id)
     return Response(status_code=204)
 
 
@@ -230,8 +230,13 @@ async def healthz() -> dict:
     summary="Model loaded and warmed up",
 )
 async def readyz(request: Request) -> Response:
+    """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, or ``degraded`` (the
+    store cannot be written: streams are served but a lost replica would lose them)."""
     ready = bool(getattr(request.app.state, "ready", False))
-    return json_response({"ready": ready}, 200 if ready else 503)
+    engine = getattr(request.app.state, "engine", None)
+    shared = engine.shared if engine is not None else None
+    durability = "none" if shared is None else ("degraded" if shared.degraded else "ok")
+    return json_response({"ready": ready, "durability": durability}, 200 if ready else 503)
 
 
 @ops_router.get(

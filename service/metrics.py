@@ -79,6 +79,12 @@ class Metrics:
         self.snapshot_failures = Counter(
             "progress_snapshot_failures", "Periodic state-file snapshots that could not be written", registry=r
         )
+        self.store_writes = Counter("progress_store_writes", "Stream states written to the shared store", registry=r)
+        self.store_errors = Counter("progress_store_errors", "Shared-store calls that failed", registry=r)
+        self.store_restores = Counter("progress_store_restores", "Streams taken over from the shared store", registry=r)
+        self.snapshot_lag = Gauge(
+            "progress_snapshot_lag_seconds", "Seconds since every stream's state was last stored", registry=r
+        )
         self.streams_active = Gauge("progress_streams_active", "Streams held", registry=r)
         self.queue_frames = Gauge("progress_queue_frames", "Frames accepted, waiting for inference", registry=r)
         self.model = Info("progress_model", "The model being served", registry=r)

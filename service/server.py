@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from pathlib import Path
 from types import FrameType
@@ -10,12 +12,15 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn._types import ASGIApplication
 
-from service.app import create_app
+from service.app import create_app, make_store
 from service.http_protocol import with_header_timeout
 from service.protocol import Wire
 from service.runtime import CellRuntime, ModelError
 from service.settings import Settings
 from service.snapshot import SnapshotError, identity, load_state
+from service.store import RedisStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 #: Open requests get this long after SIGTERM: under compose's 30 s grace, with every deadline
 #: (headers, body: 10 s each by default) shorter still, so a slow client cannot hold the exit.
@@ -47,7 +52,22 @@ def preflight(settings: Settings) -> Wire:
     if settings.state_file is not None:
         expected = identity(runtime.metadata.get("checkpoint_sha256", ""), settings.retained_window)
         load_state(settings.state_file, expected, settings.max_streams, settings.state_on_mismatch)
+    store = make_store(settings, runtime)
+    if store is not None:
+        try:
+            asyncio.run(checked(store))
+        except StoreUnavailable as exc:
+            if settings.state_required:
+                raise
+            log.warning("%s; starting anyway (PROGRESS_STATE_REQUIRED=false), durability degraded", exc)
     return Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless)
+
+
+async def checked(store: RedisStore) -> None:
+    try:
+        await store.check()
+    finally:
+        await store.close()
 
 
 def run(model: Path | None = None, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
@@ -56,7 +76,7 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
     settings = Settings(**overrides)
     try:
         wire = preflight(settings)
-    except (ModelError, SnapshotError) as exc:
+    except (ModelError, SnapshotError, StoreUnavailable) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
     app = create_app(settings)

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.engine import EngineConfig
@@ -51,11 +51,30 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
     demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")
     state_file: Path | None = Field(ENGINE.state_file, description="snapshot all streams here; restored at start")
+    state_url: str | None = Field(
+        None,
+        description="redis://host:port/db or rediss://… to share stream state between replicas; "
+        "file:///path is the same as PROGRESS_STATE_FILE",
+    )
+    state_password: str | None = Field(None, description="the state store's password (else from the URL)")
+    state_required: bool = Field(True, description="an unreachable state store at start fails the start")
     state_on_mismatch: Literal["fail", "discard"] = Field(
         ENGINE.state_on_mismatch,
         description="a state file this server cannot restore: fail the start, or move it aside and start empty",
     )
     snapshot_interval_s: float = Field(ENGINE.snapshot_interval_s, gt=0)
+
+    @model_validator(mode="after")
+    def _state_url(self) -> Settings:
+        if self.state_url and self.state_url.startswith("file://"):
+            self.state_file = Path(self.state_url.removeprefix("file://"))
+        elif self.state_url and not self.state_url.startswith(("redis://", "rediss://")):
+            raise ValueError("state_url must start with redis://, rediss:// or file://")
+        return self
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.state_url if self.state_url and self.state_url.startswith("redis") else None
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})

@@ -42,6 +42,7 @@ class Stream:
     in_cycle: int = 0  # frames of it in the batch now under inference
     closed: bool = False  # removed from the table (a batch still holding it frees its slot when done)
     durable: bool = True  # snapshotted; False for the temporary stream of a stateless request
+    saved_seq: int = -1  # done_seq at its last write to a shared store (-1: never written)
 
     @property
     def busy(self) -> bool:
@@ -242,11 +243,35 @@ class StreamTable:
     def restore(self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray]) -> Stream:
         """A stream from a snapshot: its counters and its row of every slot array."""
         stream = self.create(stream_id)
-        stream.next_seq = stream.done_seq = done_seq
         stream.created_at = created_at
+        self.overwrite(stream, done_seq, rows)
+        return stream
+
+    def overwrite(self, stream: Stream, done_seq: int, rows: dict[str, np.ndarray]) -> None:
+        """Replace an idle stream's state with a stored one (newer, from another replica)."""
+        stream.next_seq = stream.done_seq = stream.saved_seq = done_seq
         for name in SLOT_ARRAYS:
             getattr(self, name)[stream.slot] = rows[name]
-        return stream
+
+    def rows_of(self, streams: list[Stream]) -> dict[str, np.ndarray]:
+        """Each slot array's rows for ``streams``, as a snapshot must hold them: a chunk partly processed
+        is recorded as its processed head, so a client's resend of that head still matches after a restore."""
+        rows = {name: getattr(self, name)[np.array([s.slot for s in streams], np.int64)] for name in SLOT_ARRAYS}
+        for row, stream in enumerate(streams):
+            if stream.pending and stream.pending[0].pos:
+                head = stream.pending[0]
+                pos = head.seq % self.window
+                rows["chunk_shape"][row, pos] = 2 * head.pos + head.reset
+                rows["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
+        return rows
+
+    @staticmethod
+    def layout(hidden_dim: int, window: int) -> dict[str, tuple[np.dtype, int]]:
+        """Each slot array's dtype and items per stream (how a shared store lays out one stream)."""
+        table = StreamTable(1, hidden_dim, window)
+        return {
+            name: (getattr(table, name).dtype, int(np.prod(getattr(table, name).shape[1:]))) for name in SLOT_ARRAYS
+        }
 
     def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""

@@ -16,7 +16,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 
 from service.engine import Engine
-from service.errors import BadInput, ProtocolViolation, ServiceError, error_body, error_headers
+from service.errors import BadInput, ProtocolViolation, SeqConflict, ServiceError, error_body, error_headers
 from service.protocol import REQUEST_HEADER, WS_SUBPROTOCOL, Wire, check_stream_id
 from service.protocol import binary_reply as encode_binary_reply
 from service.streams import Stream
@@ -35,7 +35,7 @@ async def deny(websocket: WebSocket, exc: ServiceError) -> None:
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     engine: Engine = websocket.app.state.engine
     try:
-        stream, _ = engine.create(check_stream_id(stream_id))
+        stream, _ = await engine.open(check_stream_id(stream_id))
     except ServiceError as exc:
         await deny(websocket, exc)
         return
@@ -60,6 +60,7 @@ class Connection:
         self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
         self.latency = engine.metrics.request_seconds.labels("ws")
         self.seq: int | None = None
+        self.parsed: tuple = ()  # the message being submitted: (seq, frames, reset)
 
     async def serve(self) -> None:
         try:
@@ -71,7 +72,10 @@ class Connection:
                 binary = message.get("bytes") is not None
                 self.seq = None
                 try:
-                    future = self._submit(message, binary)
+                    try:
+                        future = self._submit(message, binary)
+                    except SeqConflict as conflict:  # a copy behind the client may catch up from the store
+                        future = await self.engine.resubmit(self.stream, conflict, *self.parsed)
                     progress = await future
                 except ServiceError as exc:
                     if await self._error(self.seq, exc):
@@ -106,6 +110,7 @@ class Connection:
                 self.seq = seq_of(text)
                 raise
         self.seq = seq
+        self.parsed = (seq, frames, reset)
         return self.engine.submit(self.stream, seq, frames, reset)
 
     async def _error(self, seq: int | None, exc: ServiceError) -> bool:

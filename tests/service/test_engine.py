@@ -57,7 +57,7 @@ def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_pat
             await first
         with pytest.raises(InferenceFailed):
             await second
-        assert engine.get("lonely").next_seq == 0 and engine.table.queued_frames == 0
+        assert engine.table.get("lonely").next_seq == 0 and engine.table.queued_frames == 0
         streams = [engine.create(sid)[0] for sid in ("a", "b", "c")]
         results = await asyncio.gather(*(engine.submit(stream, 0, x) for stream in streams))
         assert all(r.shape == (1,) for r in results)  # a batch of 3 runs fine after the failure

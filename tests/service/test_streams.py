@@ -137,7 +137,7 @@ def test_thread_mode_with_a_delete_mid_flight(runtime):
                 break
             await asyncio.sleep(0)
         assert streams[3].busy
-        engine.delete("t3")
+        await engine.delete("t3")
         results = await asyncio.gather(*futures[:3])
         with pytest.raises(StreamNotFound):
             await futures[3]
