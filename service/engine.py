@@ -107,6 +107,7 @@ class Engine:
         if state_file is not None:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(Path(state_file)), name="snapshots"))
         if self.shared is not None:
+            await self.shared.check()
             self._tasks.append(asyncio.create_task(self.shared.run(), name="store"))
 
     async def stop(self) -> None:

@@ -38,6 +38,14 @@ class SharedStreams:
         self.saved_at = time.monotonic()
         metrics.snapshot_lag.set_function(lambda: time.monotonic() - self.saved_at)
 
+    async def check(self) -> None:
+        """At start: an unreachable store (allowed by PROGRESS_STATE_REQUIRED=false) starts degraded."""
+        try:
+            await self.store.check()
+        except StoreUnavailable as exc:
+            self.degraded = True
+            log.error("%s; serving with durability degraded", exc)
+
     async def save(self, everything: bool = False) -> int:
         """Write the streams that changed (or all of them); raises StoreUnavailable."""
         async with self.batcher.cycle_lock:
