@@ -37,6 +37,7 @@ class ReplayLog:
 
     def __init__(self, capacity: int = 4096):
         self.capacity = capacity
+        self.replayed = 0  # frames sent again after a 409 (a restart or a takeover)
         self._chunks: deque[Chunk] = deque()
         self._frames = 0
 
@@ -100,7 +101,7 @@ def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
     return None
 
 
-def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 20) -> Generator[Chunk, Outcome, np.ndarray]:
+def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 50) -> Generator[Chunk, Outcome, np.ndarray]:
     """The retry protocol of every transport, as a generator: it yields the next chunk to send and is
     sent back that send's outcome; it returns ``chunk``'s progress. Drivers only do the I/O."""
     pending, sent, results = [chunk], [], []
@@ -113,6 +114,7 @@ def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 20) -> Generator[Chun
             results.append(value)
         elif kind == "conflict":
             pending, sent, results = resend_plan(log, chunk, value), [], []
+            log.replayed += max(0, chunk.seq - value)
     if pending:
         raise SeqError(f"gave up sending seq {chunk.seq} after {attempts} attempts")
     return stitch(chunk, sent, results)

@@ -19,6 +19,9 @@ from client.core import (
     frames_json,
 )
 
+#: A proxy's own answers when its upstream replica failed (not the service's error JSON).
+PROXY_GATEWAY_ERRORS = (502, 503, 504)
+
 
 class ServerError(RuntimeError):
     def __init__(self, status: int, body: Any):
@@ -44,6 +47,8 @@ def outcome(response: httpx.Response) -> Outcome:
         return "ok", np.asarray(response.json()["progress"], np.float32)
     body = response_body(response)
     action = error_outcome(body, response.headers.get("Retry-After"))
+    if action is None and response.status_code in PROXY_GATEWAY_ERRORS:
+        return "wait", RETRY_DELAY  # a proxy's page: its replica went away; the seq makes resending safe
     if action is None:
         raise ServerError(response.status_code, body)
     return action

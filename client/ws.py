@@ -26,7 +26,7 @@ from client.core import (
     exchange,
     frames_json,
 )
-from client.http import ServerError, auth_headers
+from client.http import PROXY_GATEWAY_ERRORS, ServerError, auth_headers
 from service.protocol import binary_request, parse_binary_reply
 
 RECONNECT_ERRORS = (ConnectionClosed, OSError, TimeoutError)
@@ -57,6 +57,8 @@ def refused(exc: InvalidStatus) -> Outcome:
     except orjson.JSONDecodeError:
         body = None
     action = error_outcome(body, exc.response.headers.get("Retry-After"))
+    if action is None and exc.response.status_code in PROXY_GATEWAY_ERRORS:
+        return "wait", RETRY_DELAY
     if action is None:
         raise ServerError(exc.response.status_code, body) from None
     return action

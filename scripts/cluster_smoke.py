@@ -49,7 +49,7 @@ class Nginx:
         self.prefix.chmod(0o755)
         site = string.Template(TEMPLATE.read_text()).safe_substitute(
             PROGRESS_LISTEN=f"127.0.0.1:{self.port}",
-            PROGRESS_UPSTREAMS=" ".join(f"server 127.0.0.1:{p};" for p in upstreams),
+            PROGRESS_UPSTREAMS=" ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in upstreams),
         )
         (self.prefix / "progress.conf").write_text(site)
         (self.prefix / "nginx.conf").write_text(

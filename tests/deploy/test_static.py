@@ -66,14 +66,17 @@ def test_compose_files_validate(files):
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
-    assert {"trainer", "progress-a", "progress-b", "proxy", "prometheus", "loadtest"} <= set(services)
+    assert {"trainer", "redis", "progress-a", "progress-b", "proxy", "prometheus", "loadtest"} <= set(services)
+    assert {services[r]["environment"]["PROGRESS_STATE_URL"] for r in ("progress-a", "progress-b")} == {
+        "redis://redis:6379/0"
+    }
     gpu = [s for s in services.values() if "deploy" in s]
     assert len(gpu) == (2 if len(files) == 2 else 0)
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {t.split(":")[0] for t in targets} == {"progress-a", "progress-b"}
     upstreams = services["proxy"]["environment"]["PROGRESS_UPSTREAMS"]
-    assert re.findall(r"server ([\w-]+):8000;", upstreams) == ["progress-a", "progress-b"]
+    assert re.findall(r"server ([\w-]+):8000 max_fails=1 fail_timeout=3s;", upstreams) == ["progress-a", "progress-b"]
 
 
 @needs["nginx"]
