@@ -8,7 +8,7 @@ SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
 
 .PHONY: install test lint data train eval report sweep model verify bench-step serve bench-serve loadtest \
-	images compose-up compose-up-gpu compose-config cluster-smoke loadtest-proxy clean
+	images compose-up compose-up-gpu compose-config cluster-smoke failover-smoke loadtest-proxy clean
 
 install: $(VENV)/.installed
 
@@ -121,6 +121,10 @@ compose-config:
 
 cluster-smoke: $(MODEL)
 	$(BIN)/python scripts/cluster_smoke.py --model $(MODEL)
+
+# three replicas sharing state through redis-server behind nginx, no Docker: kill -9, restart, rolling restart
+failover-smoke: $(MODEL)
+	$(BIN)/python -m scripts.failover_smoke --model $(MODEL)
 
 PROXY_URL ?= ws://127.0.0.1:8000
 loadtest-proxy: install

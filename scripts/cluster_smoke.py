@@ -34,6 +34,8 @@ from service.runtime import CellRuntime
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "progress.conf.template"
 TOLERANCE = 1e-5
+#: The same as docker-compose.yml's (a test holds them together): see deploy/nginx/progress.conf.template.
+UPSTREAM_PARAMS = "max_fails=0"
 
 
 class Nginx:
@@ -49,7 +51,7 @@ class Nginx:
         self.prefix.chmod(0o755)
         site = string.Template(TEMPLATE.read_text()).safe_substitute(
             PROGRESS_LISTEN=f"127.0.0.1:{self.port}",
-            PROGRESS_UPSTREAMS=" ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in upstreams),
+            PROGRESS_UPSTREAMS=" ".join(f"server 127.0.0.1:{p} {UPSTREAM_PARAMS};" for p in upstreams),
         )
         (self.prefix / "progress.conf").write_text(site)
         (self.prefix / "nginx.conf").write_text(

@@ -150,7 +150,12 @@ class Engine:
         if stream_id is not None and (stream := await self.find(stream_id)) is not None:
             stream.last_seen = time.monotonic()
             return stream, False
-        return self.create(stream_id)
+        if stream_id is not None and stream_id in self.table.streams:  # created by another request meanwhile
+            return self.table.streams[stream_id], False
+        stream, created = self.create(stream_id)
+        if self.shared is not None:
+            await self.shared.created(stream)
+        return stream, created
 
     async def get(self, stream_id: str) -> Stream:
         stream = await self.find(stream_id)

@@ -46,12 +46,22 @@ class SharedStreams:
             self.degraded = True
             log.error("%s; serving with durability degraded", exc)
 
-    async def save(self, everything: bool = False) -> int:
-        """Write the streams that changed (or all of them); raises StoreUnavailable."""
+    async def created(self, stream: Stream) -> None:
+        """Write a new stream at once, so that a replica lost before the next interval's write leaves it
+        findable (its frames then come back by replay); a store that is down only degrades durability."""
+        try:
+            await self.save(streams=[stream])
+        except StoreUnavailable as exc:
+            log.error("%s; new stream %r not stored yet", exc, stream.id)
+
+    async def save(self, everything: bool = False, streams: list[Stream] | None = None) -> int:
+        """Write the streams that changed (or all of them, or ``streams``); raises StoreUnavailable."""
+        whole_round = streams is None
         async with self.batcher.cycle_lock:
-            streams = [
-                s for s in self.table.streams.values() if s.durable and (everything or s.done_seq != s.saved_seq)
-            ]
+            if streams is None:
+                streams = [
+                    s for s in self.table.streams.values() if s.durable and (everything or s.done_seq != s.saved_seq)
+                ]
             rows = self.table.rows_of(streams)
             states = [
                 StreamState(s.id, s.done_seq, s.created_at, {name: r[i] for name, r in rows.items()})
@@ -66,7 +76,8 @@ class SharedStreams:
         for stream, state in zip(streams, states, strict=True):
             stream.saved_seq = state.done_seq
         self.metrics.store_writes.inc(len(states))
-        self.saved_at = time.monotonic()
+        if whole_round:  # every stream is stored as of now: the lag restarts
+            self.saved_at = time.monotonic()
         self.degraded = False
         return len(states)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.cluster_smoke import UPSTREAM_PARAMS
 from service.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_compose_files_validate(files):
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {t.split(":")[0] for t in targets} == {"progress-a", "progress-b"}
     upstreams = services["proxy"]["environment"]["PROGRESS_UPSTREAMS"]
-    assert re.findall(r"server ([\w-]+):8000 max_fails=1 fail_timeout=3s;", upstreams) == ["progress-a", "progress-b"]
+    assert re.findall(rf"server ([\w-]+):8000 {UPSTREAM_PARAMS};", upstreams) == ["progress-a", "progress-b"]
 
 
 @needs["nginx"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.process import ServerProcess, free_port
+from service.process import RedisProcess, ServerProcess, free_port
 from service.store import PREFIX, RedisStore, StreamState
 from service.streams import StreamTable
 from tests.service.conftest import frames, offline
@@ -24,31 +23,7 @@ from tests.service.test_state_files import serve_once
 INTERVAL = 0.2  # snapshot interval of the replicas here
 
 
-class RedisServer:
-    def __init__(self, port: int):
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        command = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
+class RedisServer(RedisProcess):
     def stored_seq(self, stream_id: str) -> int | None:
         seq = redis.Redis(port=self.port).hget(PREFIX + stream_id, "seq")
         return None if seq is None else int(seq)
@@ -56,10 +31,9 @@ class RedisServer:
 
 @pytest.fixture
 def store() -> Iterator[RedisServer]:
-    server = RedisServer(free_port()).start()
+    server = RedisServer().start()
     yield server
-    if server.proc.poll() is None:
-        server.stop()
+    server.stop()
 
 
 def replica(model: Path, log: Path, store: RedisServer, **settings: object) -> ServerProcess:
