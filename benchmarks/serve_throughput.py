@@ -6,9 +6,10 @@ For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binar
 p50/p99 message latency of each, the served/bare ratio, and each server's CPU time per message
 (utime+stime from /proc over the measured window). Closed loop: every stream sends its
 next message when the previous reply arrives. On a machine with two or more cores the servers run
-pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them). ``--board`` adds a
-third variant: the served server while a live web board reads its event stream (``curl``, on the load
-generator's core), and the board's cost against the plain served runs.
+pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them). Optional variants,
+each with its cost against the plain served runs: ``--board``, the served server while a live web
+board reads its event stream (``curl``, on the load generator's core); ``--store``, a server that
+shares its streams through a ``redis-server`` (Debian's, on a free port).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from client.loadtest import LoadResult, LoadSpec, run_load
-from service.process import ServerProcess
+from service.process import RedisProcess, ServerProcess
 from service.runtime import CellRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8870)
     parser.add_argument("--repeats", type=int, default=2, help="alternate bare/served runs; report medians")
     parser.add_argument("--board", action="store_true", help="also measure with a live board connected")
+    parser.add_argument("--store", action="store_true", help="also measure a server sharing state through Redis")
     parser.add_argument(
         "--pin", action=argparse.BooleanOptionalAction, default=True, help="servers core 0, load core 1"
     )
@@ -88,27 +90,36 @@ def main() -> None:
     if pin:
         os.sched_setaffinity(0, {1})
     serve_cmd = [*pin, sys.executable, "-m", "cli.main", "serve", "--model", args.model]
-    served = ServerProcess(Path(args.model), logs / "served.log", command=serve_cmd, port=args.port).start()
+    model = Path(args.model)
+    served = ServerProcess(model, logs / "served.log", command=serve_cmd, port=args.port).start()
     bare_cmd = [*pin, sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
-    bare = ServerProcess(
-        Path(args.model), logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1
-    ).start()
+    bare = ServerProcess(model, logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1).start()
+    servers, extras = [served, bare], []  # extras: (name, server, context while it runs)
+    if args.board:
+        extras.append(("board", served, lambda: board_reader(served)))
+    if args.store:  # the same server, its streams written to a redis-server (on the load generator's core)
+        redis = RedisProcess().start()
+        stored = ServerProcess(
+            model, logs / "stored.log", command=serve_cmd, port=args.port + 2, state_url=redis.url
+        ).start()
+        servers.append(stored)
+        extras.append(("store", stored, contextlib.nullcontext))
     try:
         where = "servers on core 0, load generator on core 1" if pin else "unpinned"
         print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores; {where})\n")
-        variants = [("bare", bare), ("served", served)] + ([("board", served)] if args.board else [])
-        board_head = " served + board frames/s | board cost | board CPU µs/msg |" if args.board else ""
+        variants = [("bare", bare, contextlib.nullcontext), ("served", served, contextlib.nullcontext), *extras]
+        extra_head = "".join(f" served + {n} frames/s | {n} cost | {n} CPU µs/msg |" for n, _, _ in extras)
         print(
             "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
-            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |" + board_head
+            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |" + extra_head
         )
-        print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.board else ""))
+        print("|---|---|---|---|---|---|---|---|---|" + "---|---|---|" * len(extras))
         for streams in args.streams:
             for frames in args.frames:
                 for binary in (False, True):
-                    runs: dict[str, list[tuple[LoadResult, float]]] = {"bare": [], "served": [], "board": []}
+                    runs: dict[str, list[tuple[LoadResult, float]]] = {name: [] for name, _, _ in variants}
                     for _ in range(args.repeats):
-                        for name, server in variants:
+                        for name, server, during in variants:
                             spec = LoadSpec(
                                 server.ws_url,
                                 streams,
@@ -119,27 +130,25 @@ def main() -> None:
                                 warmup=args.warmup,
                                 dim=dim,
                             )
-                            if name == "board":  # a live board reads the served server's event stream meanwhile
-                                with board_reader(served):
-                                    runs[name].append(asyncio.run(measured_run(server, spec)))
-                            else:
+                            with during():
                                 runs[name].append(asyncio.run(measured_run(server, spec)))
                     (b, b_cpu), (s, s_cpu) = median_run(runs["bare"]), median_run(runs["served"])
-                    board_cells = ""
-                    if args.board:
-                        w, w_cpu = median_run(runs["board"])
-                        cost = 1 - w.frames_per_s / s.frames_per_s
-                        board_cells = f" {w.frames_per_s:,.0f} | {cost:+.1%} | {w_cpu:.1f} |"
+                    cells = ""
+                    for name, _, _ in extras:
+                        w, w_cpu = median_run(runs[name])
+                        cells += f" {w.frames_per_s:,.0f} | {1 - w.frames_per_s / s.frames_per_s:+.1%} | {w_cpu:.1f} |"
                     print(
                         f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
                         f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "
                         f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} | "
-                        f"{b_cpu:.1f} / {s_cpu:.1f} |" + board_cells,
+                        f"{b_cpu:.1f} / {s_cpu:.1f} |" + cells,
                         flush=True,
                     )
     finally:
-        served.terminate()
-        bare.terminate()
+        for server in servers:
+            server.terminate()
+        if args.store:
+            redis.stop()
 
 
 if __name__ == "__main__":
