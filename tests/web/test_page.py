@@ -165,7 +165,9 @@ def test_a_dropped_npy_file_streams(watched, web_server, tmp_path):
 
 def test_ten_thousand_streams_render_only_the_visible_rows(watched, web_server):
     async def create_all() -> None:
-        async with httpx.AsyncClient(base_url=web_server.url) as client:
+        # idle connections expire before the server's 5 s keep-alive, so none is reused as it closes
+        limits = httpx.Limits(keepalive_expiry=1.0)
+        async with httpx.AsyncClient(base_url=web_server.url, limits=limits) as client:
             for start in range(0, 10_000, 200):
                 await asyncio.gather(*(client.put(f"/v1/streams/many-{i:05d}") for i in range(start, start + 200)))
 
