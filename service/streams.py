@@ -191,11 +191,12 @@ class StreamTable:
         have frames waiting (to go back to the ready queue). Rows of streams removed meanwhile free
         their slots and store nothing."""
         self.queued_frames -= int(batch.counts.sum())
-        closed = np.fromiter((s.closed for s in batch.streams), bool, len(batch))
-        for stream in (s for s, gone in zip(batch.streams, closed, strict=True) if gone):
-            stream.in_cycle = 0
-            self._free.append(stream.slot)
-        batch = batch.filter(~closed)
+        if any(s.closed for s in batch.streams):  # rare: only then build the mask
+            closed = np.fromiter((s.closed for s in batch.streams), bool, len(batch))
+            for stream in (s for s, gone in zip(batch.streams, closed, strict=True) if gone):
+                stream.in_cycle = 0
+                self._free.append(stream.slot)
+            batch = batch.filter(~closed)
         self.state[batch.slots] = batch.state
         self.step[batch.slots] = batch.steps0 + batch.counts
         seqs = np.fromiter((ch.seq + ch.pos for ch in batch.chunks), np.int64, len(batch))

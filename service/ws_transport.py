@@ -60,7 +60,7 @@ class Connection:
         self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
         self.latency = engine.metrics.request_seconds.labels("ws")
         self.seq: int | None = None
-        self.parsed: tuple = ()  # the message being submitted: (seq, frames, reset)
+        self.conflicted: tuple = ()  # (seq, frames, reset) of a message that just met a seq conflict
 
     async def serve(self) -> None:
         try:
@@ -75,7 +75,7 @@ class Connection:
                     try:
                         future = self._submit(message, binary)
                     except SeqConflict as conflict:  # a copy behind the client may catch up from the store
-                        future = await self.engine.resubmit(self.stream, conflict, *self.parsed)
+                        future = await self.engine.resubmit(self.stream, conflict, *self.conflicted)
                     progress = await future
                 except ServiceError as exc:
                     if await self._error(self.seq, exc):
@@ -110,8 +110,11 @@ class Connection:
                 self.seq = seq_of(text)
                 raise
         self.seq = seq
-        self.parsed = (seq, frames, reset)
-        return self.engine.submit(self.stream, seq, frames, reset)
+        try:
+            return self.engine.submit(self.stream, seq, frames, reset)
+        except SeqConflict:
+            self.conflicted = (seq, frames, reset)  # kept only on this path: the hot one allocates nothing
+            raise
 
     async def _error(self, seq: int | None, exc: ServiceError) -> bool:
         """Send the error message; close the socket where the table says so (returns True then)."""
