@@ -167,9 +167,8 @@ class Engine:
         stream = self.table.streams.get(stream_id)
         if stream is not None:
             self.table.remove(stream)
-        if self.shared is not None:
-            await self.shared.forget(stream_id)
-        elif stream is None:
+        stored = self.shared is not None and await self.shared.forget(stream_id)
+        if stream is None and not stored:
             raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
 
     async def resubmit(

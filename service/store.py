@@ -102,9 +102,10 @@ class RedisStore:
             raise StoreUnavailable(f"state store {self.where}: read failed ({exc})") from None
         return self.decode(stream_id, fields) if fields else None
 
-    async def delete(self, stream_id: str) -> None:
+    async def delete(self, stream_id: str) -> bool:
+        """Remove the stream's key; whether there was one."""
         try:
-            await self.client.delete(PREFIX + stream_id)
+            return bool(await self.client.delete(PREFIX + stream_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: delete failed ({exc})") from None
 

@@ -124,9 +124,10 @@ class SharedStreams:
         self.metrics.store_restores.inc()
         return True
 
-    async def forget(self, stream_id: str) -> None:
+    async def forget(self, stream_id: str) -> bool:
+        """Delete the stream from the store; whether it was there."""
         try:
-            await self.store.delete(stream_id)
+            return await self.store.delete(stream_id)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             raise StoreUnreachable(f"{exc}: the stream was not deleted from the store; retry") from None

@@ -165,9 +165,11 @@ def test_ttl_delete_and_a_state_for_another_model(tiny_model, tmp_path, store):
         wait_stored(store, "gone", 2)
         assert httpx.delete(f"{a.url}/v1/streams/gone").status_code == 204
         assert store.stored_seq("gone") is None
+        assert httpx.delete(f"{a.url}/v1/streams/gone").status_code == 404  # nowhere: not here, not stored
         client = redis.Redis(port=store.port)
         client.hset(PREFIX + "alien", mapping={"seq": 50, "model": "another", "window": 512, "created": 0, "blob": b""})
         assert httpx.put(f"{a.url}/v1/streams/alien").json()["next_seq"] == 0  # not restored
+        assert store.stored_seq("alien") == 50  # nor overwritten by the new stream's first write
 
 
 def test_an_unreachable_store_stops_the_start_unless_not_required(tiny_model, tmp_path):
