@@ -25,12 +25,11 @@ import httpx
 import numpy as np
 
 from client import AsyncStreamSession, WsStreamSession
-from scripts.cluster_smoke import Nginx, check, metric
+from scripts.cluster_smoke import Nginx, check, check_exact, metric, stop_all
 from service.process import RedisProcess, ServerProcess
 from service.runtime import CellRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-5
 REPLICAS = 3
 
 
@@ -158,11 +157,7 @@ def run(model: Path, n_streams: int = 300, pause: float = 0.3) -> dict:
             data[f"fail-{i:03d}"] = x / np.linalg.norm(x, axis=1, keepdims=True)
         streams = Streams(f"127.0.0.1:{nginx.port}", data)
         summary = asyncio.run(phases(streams, replicas, pause))
-        worst = 0.0
-        for sid, x in data.items():
-            got = np.concatenate(streams.out[sid])
-            worst = max(worst, float(np.abs(got - runtime.run_action(x)).max()))
-        check(worst <= TOLERANCE, f"outputs differ from offline stepping by {worst:.2e}")
+        worst = check_exact(runtime, data, {sid: np.concatenate(out) for sid, out in streams.out.items()})
         restores = sum(metric(r.url, "progress_store_restores_total") for r in replicas)
         return {
             "streams": n_streams,
@@ -172,11 +167,7 @@ def run(model: Path, n_streams: int = 300, pause: float = 0.3) -> dict:
             "max_abs_diff": worst,
         }
     finally:
-        if nginx:
-            nginx.stop()
-        for r in replicas:
-            if r.proc and r.proc.poll() is None:
-                r.kill()
+        stop_all(nginx, replicas)
         store.stop()
 
 
