@@ -85,7 +85,29 @@ def keyed(tiny_model, tmp_path_factory):
         yield srv
 
 
-def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed):
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def streams_now(server: ServerProcess, headers: dict) -> dict:
+    """Every stream's counters and last progress (not its idle time, which moves on its own)."""
+    page = httpx.get(f"{server.url}/v1/streams", params={"limit": 1000}, headers=headers).json()
+    return {r["stream_id"]: {k: v for k, v in r.items() if k != "idle_s"} for r in page["streams"]}
+
+
+@pytest.fixture
+def unchanged(keyed):
+    """A refusal must leave every stream as it was: a bystander with frames, and the target of D2."""
+    if httpx.get(f"{keyed.url}/v1/streams/bystander", headers=AUTH).status_code == 404:
+        httpx.put(f"{keyed.url}/v1/streams/bystander", headers=AUTH)
+        body = {"seq": 0, "embeddings": [[0.25] * 16] * 3}
+        assert httpx.post(f"{keyed.url}/v1/streams/bystander/frames", json=body, headers=AUTH).status_code == 200
+        httpx.put(f"{keyed.url}/v1/streams/chunky", headers=AUTH)
+    before = streams_now(keyed, AUTH)
+    yield
+    assert streams_now(keyed, AUTH) == before
+
+
+def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed, unchanged):
     pid = keyed.proc.pid
     before = memory_kb(pid, "VmRSS")
     head = (
@@ -98,7 +120,7 @@ def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed):
     assert memory_kb(pid, "VmRSS") - before < 30_000
 
 
-def test_d1_a_declared_oversized_body_is_refused_before_reading(keyed):
+def test_d1_a_declared_oversized_body_is_refused_before_reading(keyed, unchanged):
     head = (
         b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
         b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
@@ -107,7 +129,7 @@ def test_d1_a_declared_oversized_body_is_refused_before_reading(keyed):
     assert status == 413 and body["error"]["code"] == "too_large"
 
 
-def test_d2_a_chunked_body_is_counted_while_it_is_read(keyed):
+def test_d2_a_chunked_body_is_counted_while_it_is_read(keyed, unchanged):
     pid = keyed.proc.pid
     peak = memory_kb(pid, "VmHWM")
     stream = httpx.put(f"{keyed.url}/v1/streams/chunky", headers={"Authorization": "Bearer s3cret"})
@@ -125,10 +147,10 @@ def test_d2_a_chunked_body_is_counted_while_it_is_read(keyed):
         "field": "body",
     }
     assert sent < 100 * MB
-    assert memory_kb(pid, "VmHWM") - peak < 40_000  # never more than the 4 MiB limit (plus slack) held
+    assert memory_kb(pid, "VmHWM") - peak < 40_000  # never more than the route's limit (plus slack) held
 
 
-def test_d11_slow_headers_are_closed_and_a_slow_body_gets_408(keyed):
+def test_d11_slow_headers_are_closed_and_a_slow_body_gets_408(keyed, unchanged):
     socks = [socket.create_connection(("127.0.0.1", keyed.port)) for _ in range(50)]
     for s in socks:
         s.sendall(b"GET /heal")
@@ -168,7 +190,7 @@ def test_d11_an_unfinished_body_does_not_hold_sigterm(tiny_model, tmp_path):
         ({"content-type": "application/json", "content-encoding": "gzip"}, "unsupported_media_type"),
     ],
 )
-def test_a_body_that_is_not_plain_json_gets_415(keyed, headers, code):
+def test_a_body_that_is_not_plain_json_gets_415(keyed, unchanged, headers, code):
     auth = {"Authorization": "Bearer s3cret"}
     body = orjson.dumps({"seq": 0, "embeddings": [[0.0] * 16]})
     res = httpx.post(f"{keyed.url}/v1/streams", content=body, headers={**auth, **headers})
@@ -212,6 +234,8 @@ def test_d3_allowed_origins_opens_the_api_to_a_named_site(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("body", [b"\xff\xfe\x00garbage", b'{"stream_id": "abc', b"[1, 2]", b'"x"'])
 def test_d9_malformed_bodies_answer_422_in_the_error_shape(server, body):
+    before = streams_now(server, {})
     res = httpx.post(f"{server.url}/v1/streams", content=body, headers=JSON)
     assert res.status_code == 422
     assert res.json()["error"]["code"] == "invalid_input" and res.json()["error"]["field"] == "body"
+    assert streams_now(server, {}) == before  # no stream was created

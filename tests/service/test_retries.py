@@ -120,3 +120,5 @@ def test_d8_a_full_table_refuses_a_new_websocket_with_503_and_retry_after(tiny_m
         res = httpx.put(f"{srv.url}/v1/streams/c")
         assert res.status_code == 503 and res.headers["Retry-After"] == "5"
         assert res.json()["error"]["code"] == "too_many_streams"
+        held = httpx.get(f"{srv.url}/v1/streams").json()
+        assert [r["stream_id"] for r in held["streams"]] == ["a", "b"]  # the refusals took nothing
