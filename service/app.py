@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.edge import EdgeGuard, Scope
+from service.edge import Admission, EdgeGuard, Scope
 from service.engine import Engine
 from service.errors import BadInput, ServiceError, error_body, error_headers
 from service.http_routes import ops_router, v1_router
@@ -125,10 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.stopping = False  # set by the server when a stop begins: long-lived responses end
+    app.state.admission = Admission(settings.api_key, settings.allowed_origins)
     app.add_middleware(
         EdgeGuard,
-        api_key=settings.api_key,
-        allowed_origins=settings.allowed_origins,
+        admission=app.state.admission,
         body_limit=lambda path: body_limit(app.state.wire, path),
         body_timeout_s=settings.body_timeout_s,
         count_error=count_error,
@@ -154,7 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(orjson.dumps(body), exc.status_code, headers, "application/json")
 
     app.include_router(v1_router)
-    app.include_router(ws_router)
+    if settings.ws_plane == "asgi":  # else the native plane takes the socket before any route
+        app.include_router(ws_router)
     app.include_router(ops_router)
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")

@@ -41,43 +41,20 @@ class Disconnected(Exception):
     """The client went away while its body was being read: nothing to answer."""
 
 
-class EdgeGuard:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        api_key: str | None,
-        allowed_origins: str,
-        body_limit: Callable[[str], int],
-        body_timeout_s: float,
-        count_error: Callable[[Scope, str], None] = lambda scope, code: None,
-    ):
-        self.app = app
+class Admission:
+    """Who may use the API: a browser's ``Origin`` and the API key. The edge asks it of every request;
+    the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake."""
+
+    def __init__(self, api_key: str | None, allowed_origins: str):
         self.api_key = f"Bearer {api_key}".encode() if api_key else None
         self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
-        self.body_limit = body_limit
-        self.body_timeout = body_timeout_s
-        self.count_error = count_error
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        try:
-            self.check_origin(headers)
-            if scope["path"].startswith("/v1/"):
-                self.check_key(headers, scope["type"] == "websocket")
-            if scope["type"] == "http":
-                receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
-        except ServiceError as exc:
-            self.count_error(scope, exc.code)
-            await refuse(scope, receive, send, exc)
-            return
-        except Disconnected:
-            return
-        await self.app(scope, receive, send)
+    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> None:
+        """Raise the refusal for a request with these (lower-cased) headers, if it is refused."""
+        self.check_origin(headers)
+        if path.startswith("/v1/"):
+            self.check_key(headers, websocket)
 
     def check_origin(self, headers: dict[bytes, bytes]) -> None:
         """A request without ``Origin`` (every non-browser client) passes; a browser's must be the
@@ -99,6 +76,40 @@ class EdgeGuard:
             if any(hmac.compare_digest(p, self.ws_token) for p in offered):
                 return
         raise Unauthorized("send 'Authorization: Bearer <API key>'")
+
+
+class EdgeGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admission: Admission,
+        body_limit: Callable[[str], int],
+        body_timeout_s: float,
+        count_error: Callable[[Scope, str], None] = lambda scope, code: None,
+    ):
+        self.app = app
+        self.admission = admission
+        self.body_limit = body_limit
+        self.body_timeout = body_timeout_s
+        self.count_error = count_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            self.admission.check(headers, scope["path"], scope["type"] == "websocket")
+            if scope["type"] == "http":
+                receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
+        except ServiceError as exc:
+            self.count_error(scope, exc.code)
+            await refuse(scope, receive, send, exc)
+            return
+        except Disconnected:
+            return
+        await self.app(scope, receive, send)
 
     async def read_body(self, headers: dict[bytes, bytes], receive: Receive, limit: int) -> Receive:
         """The whole body, bounded in size and time; returns the ``receive`` the app will see."""

@@ -4,18 +4,24 @@ uvicorn arms no timer on a new connection, nor while a request's headers trickle
 disarms its keep-alive timer), so a client that sends half a request line holds its connection
 forever. Here a connection whose headers are not complete ``header_timeout`` seconds after it
 opened, or after its previous response, is closed. Bodies have their own deadline in
-:mod:`service.edge`.
+:mod:`service.edge`. The upgrade of a stream socket goes to the native data plane
+(:mod:`service.native_ws`) where one is given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.native_ws import NativePlane
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0
+    native: NativePlane | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -29,6 +35,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        path = urllib.parse.unquote(httptools.parse_url(self.url).path.decode("ascii"))  # uvicorn leaves it unset
+        if self.native is None or not self.native.claims(path):
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)  # the socket registers itself once it is open
+        request = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]  # as uvicorn rebuilds it
+        for name, value in self.scope["headers"]:
+            request += [name, b": ", value, b"\r\n"]
+        request.append(b"\r\n")
+        self.native.upgrade(self.transport, b"".join(request), path, self.scope["headers"], self.connections)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -45,6 +63,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for uvicorn's ``http=`` with this deadline."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": seconds})
+def http_protocol(header_timeout: float, native: NativePlane | None = None) -> type[HeaderDeadlineProtocol]:
+    """The protocol class for uvicorn's ``http=``: this header deadline, stream sockets to ``native``."""
+    return type(
+        "HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout, "native": native}
+    )

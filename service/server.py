@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from uvicorn._types import ASGIApplication
 
 from service.app import create_app, make_store
-from service.http_protocol import with_header_timeout
+from service.http_protocol import http_protocol
+from service.native_ws import NativePlane
 from service.protocol import Wire
 from service.runtime import CellRuntime, ModelError
 from service.settings import Settings
@@ -27,17 +28,21 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 20
 
 
-def uvicorn_config(app: ASGIApplication, settings: Settings, wire: Wire, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApplication, settings: Settings, wire: Wire, log_level: str = "info", native: bool = False
+) -> uvicorn.Config:
     """One process (it owns its streams), uvloop + httptools (with a header deadline), no per-message deflate;
-    a WebSocket message may be as large as a valid JSON message of ``max_frames_per_message`` frames."""
+    a WebSocket message may be as large as a valid JSON message of ``max_frames_per_message`` frames.
+    ``native``: stream sockets go to the native data plane (``app`` is then the service's app)."""
+    max_size = wire.max_body_bytes(settings.max_frames_per_message)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=with_header_timeout(settings.header_timeout_s),
+        http=http_protocol(settings.header_timeout_s, NativePlane(app, max_size) if native else None),
         ws="websockets-sansio",
-        ws_max_size=wire.max_body_bytes(settings.max_frames_per_message),
+        ws_max_size=max_size,
         ws_per_message_deflate=False,
         log_level=log_level,
         access_log=False,
@@ -80,7 +85,8 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
     app = create_app(settings)
-    StoppingServer(uvicorn_config(app, settings, wire, log_level), app).run()
+    config = uvicorn_config(app, settings, wire, log_level, native=settings.ws_plane == "native")
+    StoppingServer(config, app).run()
 
 
 class StoppingServer(uvicorn.Server):

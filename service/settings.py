@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="comma-separated browser origins allowed besides the server's own ('*': any); "
         "a request or WebSocket whose Origin header is not allowed gets 403",
     )
+    ws_plane: Literal["native", "asgi"] = Field(
+        "native",
+        description="what carries /v1/streams/{id}/ws: native (picows, on the same port and loop) or asgi "
+        "(the FastAPI route); both speak the same protocol",
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
     demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")
