@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+#: The two WebSocket data planes (PROGRESS_WS_PLANE): every WebSocket test runs against both.
+PLANES = ("native", "asgi")
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_ANNOTATIONS = REPO.parent / "shared" / "data" / "egoprocel.json"
 
@@ -20,6 +23,12 @@ def subset_annotations(path: Path, tasks: int = 2, handles: int = 6) -> Path:
         keep[task] = {k: v[:handles] for k, v in entry.items()}
     path.write_text(json.dumps(keep))
     return path
+
+
+@pytest.fixture(scope="module", params=PLANES)
+def plane(request: pytest.FixtureRequest) -> str:
+    """Which data plane carries the WebSockets of a test's servers."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    with ServerProcess(tiny_model, tmp_path_factory.mktemp("lt") / "server.log") as srv:
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, plane: str):
+    with ServerProcess(tiny_model, tmp_path_factory.mktemp("lt") / "server.log", ws_plane=plane) as srv:
         yield srv
 
 
@@ -45,8 +45,8 @@ def test_http_paced_load_keeps_to_its_rate(server):
     assert r.transport == "http" and r.url.startswith("http://")
 
 
-def test_refused_requests_are_counted_not_fatal(tiny_model, tmp_path):
-    with ServerProcess(tiny_model, tmp_path / "server.log", api_key="sesame") as srv:
+def test_refused_requests_are_counted_not_fatal(tiny_model, tmp_path, plane):
+    with ServerProcess(tiny_model, tmp_path / "server.log", api_key="sesame", ws_plane=plane) as srv:
         http = load(srv.url, transport="http", binary=False, streams=3, dim=16, duration=0.3, warmup=0)
         ws = load(srv.ws_url, streams=2, dim=16, duration=0.3, warmup=0)
         with pytest.raises(LoadTestError, match="401"):  # the embedding size cannot be asked either

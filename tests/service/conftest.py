@@ -12,11 +12,26 @@ from service.runtime import CellRuntime
 DIM = 16  # the tiny model's embedding size
 
 
+#: The shared server's settings: a small retained window so 'too old' retries are reachable.
+SHARED = {"retained_window": 32, "max_frames_per_message": 16, "max_streams": 200}
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The shared server: small retained window so 'too old' retries are reachable."""
+    """The shared server (the default, native WebSocket plane)."""
     log = tmp_path_factory.mktemp("srv") / "server.log"
-    with ServerProcess(tiny_model, log, retained_window=32, max_frames_per_message=16, max_streams=200) as srv:
+    with ServerProcess(tiny_model, log, **SHARED) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ws_server(plane: str, server: ServerProcess, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The shared server's settings on each WebSocket data plane (WebSocket tests run on both)."""
+    if plane == "native":
+        yield server
+        return
+    log = tmp_path_factory.mktemp("srv-asgi") / "server.log"
+    with ServerProcess(tiny_model, log, ws_plane=plane, **SHARED) as srv:
         yield srv
 
 

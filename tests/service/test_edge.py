@@ -197,7 +197,8 @@ def test_a_body_that_is_not_plain_json_gets_415(keyed, unchanged, headers, code)
     assert res.status_code == 415 and res.json()["error"]["code"] == code
 
 
-def test_d3_cross_site_requests_and_sockets_are_refused(server):
+def test_d3_cross_site_requests_and_sockets_are_refused(ws_server):
+    server = ws_server
     port = server.port
     evil = {"Origin": "http://evil.example"}
     res = httpx.put(f"{server.url}/v1/streams/victim", headers=evil)

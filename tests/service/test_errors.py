@@ -88,7 +88,8 @@ def test_bad_input_never_disturbs_another_stream(server, http, runtime):
     np.testing.assert_allclose(out, offline(runtime, x), atol=1e-5)
 
 
-def test_websocket_bad_message_keeps_the_connection_and_violations_close_it(server, runtime):
+def test_websocket_bad_message_keeps_the_connection_and_violations_close_it(ws_server, runtime):
+    server = ws_server
     x = frames(np.random.default_rng(8), 4)
 
     async def main():

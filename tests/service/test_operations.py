@@ -48,10 +48,10 @@ def test_metrics_scrape_shows_the_counters_moving(server):
 
 
 @pytest.fixture(scope="module")
-def tight(tiny_model, tmp_path_factory):
-    """Few streams, a short idle TTL and a tiny queue."""
+def tight(tiny_model, tmp_path_factory, plane):
+    """Few streams, a short idle TTL and a tiny queue (on each WebSocket plane)."""
     log = tmp_path_factory.mktemp("tight") / "server.log"
-    with ServerProcess(tiny_model, log, max_streams=3, idle_ttl_s=1.0, max_queue_frames=8) as srv:
+    with ServerProcess(tiny_model, log, max_streams=3, idle_ttl_s=1.0, max_queue_frames=8, ws_plane=plane) as srv:
         yield srv
 
 
@@ -91,8 +91,8 @@ def test_idle_streams_are_evicted(tight):
     assert scrape(tight.url)["progress_evictions_total"] >= before + 1
 
 
-def test_api_key_guards_v1_but_not_health_or_metrics(tiny_model, tmp_path):
-    with ServerProcess(tiny_model, tmp_path / "log", api_key="s3cret") as srv:
+def test_api_key_guards_v1_but_not_health_or_metrics(tiny_model, tmp_path, plane):
+    with ServerProcess(tiny_model, tmp_path / "log", api_key="s3cret", ws_plane=plane) as srv:
         assert httpx.post(f"{srv.url}/v1/streams", json={}).status_code == 401
         wrong = httpx.post(f"{srv.url}/v1/streams", json={}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"

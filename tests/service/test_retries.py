@@ -66,7 +66,8 @@ def test_d4_concurrent_senders_each_get_their_own_answer_or_409(server, runtime)
     assert len(winners) in (1, 2) and (len(winners) == 2) == (winners[0] in (0, 5))
 
 
-def test_d4_a_websocket_retry_with_other_data_gets_seq_conflict(server):
+def test_d4_a_websocket_retry_with_other_data_gets_seq_conflict(ws_server):
+    server = ws_server
     x = frames(np.random.default_rng(23), 2)
 
     async def main() -> tuple[dict, dict]:
@@ -84,7 +85,8 @@ def test_d4_a_websocket_retry_with_other_data_gets_seq_conflict(server):
     assert isinstance(again, bytes)  # the true retry is answered from the window
 
 
-def test_d10_unknown_binary_flag_bits_are_a_protocol_violation(server):
+def test_d10_unknown_binary_flag_bits_are_a_protocol_violation(ws_server):
+    server = ws_server
     x = frames(np.random.default_rng(24), 1)
     message = bytearray(binary_request(0, x))
     REQUEST_HEADER.pack_into(message, 0, 0, 1, 0b110)
@@ -103,8 +105,8 @@ def test_d10_unknown_binary_flag_bits_are_a_protocol_violation(server):
     assert httpx.get(f"{server.url}/v1/streams/flags").json()["next_seq"] == 0
 
 
-def test_d8_a_full_table_refuses_a_new_websocket_with_503_and_retry_after(tiny_model, tmp_path):
-    with ServerProcess(tiny_model, tmp_path / "log", max_streams=2) as srv:
+def test_d8_a_full_table_refuses_a_new_websocket_with_503_and_retry_after(tiny_model, tmp_path, plane):
+    with ServerProcess(tiny_model, tmp_path / "log", max_streams=2, ws_plane=plane) as srv:
         for sid in ("a", "b"):
             httpx.put(f"{srv.url}/v1/streams/{sid}")
 

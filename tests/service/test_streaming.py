@@ -17,7 +17,8 @@ from tests.service.conftest import frames, offline
 TOL = 1e-5
 
 
-def test_many_streams_interleaved_over_every_transport(server, runtime):
+def test_many_streams_interleaved_over_every_transport(ws_server, runtime):
+    server = ws_server
     rng = np.random.default_rng(0)
     streams = {
         f"s{i}": (frames(rng, int(rng.integers(5, 60))), ["ws-bin", "ws-json", "http"][i % 3]) for i in range(24)
@@ -82,7 +83,8 @@ def test_retry_is_idempotent_and_conflicts_say_where_to_resume(server, runtime):
     assert h.get(f"/v1/streams/{sid}").json()["processed_seq"] == 60
 
 
-def test_binary_messages_and_reconnect_continue_the_stream(server, runtime):
+def test_binary_messages_and_reconnect_continue_the_stream(ws_server, runtime):
+    server = ws_server
     rng = np.random.default_rng(3)
     x = frames(rng, 26)
 
@@ -123,7 +125,8 @@ def test_stream_lifecycle_model_and_stateless(server, runtime):
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_sync_websocket_session(server, runtime, binary):
+def test_sync_websocket_session(ws_server, runtime, binary):
+    server = ws_server
     from client import SyncWsStreamSession
 
     x = frames(np.random.default_rng(5), 12)
