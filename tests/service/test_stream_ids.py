@@ -44,6 +44,7 @@ def test_every_route_refuses_a_bad_id_the_same_way_without_echoing_it(server, ba
 
 def test_the_websocket_refuses_a_bad_id_with_the_same_message(ws_server):
     server = ws_server
+
     async def open_bad() -> None:
         async with connect(f"{server.ws_url}/v1/streams/{'a' * 65}/ws") as conn:
             await conn.recv()
