@@ -1,7 +1,9 @@
-"""The bare endpoint of the serving benchmark: same server settings, same parsers, no inference.
+"""The bare endpoints of the serving benchmark: same parsers and replies as the service, no inference.
 
-It parses each WebSocket message exactly as the service does (the same :class:`Wire`: pydantic's
-strict JSON validation, or the binary header + frombuffer + checks) and answers a reply of the same shape with zeros.
+Each parses a WebSocket message exactly as the service does (the same :class:`Wire`: pydantic's strict
+JSON validation, or the binary header + frombuffer + checks) and answers a reply of the same shape
+with zeros. ``--plane asgi``: uvicorn + FastAPI with the service's server settings; ``--plane
+native``: a picows server (what :mod:`service.native_ws` builds on), also answering ``GET /readyz``.
 """
 
 from __future__ import annotations
@@ -12,51 +14,96 @@ import asyncio
 import numpy as np
 import orjson
 import uvicorn
+import uvloop
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from picows import (
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 from service.protocol import Wire, binary_reply
 from service.server import uvicorn_config
 from service.settings import Settings
 
 
+def answer(wire: Wire, data: bytes | str, binary: bool) -> bytes:
+    """Parse like the service, answer zeros in the service's reply shape."""
+    if binary:
+        seq, frames, _ = wire.parse_binary(data)
+        return binary_reply(seq, seq + len(frames), np.zeros(len(frames), np.float32))
+    seq, frames, _ = wire.parse_frames(data)
+    reply = {"seq": seq, "progress": np.zeros(len(frames), np.float32), "next_seq": seq + len(frames)}
+    return orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def bare_app(wire: Wire) -> FastAPI:
     app = FastAPI()
+    app.get("/readyz")(lambda: "ok")
 
     @app.websocket("/v1/streams/{stream_id}/ws")
     async def bare(websocket: WebSocket, stream_id: str) -> None:
         await websocket.accept()
-        await asyncio.create_task(answer(websocket))
+        await asyncio.create_task(serve(websocket))
 
-    async def answer(websocket: WebSocket) -> None:
-        next_seq = 0
+    async def serve(websocket: WebSocket) -> None:
         try:
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("bytes") is not None:
-                    seq, frames, _ = wire.parse_binary(message["bytes"])
-                    next_seq = seq + len(frames)
-                    await websocket.send_bytes(binary_reply(seq, next_seq, np.zeros(len(frames), np.float32)))
+                    await websocket.send_bytes(answer(wire, message["bytes"], True))
                 else:
-                    seq, frames, _ = wire.parse_frames(message["text"])
-                    next_seq = seq + len(frames)
-                    reply = {"seq": seq, "progress": np.zeros(len(frames), np.float32), "next_seq": next_seq}
-                    await websocket.send_text(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+                    await websocket.send_text(answer(wire, message["text"], False).decode())
         except WebSocketDisconnect:
             return
 
     return app
 
 
+class BareSocket(WSListener):
+    def __init__(self, wire: Wire):
+        self.wire = wire
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.BINARY:
+            transport.send(WSMsgType.BINARY, answer(self.wire, frame.get_payload_as_bytes(), True))
+        elif kind is WSMsgType.TEXT:
+            transport.send(WSMsgType.TEXT, answer(self.wire, frame.get_payload_as_bytes().decode(), False))
+        elif kind is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+
+async def serve_native(wire: Wire, host: str, port: int) -> None:
+    def route(request: WSUpgradeRequest) -> BareSocket | WSUpgradeResponseWithListener | None:
+        if request.path == b"/readyz":
+            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(b"ok"), None)
+        return BareSocket(wire)
+
+    server = await ws_create_server(route, host, port)
+    await server.serve_forever()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--plane", choices=["asgi", "native"], default="asgi")
     args = parser.parse_args()
     settings = Settings(port=args.port)
     wire = Wire(args.dim, settings.max_frames_per_message, settings.max_frames_stateless)
-    uvicorn.Server(uvicorn_config(bare_app(wire), settings, wire, "warning")).run()
+    if args.plane == "native":
+        uvloop.run(serve_native(wire, settings.host, args.port))
+    else:
+        uvicorn.Server(uvicorn_config(bare_app(wire), settings, wire, "warning")).run()
 
 
 if __name__ == "__main__":

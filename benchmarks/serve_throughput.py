@@ -1,13 +1,16 @@
-"""Served throughput vs a bare endpoint (same server settings and parsers, no inference), in one run.
+"""Served throughput beside bare endpoints (same parsers, no inference), all in one run.
 
     .venv/bin/python benchmarks/serve_throughput.py --model models/progress_head.onnx
 
-For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binary: frames/s,
-p50/p99 message latency of each, the served/bare ratio, and each server's CPU time per message
-(utime+stime from /proc over the measured window). Closed loop: every stream sends its
-next message when the previous reply arrives. On a machine with two or more cores the servers run
-pinned to core 0 and the load generator to core 1 (``--no-pin`` to share them). Optional variants,
-each with its cost against the plain served runs: ``--board``, the served server while a live web
+For 100 and 1000 concurrent streams, 1 and 16 frames per message, JSON and binary, side by side:
+a bare ASGI endpoint (uvicorn + FastAPI) and a bare native one (picows), both with the service's
+parsers and reply shapes and no model (``benchmarks/bare_server.py``); the service on its ASGI plane
+(``PROGRESS_WS_PLANE=asgi``, the path before the native plane); and the service as shipped (the native
+plane). Each: frames/s, the server's CPU µs per message (utime+stime from /proc over the measured
+window) and p99 latency; and the most of its core the load generator used, to show that it is not
+what saturates. Closed loop: every stream sends its next message when the previous reply arrives. On a
+machine with two or more cores the servers run pinned to core 0 and the load generator to core 1
+(``--no-pin`` to share them). Optional variants: ``--board``, the shipped server while a live web
 board reads its event stream (``curl``, on the load generator's core); ``--store``, a server that
 shares its streams through a ``redis-server`` (Debian's, on a free port).
 """
@@ -17,13 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import uvloop
 
 from client.loadtest import LoadResult, LoadSpec, run_load
 from service.process import RedisProcess, ServerProcess
@@ -32,7 +39,7 @@ from service.runtime import CellRuntime
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_run(runs: list[tuple[LoadResult, float]]) -> tuple[LoadResult, float]:
+def median_run(runs: list[tuple[LoadResult, float, float]]) -> tuple[LoadResult, float, float]:
     """The run with the median throughput (its latencies and CPU time come with it)."""
     return sorted(runs, key=lambda r: r[0].frames_per_s)[(len(runs) - 1) // 2]
 
@@ -54,17 +61,18 @@ def board_reader(server: ServerProcess) -> Iterator[None]:
         reader.wait()
 
 
-async def measured_run(server: ServerProcess, spec: LoadSpec) -> tuple[LoadResult, float]:
-    """The load result and the server's CPU µs per message over the same measured window."""
+async def measured_run(server: ServerProcess, spec: LoadSpec) -> tuple[LoadResult, float, float]:
+    """The load result, the server's CPU µs per message and the share of its core the load generator
+    used, over the measured window."""
 
-    async def server_cpu() -> float:
+    async def cpu() -> tuple[float, float]:
         await asyncio.sleep(spec.warmup)
-        before = cpu_seconds(server.proc.pid)
+        server_before, generator_before = cpu_seconds(server.proc.pid), time.process_time()
         await asyncio.sleep(spec.duration)
-        return cpu_seconds(server.proc.pid) - before
+        return cpu_seconds(server.proc.pid) - server_before, time.process_time() - generator_before
 
-    result, cpu = await asyncio.gather(run_load(spec), server_cpu())
-    return result, cpu / max(result.messages, 1) * 1e6
+    result, (server_cpu, generator_cpu) = await asyncio.gather(run_load(spec), cpu())
+    return result, server_cpu * 1e6 / max(result.messages, 1), generator_cpu / spec.duration
 
 
 def main() -> None:
@@ -75,7 +83,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=8870)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate bare/served runs; report medians")
+    parser.add_argument("--repeats", type=int, default=2, help="alternate the variants' runs; report medians")
     parser.add_argument("--board", action="store_true", help="also measure with a live board connected")
     parser.add_argument("--store", action="store_true", help="also measure a server sharing state through Redis")
     parser.add_argument(
@@ -89,35 +97,44 @@ def main() -> None:
     pin = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) >= 2 else []
     if pin:
         os.sched_setaffinity(0, {1})
+    model, port = Path(args.model), itertools.count(args.port)
     serve_cmd = [*pin, sys.executable, "-m", "cli.main", "serve", "--model", args.model]
-    model = Path(args.model)
-    served = ServerProcess(model, logs / "served.log", command=serve_cmd, port=args.port).start()
-    bare_cmd = [*pin, sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
-    bare = ServerProcess(model, logs / "bare.log", command=bare_cmd, ready_path="/docs", port=args.port + 1).start()
-    servers, extras = [served, bare], []  # extras: (name, server, context while it runs)
+
+    def bare(plane: str) -> ServerProcess:
+        command = [*pin, sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]
+        return ServerProcess(model, logs / f"bare-{plane}.log", command=[*command, "--plane", plane], port=next(port))
+
+    def served(name: str, **settings: object) -> ServerProcess:
+        return ServerProcess(model, logs / f"{name}.log", command=serve_cmd, port=next(port), **settings)
+
+    # (name, server, context while it runs); "served" is the service as shipped (the native plane)
+    variants = [
+        ("bare ASGI", bare("asgi").start(), contextlib.nullcontext),
+        ("bare native", bare("native").start(), contextlib.nullcontext),
+        ("served, ASGI plane", served("served-asgi", ws_plane="asgi").start(), contextlib.nullcontext),
+        ("served", served("served").start(), contextlib.nullcontext),
+    ]
+    shipped = variants[-1][1]
     if args.board:
-        extras.append(("board", served, lambda: board_reader(served)))
-    if args.store:  # the same server, its streams written to a redis-server (on the load generator's core)
-        redis = RedisProcess().start()
-        stored = ServerProcess(
-            model, logs / "stored.log", command=serve_cmd, port=args.port + 2, state_url=redis.url
-        ).start()
-        servers.append(stored)
-        extras.append(("store", stored, contextlib.nullcontext))
+        variants.append(("served + board", shipped, lambda: board_reader(shipped)))
+    redis = RedisProcess().start() if args.store else None
+    if redis is not None:  # the same server, its streams written to a redis-server (on the load generator's core)
+        variants.append(("served + store", served("stored", state_url=redis.url).start(), contextlib.nullcontext))
     try:
         where = "servers on core 0, load generator on core 1" if pin else "unpinned"
-        print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores; {where})\n")
-        variants = [("bare", bare, contextlib.nullcontext), ("served", served, contextlib.nullcontext), *extras]
-        extra_head = "".join(f" served + {n} frames/s | {n} cost | {n} CPU µs/msg |" for n, _, _ in extras)
+        print(f"# WebSocket serving, closed loop, this machine ({os.cpu_count()} cores; {where})")
         print(
-            "| streams | frames/msg | format | bare frames/s | served frames/s | served ÷ bare | "
-            "bare p50/p99 ms | served p50/p99 ms | server CPU µs/msg bare / served |" + extra_head
+            "# each cell: frames/s · server CPU µs per message · p99 ms; last, the most of its core the load "
+            "generator used in any of them (under 100 %: the server saturated first)\n"
         )
-        print("|---|---|---|---|---|---|---|---|---|" + "---|---|---|" * len(extras))
+        print(
+            "| streams | frames/msg | format | " + " | ".join(name for name, _, _ in variants) + " | generator core |"
+        )
+        print("|---|---|---|" + "---|" * (len(variants) + 1))
         for streams in args.streams:
             for frames in args.frames:
                 for binary in (False, True):
-                    runs: dict[str, list[tuple[LoadResult, float]]] = {name: [] for name, _, _ in variants}
+                    runs: dict[str, list[tuple[LoadResult, float, float]]] = {name: [] for name, _, _ in variants}
                     for _ in range(args.repeats):
                         for name, server, during in variants:
                             spec = LoadSpec(
@@ -131,23 +148,20 @@ def main() -> None:
                                 dim=dim,
                             )
                             with during():
-                                runs[name].append(asyncio.run(measured_run(server, spec)))
-                    (b, b_cpu), (s, s_cpu) = median_run(runs["bare"]), median_run(runs["served"])
-                    cells = ""
-                    for name, _, _ in extras:
-                        w, w_cpu = median_run(runs[name])
-                        cells += f" {w.frames_per_s:,.0f} | {1 - w.frames_per_s / s.frames_per_s:+.1%} | {w_cpu:.1f} |"
+                                runs[name].append(uvloop.run(measured_run(server, spec)))
+                    cells, generator = [], 0.0
+                    for name, _, _ in variants:
+                        result, server_cpu, generator_share = median_run(runs[name])
+                        cells.append(f"{result.frames_per_s:,.0f} · {server_cpu:.1f} · {result.p99_ms:.0f}")
+                        generator = max(generator, generator_share)
+                    fmt = "binary" if binary else "JSON"
                     print(
-                        f"| {streams} | {frames} | {'binary' if binary else 'JSON'} | {b.frames_per_s:,.0f} | "
-                        f"{s.frames_per_s:,.0f} | {s.frames_per_s / b.frames_per_s:.2f} | "
-                        f"{b.p50_ms:.1f} / {b.p99_ms:.1f} | {s.p50_ms:.1f} / {s.p99_ms:.1f} | "
-                        f"{b_cpu:.1f} / {s_cpu:.1f} |" + cells,
-                        flush=True,
+                        f"| {streams} | {frames} | {fmt} | " + " | ".join(cells) + f" | {generator:.0%} |", flush=True
                     )
     finally:
-        for server in servers:
+        for server in {id(s): s for _, s, _ in variants}.values():
             server.terminate()
-        if args.store:
+        if redis is not None:
             redis.stop()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import random
 import secrets
 import socket
@@ -28,9 +29,15 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 import orjson
-from websockets.asyncio.client import connect
+from picows import WSCloseCode, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
-from service.protocol import REQUEST_HEADER, parse_binary_reply
+from service.protocol import REPLY_HEADER, REQUEST_HEADER
+
+#: picows logs each connection at INFO; a load test of thousands keeps only its warnings
+LOG = logging.getLogger("picows.loadtest")
+LOG.setLevel(logging.WARNING)
+#: A stream whose server has not answered this long after the run's end counts as a connection error.
+SILENCE_S = 30.0
 
 Transport = Literal["ws", "http"]
 
@@ -167,9 +174,8 @@ class _Driver:
         self.body = x.tobytes() if spec.binary else json.dumps(x.tolist())
         self.interval = self.k / spec.fps if spec.fps else 0.0
 
-    def payload(self, seq: int) -> bytes | str:
-        if isinstance(self.body, bytes):
-            return REQUEST_HEADER.pack(seq, self.k, 0) + self.body
+    def payload(self, seq: int) -> str:
+        """A JSON message (binary ones are packed in place by :class:`_SocketDriver`)."""
         return f'{{"seq":{seq},"embeddings":{self.body}}}'
 
     async def run(self, exchange: Callable[[int], Awaitable[Reply]]) -> None:
@@ -196,25 +202,99 @@ class _Driver:
                 self.stats.frames += self.k
 
 
+class _SocketDriver(WSListener):
+    """One stream over picows, driven from its callbacks: no task or coroutine per message, so one
+    core drives the tens of thousands of messages per second a served core can answer."""
+
+    def __init__(self, driver: _Driver, done: asyncio.Future):
+        self.driver, self.stats, self.done = driver, driver.stats, done
+        self.k = driver.k
+        self.binary = isinstance(driver.body, bytes)
+        self.message = bytearray(REQUEST_HEADER.size) + driver.body if self.binary else None
+        self.loop = asyncio.get_running_loop()
+        self.transport: WSTransport | None = None
+        self.seq = 0
+        self.sent = 0.0  # when the message in flight was due (paced) or sent (closed loop)
+        self.due = 0.0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.due = time.perf_counter() + random.uniform(0, self.driver.interval)  # paced streams start out of phase
+        self.loop.call_at(self.loop.time() + (self.due - time.perf_counter()), self.send)
+
+    def send(self) -> None:
+        now = time.perf_counter()
+        self.sent = self.due if self.driver.interval else now
+        if self.sent >= self.driver.until:
+            self.transport.send_close(WSCloseCode.OK)
+            self.transport.disconnect()
+            return
+        if self.binary:
+            REQUEST_HEADER.pack_into(self.message, 0, self.seq, self.k, 0)
+            self.transport.send(WSMsgType.BINARY, self.message)
+        else:
+            self.transport.send(WSMsgType.TEXT, self.driver.payload(self.seq).encode())
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            if code is not WSCloseCode.OK:
+                self.stats.errors[f"closed: {code.value}"] += 1
+            transport.disconnect()
+            return
+        done = time.perf_counter()
+        if kind is WSMsgType.BINARY:
+            reply = Reply(*REPLY_HEADER.unpack_from(frame.get_payload_as_memoryview())[:3])
+        else:
+            reply = json_reply(frame.get_payload_as_bytes())
+        driver = self.driver
+        if reply.error is not None:  # count it, resume where the server says
+            self.stats.errors[reply.error] += 1
+            if reply.expected_seq is not None:
+                self.seq = reply.expected_seq
+        else:
+            if not check_reply(self.seq, self.k, reply):
+                self.stats.bad_replies += 1
+            self.seq = reply.next_seq
+            if self.sent >= driver.measure_from and done <= driver.until:
+                self.stats.latencies.append(done - self.sent)
+                self.stats.frames += self.k
+        if not driver.interval:
+            self.send()
+            return
+        self.due += driver.interval
+        wait = self.due - time.perf_counter()
+        if wait <= 0:
+            self.send()
+        else:
+            self.loop.call_at(self.loop.time() + wait, self.send)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def _ws_stream(driver: _Driver, headers: dict) -> None:
-    spec = driver.spec
-    async with connect(
-        f"{spec.url}/v1/streams/lt-{secrets.token_hex(8)}/ws",
-        additional_headers=headers,
-        compression=None,  # per-message deflate costs far more than it saves on embeddings
-        max_size=None,
-        open_timeout=30,
-    ) as ws:
-
-        async def exchange(seq: int) -> Reply:
-            await ws.send(driver.payload(seq))
-            answer = await ws.recv()
-            if isinstance(answer, bytes):
-                reply_seq, next_seq, progress = parse_binary_reply(answer)
-                return Reply(reply_seq, next_seq, len(progress))
-            return json_reply(answer)
-
-        await driver.run(exchange)
+    done = asyncio.get_running_loop().create_future()
+    try:
+        transport, _ = await ws_connect(
+            lambda: _SocketDriver(driver, done),
+            f"{driver.spec.url}/v1/streams/lt-{secrets.token_hex(8)}/ws",
+            extra_headers=headers,
+            websocket_handshake_timeout=30,
+            max_frame_size=2**31 - 1,
+            logger_name=LOG,
+        )
+    except WSHandshakeError as exc:  # a refused handshake carries the service's error body
+        if exc.response is None or exc.raw_body is None:
+            raise
+        driver.stats.errors[json_reply(exc.raw_body, exc.response.status).error] += 1
+        return
+    try:  # a server that stops answering fails the stream, not the whole run
+        await asyncio.wait_for(done, max(0.0, driver.until - time.perf_counter()) + SILENCE_S)
+    finally:
+        transport.disconnect()
 
 
 async def _http_stream(driver: _Driver, headers: dict, tls: ssl.SSLContext) -> None:

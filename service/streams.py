@@ -94,9 +94,10 @@ class Batch:
 SLOT_ARRAYS = ("state", "step", "outputs", "chunk_seq", "chunk_shape", "chunk_digest")
 
 
-def chunk_digest(frames: np.ndarray) -> int:
-    """64 bits of BLAKE2b over a chunk's float32 bytes: a retry must carry the same data."""
-    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(frames), digest_size=8).digest(), "little")
+def chunk_digest(frames: np.ndarray) -> bytes:
+    """64 bits of BLAKE2b over a chunk's float32 bytes (C-contiguous, as parsed): a retry must carry the
+    same data. Kept as 8 bytes in a uint64 slot array (its little-endian value)."""
+    return hashlib.blake2b(frames, digest_size=8).digest()
 
 
 class StreamTable:
@@ -113,6 +114,7 @@ class StreamTable:
         self.chunk_seq = np.zeros((capacity, window), np.int64)
         self.chunk_shape = np.zeros((capacity, window), np.int32)
         self.chunk_digest = np.zeros((capacity, window), np.uint64)
+        self._digest_bytes = self.chunk_digest.view("V8")  # the same memory: a digest is stored as it comes
         self.streams: dict[str, Stream] = {}
         self.queued_frames = 0  # accepted frames not yet processed, over every stream
         self._free = list(range(capacity - 1, -1, -1))
@@ -263,7 +265,7 @@ class StreamTable:
                 head = stream.pending[0]
                 pos = head.seq % self.window
                 rows["chunk_shape"][row, pos] = 2 * head.pos + head.reset
-                rows["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
+                rows["chunk_digest"][row, pos] = int.from_bytes(chunk_digest(head.frames[: head.pos]), "little")
         return rows
 
     @staticmethod
@@ -281,14 +283,14 @@ class StreamTable:
             rows = slice(None) if t < full else np.flatnonzero(counts > t)
             self.outputs[slots[rows], (seqs[rows] + t) % self.window] = out[t, rows]
 
-    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> None:
+    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> None:
         """Record an accepted chunk, so that a retry of it can be told from a different chunk."""
         pos = seq % self.window
         self.chunk_seq[stream.slot, pos] = seq + 1
         self.chunk_shape[stream.slot, pos] = 2 * n + reset
-        self.chunk_digest[stream.slot, pos] = digest
+        self._digest_bytes[stream.slot, pos] = digest
 
-    def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> str | None:
+    def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> str | None:
         """``None`` if frames ``seq..`` are the chunk accepted at ``seq``; otherwise what differs."""
         pos = seq % self.window
         if self.chunk_seq[stream.slot, pos] != seq + 1:
@@ -298,7 +300,7 @@ class StreamTable:
             return f"was accepted with {accepted_n} frames, not {n}"
         if accepted_reset != reset:
             return f"was accepted with reset {bool(accepted_reset)}, not {reset}"
-        if int(self.chunk_digest[stream.slot, pos]) != digest:
+        if self._digest_bytes[stream.slot, pos].tobytes() != digest:
             return "was accepted with different embeddings"
         return None
 
