@@ -225,7 +225,7 @@ class _SocketDriver(WSListener):
     def send(self) -> None:
         now = time.perf_counter()
         self.sent = self.due if self.driver.interval else now
-        if self.sent >= self.driver.until:
+        if now >= self.driver.until:  # a paced stream that fell behind stops at the end too
             self.transport.send_close(WSCloseCode.OK)
             self.transport.disconnect()
             return

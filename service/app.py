@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,20 @@ def warm_up(runtime: CellRuntime, max_batch: int) -> None:
         )
 
 
+#: Allocations between young-generation collections (CPython's default: 700). The per-message path
+#: allocates a few short-lived containers per message; at the default the collector ran every ~100
+#: messages and took 14 % of a served core at 1,000 streams (py-spy --native).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def quiet_collector() -> None:
+    """Move everything alive at start (modules, the app, the model, preallocated tables) out of the
+    cyclic collector's scans, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -105,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wire = Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless)
         engine = Engine(runtime, settings.engine_config(), store=make_store(settings, runtime))
         await engine.start()
+        quiet_collector()
         app.state.wire, app.state.engine = wire, engine
         schema = openapi_schema(app, wire)
         app.openapi = lambda: schema  # type: ignore[method-assign]
