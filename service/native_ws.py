@@ -160,6 +160,7 @@ class NativeSocket(WSListener):
         self.started = 0.0
         self.ahead: deque[tuple[bytes | str, bool]] = deque()
         self.fragments: list[bytes] = []  # a fragmented message so far (its first frame's type in .binary_parts)
+        self.fragments_size = 0
         self.binary_parts = False
         self._resubmits: set[asyncio.Task] = set()
 
@@ -175,16 +176,17 @@ class NativeSocket(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        if kind is WSMsgType.BINARY:
-            if frame.fin:
+        if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
+            binary = kind is WSMsgType.BINARY
+            if self.fragments:
+                self.close(WSCloseCode.PROTOCOL_ERROR, "a new message began before the fragmented one ended")
+            elif not frame.fin:
+                self.fragments, self.binary_parts = [frame.get_payload_as_bytes()], binary
+                self.fragments_size = frame.payload_size
+            elif binary:
                 self.take(frame.get_payload_as_bytes(), True)
             else:
-                self.fragments, self.binary_parts = [frame.get_payload_as_bytes()], True
-        elif kind is WSMsgType.TEXT:
-            if frame.fin:
                 self.take_text(frame.get_payload_as_bytes())
-            else:
-                self.fragments, self.binary_parts = [frame.get_payload_as_bytes()], False
         elif kind is WSMsgType.CONTINUATION:
             self.continued(frame)
         elif kind is WSMsgType.CLOSE:
@@ -202,7 +204,8 @@ class NativeSocket(WSListener):
             self.close(WSCloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue")
             return
         self.fragments.append(frame.get_payload_as_bytes())
-        if sum(map(len, self.fragments)) > self.max_size:
+        self.fragments_size += frame.payload_size
+        if self.fragments_size > self.max_size:
             self.close(WSCloseCode(MESSAGE_TOO_BIG), f"message exceeds {self.max_size} bytes")
         elif frame.fin:
             data, self.fragments = b"".join(self.fragments), []
