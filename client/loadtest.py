@@ -178,28 +178,31 @@ class _Driver:
         """A JSON message (binary ones are packed in place by :class:`_SocketDriver`)."""
         return f'{{"seq":{seq},"embeddings":{self.body}}}'
 
+    def record(self, seq: int, reply: Reply, sent: float, done: float) -> int:
+        """Count the answer to message ``seq``, sent (or due, when paced) at ``sent``; the seq to send next."""
+        if reply.error is not None:  # count it, resume where the server says
+            self.stats.errors[reply.error] += 1
+            return reply.expected_seq if reply.expected_seq is not None else seq
+        if not check_reply(seq, self.k, reply):
+            self.stats.bad_replies += 1
+        if sent >= self.measure_from and done <= self.until:
+            self.stats.latencies.append(done - sent)
+            self.stats.frames += self.k
+        return reply.next_seq
+
     async def run(self, exchange: Callable[[int], Awaitable[Reply]]) -> None:
+        """Await each answer (HTTP); the WebSocket is driven from callbacks by :class:`_SocketDriver`."""
         seq = 0
         due = time.perf_counter() + random.uniform(0, self.interval)  # paced streams start out of phase
         while True:
             if self.interval:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            sent = due if self.interval else time.perf_counter()
-            if sent >= self.until:
+            now = time.perf_counter()
+            if now >= self.until:  # a paced stream that fell behind stops at the end too
                 return
-            reply = await exchange(seq)
-            done = time.perf_counter()
+            sent = due if self.interval else now
+            seq = self.record(seq, await exchange(seq), sent, time.perf_counter())
             due += self.interval
-            if reply.error is not None:  # count it, resume where the server says
-                self.stats.errors[reply.error] += 1
-                seq = reply.expected_seq if reply.expected_seq is not None else seq
-                continue
-            if not check_reply(seq, self.k, reply):
-                self.stats.bad_replies += 1
-            seq = reply.next_seq
-            if sent >= self.measure_from and done <= self.until:
-                self.stats.latencies.append(done - sent)
-                self.stats.frames += self.k
 
 
 class _SocketDriver(WSListener):
@@ -249,17 +252,7 @@ class _SocketDriver(WSListener):
         else:
             reply = json_reply(frame.get_payload_as_bytes())
         driver = self.driver
-        if reply.error is not None:  # count it, resume where the server says
-            self.stats.errors[reply.error] += 1
-            if reply.expected_seq is not None:
-                self.seq = reply.expected_seq
-        else:
-            if not check_reply(self.seq, self.k, reply):
-                self.stats.bad_replies += 1
-            self.seq = reply.next_seq
-            if self.sent >= driver.measure_from and done <= driver.until:
-                self.stats.latencies.append(done - self.sent)
-                self.stats.frames += self.k
+        self.seq = driver.record(self.seq, reply, self.sent, done)
         if not driver.interval:
             self.send()
             return
