@@ -3,11 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PROGRESS := $(BIN)/progress
-ANNOTATIONS ?= ../shared/data/egoprocel.json
+# GTCC annotations the synthetic data rides on; empty: the EgoProceL timings shipped in the package
+ANNOTATIONS ?=
 SPARSE_STRIDE ?= 8
 DENSE_STRIDE ?= 3
 
-.PHONY: install test lint data train eval report sweep model verify bench-step serve bench-serve loadtest \
+.PHONY: install test lint docs data train eval report sweep model verify bench-step serve bench-serve loadtest \
 	images compose-up compose-up-gpu compose-config cluster-smoke failover-smoke loadtest-proxy clean
 
 install: $(VENV)/.installed
@@ -15,15 +16,19 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
-test: install lint
+test: install lint docs
 	$(BIN)/pytest
+
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 # --- training ---------------------------------------------------------------------------
 # Data folders are FAMILY-sSTRIDE (progress synth --family FAMILY --stride STRIDE); run folders
@@ -38,7 +43,7 @@ variant = $(word 3,$(subst -, ,$(1)))
 dataset = $(call family,$(1))-s$(call stride,$(1))
 
 data/%/annotations.json: | install
-	$(PROGRESS) synth --annotations $(ANNOTATIONS) --family $(call family,$*) --stride $(call stride,$*) --out data/$*
+	$(PROGRESS) synth $(if $(ANNOTATIONS),--annotations $(ANNOTATIONS)) --family $(call family,$*) --stride $(call stride,$*) --out data/$*
 
 data: $(foreach f,$(FAMILIES),$(foreach s,$(STRIDES),data/$(f)-s$(s)/annotations.json))
 
@@ -102,18 +107,16 @@ loadtest: install
 	$(PROGRESS) loadtest --url $(LOADTEST_URL) --streams 100 --frames-per-message 16 $(LOADTEST_ARGS)
 
 # --- deployment (Docker targets need a Docker engine; the rest runs here) ----------------
-ANNOTATIONS_DIR ?= ../shared/data
-
 images:
 	docker build --target train -t progress-stream:train .
 	docker build --target service -t progress-stream:service .
-	docker build --build-context annotations=$(ANNOTATIONS_DIR) --target bundled -t progress-stream:bundled .
+	docker build --target bundled -t progress-stream:bundled .
 
 compose-up:
-	ANNOTATIONS_DIR=$(ANNOTATIONS_DIR) docker compose up --build -d
+	docker compose up --build -d
 
 compose-up-gpu:
-	ANNOTATIONS_DIR=$(ANNOTATIONS_DIR) docker compose -f docker-compose.yml -f docker-compose.gpu.yml up --build -d
+	docker compose -f docker-compose.yml -f docker-compose.gpu.yml up --build -d
 
 compose-config:
 	docker-compose config -q && docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q

@@ -16,16 +16,16 @@ import time
 
 import numpy as np
 
-from service.batcher import Batcher
-from service.board import Watcher
-from service.engine import EngineConfig
-from service.http_routes import BOARD_CPU_SHARE, BOARD_PERIOD_S, sse
-from service.metrics import Metrics
-from service.process import RedisProcess
-from service.runtime import CellRuntime
-from service.store import RedisStore
-from service.streams import StreamTable
-from service.takeover import SharedStreams
+from progress_stream.engine.batcher import Batcher
+from progress_stream.engine.durability.store import RedisStore
+from progress_stream.engine.durability.takeover import SharedStreams
+from progress_stream.engine.engine import EngineConfig
+from progress_stream.engine.metrics import Metrics
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.engine.streams import StreamTable
+from progress_stream.server.board import Watcher
+from progress_stream.server.process import RedisProcess
+from progress_stream.server.routes import BOARD_CPU_SHARE, BOARD_PERIOD_S, sse
 
 
 def busy_table(runtime: CellRuntime, n: int) -> StreamTable:

@@ -3,7 +3,7 @@
 Each parses a WebSocket message exactly as the service does (the same :class:`Wire`: pydantic's strict
 JSON validation, or the binary header + frombuffer + checks) and answers a reply of the same shape
 with zeros. ``--plane asgi``: uvicorn + FastAPI with the service's server settings; ``--plane
-native``: a picows server (what :mod:`service.native_ws` builds on), also answering ``GET /readyz``.
+native``: a picows server (what :mod:`progress_stream.server.sockets.native` builds on), also answering ``GET /readyz``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from picows import (
     ws_create_server,
 )
 
-from service.protocol import Wire, binary_reply
-from service.server import uvicorn_config
-from service.settings import Settings
+from progress_stream.contract.binary import binary_reply
+from progress_stream.contract.wire import Wire
+from progress_stream.server.serve import uvicorn_config
+from progress_stream.server.settings import Settings
 
 
 def answer(wire: Wire, data: bytes | str, binary: bool) -> bytes:

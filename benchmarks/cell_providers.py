@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from service.runtime import CellRuntime
+from progress_stream.engine.runtime import CellRuntime
 
 
 def main() -> None:

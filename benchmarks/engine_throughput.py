@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from service.engine import Engine, EngineConfig
-from service.runtime import CellRuntime
+from progress_stream.engine.engine import Engine, EngineConfig
+from progress_stream.engine.runtime import CellRuntime
 
 
 async def drive(runtime: CellRuntime, streams: int, frames: int, seconds: float, max_batch: int) -> tuple[float, float]:

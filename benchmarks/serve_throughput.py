@@ -32,9 +32,9 @@ from pathlib import Path
 
 import uvloop
 
-from client.loadtest import LoadResult, LoadSpec, run_load
-from service.process import RedisProcess, ServerProcess
-from service.runtime import CellRuntime
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.loadtest.generator import LoadResult, LoadSpec, run_load
+from progress_stream.server.process import RedisProcess, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def main() -> None:
     if pin:
         os.sched_setaffinity(0, {1})
     model, port = Path(args.model), itertools.count(args.port)
-    serve_cmd = [*pin, sys.executable, "-m", "cli.main", "serve", "--model", args.model]
+    serve_cmd = [*pin, sys.executable, "-m", "progress_stream.cli", "serve", "--model", args.model]
 
     def bare(plane: str) -> ServerProcess:
         command = [*pin, sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), "--dim", str(dim)]

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from service.runtime import CellRuntime
-from training.checkpoint import load_checkpoint
-from training.model import ProgressHead
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.training.model import ProgressHead
 
 
 def rate(fn: Callable[[], None], frames: int, seconds: float) -> float:

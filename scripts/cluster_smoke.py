@@ -27,9 +27,9 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import AsyncStreamSession, WsStreamSession
-from service.process import ServerProcess, free_port
-from service.runtime import CellRuntime
+from progress_stream.client import AsyncStreamSession, WsStreamSession
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.server.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "progress.conf.template"

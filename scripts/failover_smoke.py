@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from client import AsyncStreamSession, WsStreamSession
+from progress_stream.client import AsyncStreamSession, WsStreamSession
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.server.process import RedisProcess, ServerProcess
 from scripts.cluster_smoke import Nginx, check, check_exact, metric, stop_all
-from service.process import RedisProcess, ServerProcess
-from service.runtime import CellRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICAS = 3

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from client.core import Chunk, ReplayLog, SeqError, exchange, resend_plan
+from progress_stream.client.core import Chunk, ReplayLog, SeqError, exchange, resend_plan
 
 
 def chunks(log: ReplayLog, sizes, dim=2, reset_at=()):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from progress_stream.server.app import create_app
 from scripts.cluster_smoke import UPSTREAM_PARAMS
-from service.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 needs = {
@@ -39,7 +39,9 @@ def test_service_image_runs_the_command_the_tests_run_and_no_torch():
     entrypoint = re.search(r'^ENTRYPOINT \["progress", "serve"\]$', service, re.M)
     assert entrypoint, "the service image must start `progress serve`"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["progress"] == "cli.main:app"  # tests start `python -m cli.main serve`: the same command
+    assert (
+        scripts["progress"] == "progress_stream.cli.main:app"
+    )  # tests start `python -m progress_stream.cli.main serve`: the same command
     installs = [line for line in service.splitlines() if "pip install" in line]
     assert installs and not [line for line in installs if "torch" in line or "[train]" in line]
     healthcheck = re.search(r"HEALTHCHECK .*?(http://127\.0\.0\.1:8000(/\w+))", service, re.S)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from training.checkpoint import SCHEMA_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
-from training.model import ProgressHead
+from progress_stream.training.checkpoint import SCHEMA_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from progress_stream.training.config import TrainConfig
+from progress_stream.training.model import ProgressHead
 
 
 def test_round_trip_keeps_weights_config_and_metadata(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from training.config import MODEL_FIELDS, ConfigError, TrainConfig, load_config
+from progress_stream.training.config import MODEL_FIELDS, ConfigError, TrainConfig, load_config
 
 
 def test_no_config_is_the_dataclass_defaults():

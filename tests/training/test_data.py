@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, load_annotations, load_dataset, load_features, split_handles
+from progress_stream.training.data import DataError, load_annotations, load_dataset, load_features, split_handles
 
 
 @pytest.fixture

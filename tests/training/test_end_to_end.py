@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import load_checkpoint
-from training.config import MODEL_FIELDS, TrainConfig
-from training.data import load_annotations
+from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.training.config import MODEL_FIELDS, TrainConfig
+from progress_stream.training.data import load_annotations
 
-PROGRESS = [sys.executable, "-m", "cli.main"]
+PROGRESS = [sys.executable, "-m", "progress_stream.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from progress_stream.training.families import FAMILIES, FamilyConfig, make_family
+from progress_stream.training.synth import synthesize
 from tests.conftest import subset_annotations
-from training.families import FAMILIES, FamilyConfig, make_family
-from training.synth import synthesize
 
 SEGMENTS = [("0", 0, 4), ("a", 5, 44), ("0", 45, 49), ("b", 50, 59), ("a", 60, 99)]
 
@@ -64,7 +64,7 @@ def test_synth_writes_the_gtcc_layout_with_the_phase_beside_it(tmp_path, stride)
 
 def test_the_phase_probe_tells_features_that_carry_the_phase_from_noise(tiny_data, tmp_path):
     """The probe scores the real features well and pure noise near zero (on the same videos and phases)."""
-    from training.probe import phase_r2
+    from progress_stream.training.probe import phase_r2
 
     noise = tmp_path / "noise"
     (noise / "features").mkdir(parents=True)

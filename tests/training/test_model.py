@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.config import TrainConfig
-from training.model import ProgressHead
+from progress_stream.training.config import TrainConfig
+from progress_stream.training.model import ProgressHead
 
 
 def head(input_dim: int, length_ref: float = 10.0, **changes) -> ProgressHead:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import edge_masks, progress_loss, progress_weights
-from training.sampling import bin_frames, target_frames, time_warp
+from progress_stream.training.losses import edge_masks, progress_loss, progress_weights
+from progress_stream.training.sampling import bin_frames, target_frames, time_warp
 
 
 @pytest.mark.parametrize("length", [3, 4, 7, 10, 31, 200])

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.search import run_search
-from training.train import load_training_data
+from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.training.config import TrainConfig
+from progress_stream.training.search import run_search
+from progress_stream.training.train import load_training_data
 
 
 @pytest.mark.parametrize("trials", [3])

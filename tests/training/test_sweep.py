@@ -1,5 +1,5 @@
-from training.config import TrainConfig
-from training.sweep import RECIPES, recipe_config, sweep_table
+from progress_stream.training.config import TrainConfig
+from progress_stream.training.sweep import RECIPES, recipe_config, sweep_table
 
 CHOSEN = "norm+warp+ens3+h128+edge"  # the README's "How the default was chosen"
 
@@ -23,6 +23,6 @@ def test_the_table_ranks_recipes_by_their_worst_family():
 
 
 def test_the_light_variant_is_the_default_with_one_member():
-    from training.config import load_config
+    from progress_stream.training.config import load_config
 
     assert load_config("configs/light.toml") == recipe_config("norm+warp+h128+edge") == TrainConfig(members=1)

@@ -1,0 +1,167 @@
+"""Transport-free client logic: the replay log, message encoding, and what to resend after a 409."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from progress_stream.contract.errors import ERRORS, Action
+
+RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    seq: int
+    frames: np.ndarray
+    reset: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.seq + len(self.frames)
+
+
+class SeqError(RuntimeError):
+    """The server can no longer replay what the client needs (history too short on both sides)."""
+
+
+class ReplayLog:
+    """The last ``capacity`` frames sent, by seq, so a client can resume from any ``expected_seq``."""
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self.replayed = 0  # frames sent again after a 409 (a restart or a takeover)
+        self._chunks: deque[Chunk] = deque()
+        self._frames = 0
+
+    def record(self, chunk: Chunk) -> None:
+        self._chunks.append(chunk)
+        self._frames += len(chunk.frames)
+        while self._frames - len(self._chunks[0].frames) >= self.capacity:
+            self._frames -= len(self._chunks.popleft().frames)
+
+    def between(self, start: int, stop: int) -> list[Chunk]:
+        """The frames ``start .. stop-1`` as chunks (a chunk cut at ``start`` loses its reset: it already ran)."""
+        if not self._chunks or start < self._chunks[0].seq:
+            raise SeqError(f"frames from seq {start} are no longer in the client's replay log")
+        out = []
+        for c in self._chunks:
+            if c.end <= start or c.seq >= stop:
+                continue
+            lo, hi = max(start, c.seq), min(stop, c.end)
+            out.append(Chunk(lo, c.frames[lo - c.seq : hi - c.seq], c.reset and lo == c.seq))
+        return out
+
+
+def resend_plan(log: ReplayLog, chunk: Chunk, expected_seq: int) -> list[Chunk]:
+    """After a 409 for ``chunk``: the chunks to send, in order, to bring the server to ``chunk.end``."""
+    if expected_seq >= chunk.end:
+        raise SeqError(f"server is at seq {expected_seq}, past this chunk ({chunk.seq}..{chunk.end - 1})")
+    if expected_seq > chunk.seq:  # a restored server holds part of it: ask the retained head, send the tail
+        cut = expected_seq - chunk.seq
+        return [Chunk(chunk.seq, chunk.frames[:cut], chunk.reset), Chunk(expected_seq, chunk.frames[cut:])]
+    return [*log.between(expected_seq, chunk.seq), chunk]
+
+
+def frames_json(chunk: Chunk) -> dict:
+    return {"seq": chunk.seq, "embeddings": np.asarray(chunk.frames, np.float32).tolist(), "reset": chunk.reset}
+
+
+def stitch(chunk: Chunk, sent: list[Chunk], results: list[np.ndarray]) -> np.ndarray:
+    """The progress of ``chunk``'s frames out of the results of the chunks actually sent."""
+    out = np.empty(len(chunk.frames), np.float32)
+    for c, r in zip(sent, results, strict=True):
+        lo, hi = max(c.seq, chunk.seq), min(c.end, chunk.end)
+        if lo < hi:
+            out[lo - chunk.seq : hi - chunk.seq] = r[lo - c.seq : hi - c.seq]
+    return out
+
+
+Outcome = tuple[str, Any]  # ("ok", progress) | ("conflict", expected_seq) | ("wait", seconds)
+
+
+def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
+    """What to do about an error answer, by its code's entry in the service's error table;
+    ``None`` when resending cannot help (the caller raises)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    spec = ERRORS.get(error.get("code")) if isinstance(error, dict) else None
+    if spec is None:
+        return None
+    if spec.action is Action.RESUME:
+        return "conflict", error["expected_seq"]
+    if spec.action in (Action.WAIT, Action.RECONNECT):
+        return "wait", float(retry_after or spec.retry_after or RETRY_DELAY)
+    return None
+
+
+def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 50) -> Generator[Chunk, Outcome, np.ndarray]:
+    """The retry protocol of every transport, as a generator: it yields the next chunk to send and is
+    sent back that send's outcome; it returns ``chunk``'s progress. Drivers only do the I/O."""
+    pending, sent, results = [chunk], [], []
+    for _ in range(attempts):
+        if not pending:
+            break
+        kind, value = yield pending[0]
+        if kind == "ok":
+            sent.append(pending.pop(0))
+            results.append(value)
+        elif kind == "conflict":
+            pending, sent, results = resend_plan(log, chunk, value), [], []
+            log.replayed += max(0, chunk.seq - value)
+    if pending:
+        raise SeqError(f"gave up sending seq {chunk.seq} after {attempts} attempts")
+    return stitch(chunk, sent, results)
+
+
+class SessionState:
+    """What every session keeps: its stream id, the next seq to send and the replay log.
+
+    Without an id the client makes a random 128-bit one, so the id is known before the first request
+    and every request (creation included) names it in its path, where a proxy can route by it.
+    """
+
+    def __init__(self, stream_id: str | None, history: int):
+        self.stream_id = stream_id or secrets.token_hex(16)
+        self.next_seq = 0
+        self.log = ReplayLog(history)
+
+    def new_chunk(self, embeddings: Any, reset: bool) -> Chunk:
+        chunk = Chunk(self.next_seq, np.asarray(embeddings, np.float32), reset)
+        self.log.record(chunk)
+        self.next_seq = chunk.end
+        return chunk
+
+
+def drive(steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Outcome]) -> np.ndarray:
+    """Run the exchange over a blocking transport: ``transact`` sends one chunk and returns its outcome."""
+    request = next(steps)
+    while True:
+        result = transact(request)
+        if result[0] == "wait":
+            time.sleep(result[1])
+        try:
+            request = steps.send(result)
+        except StopIteration as done:
+            return done.value
+
+
+async def drive_async(
+    steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Awaitable[Outcome]]
+) -> np.ndarray:
+    """The same over an asyncio transport."""
+    request = next(steps)
+    while True:
+        result = await transact(request)
+        if result[0] == "wait":
+            await asyncio.sleep(result[1])
+        try:
+            request = steps.send(result)
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,134 @@
+"""HTTP sessions (sync and async) for one stream: seq bookkeeping, safe retries, replay after a 409."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+
+from progress_stream.client.core import (
+    RETRY_DELAY,
+    Chunk,
+    Outcome,
+    SessionState,
+    drive,
+    drive_async,
+    error_outcome,
+    exchange,
+    frames_json,
+)
+
+#: A proxy's own answers when its upstream replica failed (not the service's error JSON).
+PROXY_GATEWAY_ERRORS = (502, 503, 504)
+
+
+class ServerError(RuntimeError):
+    def __init__(self, status: int, body: Any):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def response_body(response: httpx.Response) -> Any:
+    """The JSON body, or the text of a body that is not JSON (a proxy's error page)."""
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
+
+
+def outcome(response: httpx.Response) -> Outcome:
+    if response.status_code == 200:
+        return "ok", np.asarray(response.json()["progress"], np.float32)
+    body = response_body(response)
+    action = error_outcome(body, response.headers.get("Retry-After"))
+    if action is None and response.status_code in PROXY_GATEWAY_ERRORS:
+        return "wait", RETRY_DELAY  # a proxy's page: its replica went away; the seq makes resending safe
+    if action is None:
+        raise ServerError(response.status_code, body)
+    return action
+
+
+class _Session(SessionState):
+    """Creation is ``PUT /v1/streams/{id}`` (idempotent), so a proxy can route it by the id."""
+
+    client_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        base_url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        history: int = 4096,
+        timeout: float = 10.0,
+    ):
+        super().__init__(stream_id, history)
+        self.http = self.client_class(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
+
+    def _created(self, response: httpx.Response) -> None:
+        if response.status_code not in (200, 201):
+            raise ServerError(response.status_code, response_body(response))
+        self.stream_id, self.next_seq = response.json()["stream_id"], response.json()["next_seq"]
+
+    def _stream_path(self) -> str:
+        return f"/v1/streams/{self.stream_id}"
+
+    def _path(self) -> str:
+        return f"{self._stream_path()}/frames"
+
+
+class StreamSession(_Session):
+    """Synchronous: ``with StreamSession(url) as s: s.send(embeddings)`` → progress per frame."""
+
+    client_class = httpx.Client
+
+    def __init__(self, base_url: str, **kwargs: Any):
+        super().__init__(base_url, **kwargs)
+        self._created(self.http.put(self._stream_path()))
+
+    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            return outcome(self.http.post(self._path(), json=frames_json(chunk)))
+        except httpx.TransportError:
+            return "wait", RETRY_DELAY
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStreamSession(_Session):
+    """Asynchronous: ``s = await AsyncStreamSession.open(url)``; ``await s.send(embeddings)``."""
+
+    client_class = httpx.AsyncClient
+
+    @classmethod
+    async def open(cls, base_url: str, **kwargs: Any) -> AsyncStreamSession:
+        session = cls(base_url, **kwargs)
+        session._created(await session.http.put(session._stream_path()))
+        return session
+
+    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    async def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            return outcome(await self.http.post(self._path(), json=frames_json(chunk)))
+        except httpx.TransportError:
+            return "wait", RETRY_DELAY
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

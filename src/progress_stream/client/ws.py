@@ -1,0 +1,152 @@
+"""WebSocket sessions (async and sync) for one stream: binary or JSON, reconnect and replay on drops.
+
+The state belongs to the stream, not the connection: after a drop the session reconnects and
+re-sends the chunk (a retry of an already processed ``seq`` is answered from the server's window).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection as SyncConnection
+from websockets.sync.client import connect as sync_connect
+
+from progress_stream.client.core import (
+    RETRY_DELAY,
+    Chunk,
+    Outcome,
+    SessionState,
+    drive,
+    drive_async,
+    error_outcome,
+    exchange,
+    frames_json,
+)
+from progress_stream.client.http import PROXY_GATEWAY_ERRORS, ServerError, auth_headers
+from progress_stream.contract.binary import binary_request, parse_binary_reply
+
+RECONNECT_ERRORS = (ConnectionClosed, OSError, TimeoutError)
+
+
+def encode(chunk: Chunk, binary: bool) -> bytes | str:
+    if binary:
+        return binary_request(chunk.seq, chunk.frames, chunk.reset)
+    return orjson.dumps(frames_json(chunk)).decode()
+
+
+def decode(message: bytes | str) -> Outcome:
+    if isinstance(message, bytes):
+        return "ok", parse_binary_reply(message)[2]
+    body = orjson.loads(message)
+    if "progress" in body:
+        return "ok", np.asarray(body["progress"], np.float32)
+    action = error_outcome(body)
+    if action is None:
+        raise ServerError(400, body)
+    return action
+
+
+def refused(exc: InvalidStatus) -> Outcome:
+    """A refused handshake: wait and retry where the error table says so (a full table), else raise."""
+    try:
+        body = orjson.loads(exc.response.body or b"")
+    except orjson.JSONDecodeError:
+        body = None
+    action = error_outcome(body, exc.response.headers.get("Retry-After"))
+    if action is None and exc.response.status_code in PROXY_GATEWAY_ERRORS:
+        return "wait", RETRY_DELAY
+    if action is None:
+        raise ServerError(exc.response.status_code, body) from None
+    return action
+
+
+class _WsSession(SessionState):
+    def __init__(
+        self,
+        url: str,
+        stream_id: str | None = None,
+        api_key: str | None = None,
+        binary: bool = True,
+        history: int = 4096,
+    ):
+        super().__init__(stream_id, history)
+        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
+        self.headers = auth_headers(api_key)
+        self.binary = binary
+        self.conn: ClientConnection | SyncConnection | None = None
+
+
+class WsStreamSession(_WsSession):
+    """``s = await WsStreamSession.open("ws://host:8000")``; ``await s.send(embeddings)``."""
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> WsStreamSession:
+        session = cls(url, **kwargs)
+        await session._connect()
+        return session
+
+    async def _connect(self) -> None:
+        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+
+    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    async def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            if self.conn is None:
+                await self._connect()
+            await self.conn.send(encode(chunk, self.binary))
+            return decode(await self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return refused(exc)
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return "wait", RETRY_DELAY
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class SyncWsStreamSession(_WsSession):
+    """Blocking twin: ``with SyncWsStreamSession("ws://host:8000") as s: s.send(embeddings)``."""
+
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(url, **kwargs)
+        self._connect()
+
+    def _connect(self) -> None:
+        self.conn = sync_connect(
+            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
+        )
+
+    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+
+    def _transact(self, chunk: Chunk) -> Outcome:
+        try:
+            if self.conn is None:
+                self._connect()
+            self.conn.send(encode(chunk, self.binary))
+            return decode(self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return refused(exc)
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return "wait", RETRY_DELAY
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self) -> SyncWsStreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,218 @@
+"""The wire contract: stream ids, limits, the JSON bodies and the compact binary frame format.
+
+:class:`Wire` is built once the model is loaded (it knows ``embedding_dim``): its pydantic models
+both validate every JSON body (HTTP and WebSocket alike, strictly: numbers must be JSON numbers)
+and generate the OpenAPI schema, so what is accepted and what is documented cannot drift apart.
+The error codes and what each means live in :mod:`progress_stream.contract.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+
+from progress_stream.contract.binary import FLAG_RESET, KNOWN_FLAGS, REQUEST_HEADER
+from progress_stream.contract.errors import BadInput, ProtocolViolation, TooManyFrames
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
+
+#: A browser cannot set headers on a WebSocket: it offers this subprotocol (which the server selects),
+#: plus ``bearer.<API key in unpadded base64url>`` when a key is set.
+WS_SUBPROTOCOL = "progress.v1"
+BEARER_SUBPROTOCOL = "bearer."
+
+
+def bearer_subprotocol(api_key: str) -> str:
+    return BEARER_SUBPROTOCOL + base64.urlsafe_b64encode(api_key.encode()).rstrip(b"=").decode()
+
+
+#: The largest seq: the binary header's uint64, held in an int64 table (JSON takes the same bound).
+MAX_SEQ = 2**62
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+#: The largest magnitude of an embedding value: far beyond any encoder's features, and small
+#: enough that no product inside the cell overflows float32 (which would answer NaN progress).
+MAX_ABS_VALUE = 1e6
+#: The most characters one JSON number of a frame takes, with its separator: ``-1.2345678901234567e-123, ``.
+NUMBER_CHARS = 26
+
+
+def integral(value: Any) -> Any:
+    """JSON Schema counts ``3.0`` as an integer; strings and booleans stay what they are (and fail)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class CreateStream(BaseModel):
+    model_config = STRICT
+    stream_id: str | None = Field(None, pattern=STREAM_ID.pattern, description=f"{STREAM_ID_RULE}; random if absent")
+
+
+class StreamCreated(BaseModel):
+    stream_id: str
+    next_seq: int
+    model: dict[str, Any]
+
+
+class StreamRow(BaseModel):
+    stream_id: str
+    progress: float | None = Field(description="the last progress answered; null before the first frame")
+    step: int = Field(description="frames into the current action")
+    processed_seq: int
+    idle_s: float
+
+
+class StreamPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    streams: list[StreamRow]
+
+
+class FramesReply(BaseModel):
+    stream_id: str
+    seq: int
+    progress: list[float]
+    next_seq: int
+
+
+class ProgressReply(BaseModel):
+    progress: list[float]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    expected_seq: int | None = None
+
+
+class ErrorReply(BaseModel):
+    error: ErrorBody
+
+
+def check_stream_id(stream_id: str) -> str:
+    """The one stream-id check of every route and the WebSocket; the message never echoes the id."""
+    if not STREAM_ID.match(stream_id):
+        raise BadInput("stream_id", f"stream_id must be {STREAM_ID_RULE}")
+    return stream_id
+
+
+def field_name(loc: tuple[str | int, ...]) -> str:
+    """``('embeddings', 3, 1)`` → ``embeddings[3][1]``; the body itself is ``body``."""
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return name or "body"
+
+
+@dataclass(frozen=True)
+class Wire:
+    """The limits of one server and the request models they give; every body is parsed here."""
+
+    embedding_dim: int
+    max_frames_per_message: int
+    max_frames_stateless: int
+    frames_request: type[BaseModel] = field(init=False)
+    progress_request: type[BaseModel] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frames_request", self._frames_model("FramesRequest", self.max_frames_per_message))
+        object.__setattr__(self, "progress_request", self._frames_model("ProgressRequest", self.max_frames_stateless))
+
+    def _frames_model(self, name: str, max_frames: int) -> type[BaseModel]:
+        number = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, allow_inf_nan=False)]
+        row = Annotated[
+            list[number],
+            Field(min_length=self.embedding_dim, max_length=self.embedding_dim, description="one frame's embedding"),
+        ]
+        frames = Annotated[list[row], Field(min_length=1, max_length=max_frames, description="frames, in order")]
+        fields: dict[str, Any] = {"embeddings": (frames, ...)}
+        if name == "FramesRequest":
+            seq = Annotated[int, BeforeValidator(integral)]
+            fields["seq"] = (seq, Field(..., ge=0, le=MAX_SEQ, description="stream-wide index of the first frame"))
+            fields["reset"] = (bool, Field(False, description="start a new action at the chunk's first frame"))
+        return create_model(name, __config__=STRICT, **fields)
+
+    def max_body_bytes(self, frames: int) -> int:
+        """The largest JSON body of ``frames`` valid frames (numbers as Python or JavaScript print them):
+        the body limit of a route, so no schema-valid request is refused for its size."""
+        return 1024 + frames * (self.embedding_dim * NUMBER_CHARS + 4)
+
+    def parse_frames(self, body: bytes | str) -> tuple[int, np.ndarray, bool]:
+        """A JSON frames message → ``(seq, float32 (n, D), reset)``."""
+        msg = self._validate(self.frames_request, body)
+        return msg.seq, check_values(np.array(msg.embeddings, np.float32)), msg.reset
+
+    def parse_progress(self, body: bytes | str) -> np.ndarray:
+        return check_values(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
+
+    @staticmethod
+    def parse_create(body: bytes | str) -> str | None:
+        return Wire._validate(CreateStream, body).stream_id if body else None
+
+    @staticmethod
+    def _validate(model: type[BaseModel], body: bytes | str) -> Any:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise bad_input(exc.errors(include_url=False)[0]) from None
+
+    def parse_binary(self, data: bytes) -> tuple[int, np.ndarray, bool]:
+        """A binary frames message → ``(seq, embeddings, reset)``; broken framing is a ProtocolViolation."""
+        dim = self.embedding_dim
+        if len(data) < REQUEST_HEADER.size:
+            raise ProtocolViolation(f"binary message shorter than its {REQUEST_HEADER.size}-byte header")
+        seq, count, flags = REQUEST_HEADER.unpack_from(data)
+        if len(data) != REQUEST_HEADER.size + 4 * count * dim:
+            raise ProtocolViolation(f"binary message of {len(data)} bytes does not hold {count} frames of {dim} floats")
+        if flags & ~KNOWN_FLAGS:
+            raise ProtocolViolation(f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} (known: reset = {FLAG_RESET})")
+        if seq > MAX_SEQ:
+            raise BadInput("seq", f"seq must be at most {MAX_SEQ}")
+        if count == 0:
+            raise BadInput("count", "count is 0: send at least one frame", code="empty")
+        if count > self.max_frames_per_message:
+            raise TooManyFrames("count", f"count is {count}; at most {self.max_frames_per_message} frames per message")
+        arr = np.frombuffer(data, dtype="<f4", offset=REQUEST_HEADER.size).reshape(count, dim)
+        return seq, check_values(arr), bool(flags & FLAG_RESET)
+
+
+def bad_input(error: dict) -> BadInput:
+    """A pydantic error → the service's error: the field it names and the code a client can act on."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if kind == "json_invalid":
+        return BadInput("body", f"malformed JSON: {error['msg']}")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return BadInput("body", "expected a JSON object")
+    name = field_name(loc)
+    if loc == ("embeddings",) and kind == "too_short":
+        return BadInput(name, "embeddings is empty: send at least one frame", code="empty")
+    if loc == ("embeddings",) and kind == "too_long":
+        return TooManyFrames(name, f"embeddings: {error['msg']}")
+    if len(loc) == 2 and loc[0] == "embeddings" and kind in ("too_short", "too_long"):
+        dim = error["ctx"].get("min_length", error["ctx"].get("max_length"))
+        return BadInput(name, f"{name}: each frame must have {dim} numbers", code="wrong_dimension")
+    return BadInput(name, f"{name}: {error['msg']}")
+
+
+# values beyond ~1.8e19 overflow the sum of squares to infinity: refused either way, so not worth a warning
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
+
+
+def check_values(arr: np.ndarray) -> np.ndarray:
+    """Refuse NaN, infinity and values beyond ±MAX_ABS_VALUE, naming the first bad row. The sum of squares
+    (one BLAS call, half the cost of abs + max) clears almost every chunk: within MAX_ABS_VALUE² every
+    value is within MAX_ABS_VALUE, and NaN or infinity compares False; only the rest is looked at closely."""
+    flat = arr.reshape(-1)
+    if np.dot(flat, flat) <= MAX_ABS_VALUE**2:
+        return arr
+    if not (np.abs(arr).max() <= MAX_ABS_VALUE):  # NaN compares False
+        row = int(np.flatnonzero(~(np.abs(arr) <= MAX_ABS_VALUE).all(axis=1))[0])
+        message = f"embeddings[{row}] holds NaN, infinity or a value beyond ±{MAX_ABS_VALUE:g}"
+        raise BadInput(f"embeddings[{row}]", message, code="not_finite")
+    return arr

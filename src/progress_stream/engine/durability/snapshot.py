@@ -1,0 +1,120 @@
+"""State files: atomic snapshots of the stream table, and the rules that keep them from being lost.
+
+A snapshot is written to a temporary file, fsynced, renamed over the old one, and the folder fsynced.
+At start a state file is either restored, or refused with one line naming the file and what is wrong
+(the start fails and the file is left untouched), or, with ``on_mismatch="discard"``, moved aside to
+``NAME.rejected-<UTC time>``: the server never overwrites a state file it did not load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from progress_stream.engine.streams import SLOT_ARRAYS
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 2  # 2: the accepted chunks' records (retries are checked against them)
+#: The arrays of a snapshot, one row per stream.
+ARRAYS = ("ids", "done_seq", "created_at", *SLOT_ARRAYS)
+ON_MISMATCH = ("fail", "discard")
+
+
+class SnapshotError(RuntimeError):
+    """A state file that cannot be restored or written; one line that names the file."""
+
+
+def identity(checkpoint_sha256: str, window: int) -> dict:
+    """What a snapshot must match to be restored: the model it was written for and the retained window."""
+    return {"checkpoint_sha256": checkpoint_sha256, "window": window}
+
+
+def write_snapshot(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"version": SNAPSHOT_VERSION, **meta})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(header), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_snapshot(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and header of a snapshot; anything unreadable or inconsistent is a :class:`SnapshotError`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {k: data[k] for k in ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SnapshotError(f"{path}: not a readable state file ({reason[:200]})") from exc
+    if not isinstance(meta, dict) or meta.get("version") != SNAPSHOT_VERSION:
+        found = meta.get("version") if isinstance(meta, dict) else meta
+        raise SnapshotError(f"{path}: state file version {found!r}, this server reads version {SNAPSHOT_VERSION}")
+    rows = {k: len(v) for k, v in arrays.items()}
+    if len(set(rows.values())) != 1:
+        raise SnapshotError(f"{path}: state file arrays disagree on the number of streams: {rows}")
+    return arrays, meta
+
+
+def check_writable(path: Path) -> None:
+    """Create and remove a file beside ``path``, so that a state file that cannot be written fails the start."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot write the state file there ({exc.strerror or exc})") from exc
+
+
+def load_state(
+    path: Path, expected: dict, max_streams: int, on_mismatch: str = "fail"
+) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The snapshot at ``path`` if it can be restored, ``None`` if there is none (or it was moved aside).
+
+    A corrupt file, one written for another model or window (``expected``, see :func:`identity`), or
+    one with more streams than ``max_streams`` raises :class:`SnapshotError` and is left untouched,
+    unless ``on_mismatch`` is ``discard``: then it is renamed ``NAME.rejected-<UTC time>``.
+    """
+    path = Path(path)
+    if on_mismatch not in ON_MISMATCH:
+        raise SnapshotError(f"state_on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
+    check_writable(path)
+    if not path.exists():
+        return None
+    try:
+        arrays, meta = read_snapshot(path)
+        differ = [f"{k} {meta.get(k)!r} (this server: {v!r})" for k, v in expected.items() if meta.get(k) != v]
+        if differ:
+            raise SnapshotError(f"{path}: state file written for another configuration: {'; '.join(differ)}")
+        if len(arrays["ids"]) > max_streams:
+            raise SnapshotError(f"{path}: state file holds {len(arrays['ids'])} streams, max_streams is {max_streams}")
+    except SnapshotError as exc:
+        if on_mismatch == "fail":
+            raise
+        aside = path.with_name(f"{path.name}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        os.replace(path, aside)
+        log.warning("%s; moved aside to %s, starting empty", exc, aside)
+        return None
+    return arrays, meta

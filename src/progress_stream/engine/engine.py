@@ -1,0 +1,309 @@
+"""The engine: streams, ordering and retries, batching, eviction and snapshots. No web imports.
+
+Transports (HTTP, WebSocket, a future gRPC front, tests, benchmarks) call :class:`Engine` and map
+its :mod:`progress_stream.contract.errors` to their own codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from progress_stream.contract.errors import Overloaded, SeqConflict, ShuttingDown, StreamNotFound
+from progress_stream.engine.batcher import Batcher
+from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
+from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
+from progress_stream.engine.durability.takeover import SharedStreams
+from progress_stream.engine.metrics import Metrics
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.engine.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs, and nothing of the web layer (hosts, keys, origins, body limits).
+
+    The web ``Settings`` derives one with ``engine_config()``; tests and benchmarks build their own.
+    """
+
+    max_streams: int = 10_000
+    idle_ttl_s: float = 600.0
+    max_batch: int = 1024
+    max_wait_us: int = 200
+    inference_in_thread: bool = False
+    max_queue_frames: int = 200_000
+    retained_window: int = 512
+    max_frames_per_message: int = 256
+    state_file: Path | None = None
+    state_on_mismatch: str = "fail"
+    snapshot_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.retained_window < self.max_frames_per_message:
+            raise ValueError("retained_window must be at least max_frames_per_message")
+
+
+class Engine:
+    def __init__(
+        self,
+        runtime: CellRuntime,
+        config: EngineConfig,
+        metrics: Metrics | None = None,
+        store: RedisStore | None = None,
+    ):
+        """``store``: a shared store (Redis) that other replicas read too; see :mod:`.durability.takeover`."""
+        self.runtime = runtime
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.table = StreamTable(config.max_streams, runtime.hidden_dim, config.retained_window)
+        self.batcher = Batcher(
+            runtime,
+            self.table,
+            self.metrics,
+            config.max_batch,
+            config.max_wait_us,
+            in_thread=config.inference_in_thread,
+        )
+        self.metrics.watch(lambda: len(self.table), lambda: self.table.queued_frames)
+        self.metrics.model.info({k: str(v) for k, v in self.model_summary().items()})
+        self.shared = (
+            SharedStreams(store, self.table, self.batcher, self.metrics, config.snapshot_interval_s) if store else None
+        )
+        self.accepting = True
+        self.max_queue_frames = config.max_queue_frames
+        self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop  # set by start(): submit() runs on it
+
+    def model_summary(self) -> dict:
+        meta = self.runtime.metadata
+        return {
+            "embedding_dim": self.runtime.embedding_dim,
+            "hidden_dim": self.runtime.hidden_dim,
+            "position_encoding": meta["position_encoding"],
+            "format_version": meta["format_version"],
+            "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
+            "providers": ",".join(self.runtime.providers),
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        state_file = self.config.state_file
+        if state_file is not None:
+            self.restore(Path(state_file))
+        self._tasks = [
+            asyncio.create_task(self.batcher.run(), name="batcher"),
+            asyncio.create_task(self._evict_loop(), name="evictor"),
+        ]
+        if state_file is not None:
+            self._tasks.append(asyncio.create_task(self._snapshot_loop(Path(state_file)), name="snapshots"))
+        if self.shared is not None:
+            await self.shared.check()
+            self._tasks.append(asyncio.create_task(self.shared.run(), name="store"))
+
+    async def stop(self) -> None:
+        """Stop accepting, finish every accepted frame, snapshot, stop the tasks."""
+        self.accepting = False
+        await self.batcher.drain()
+        if self.config.state_file is not None:
+            await self.snapshot(Path(self.config.state_file))
+        if self.shared is not None:  # every stream, so the next owner continues exactly
+            try:
+                await self.shared.save(everything=True)
+            except StoreUnavailable as exc:
+                log.error("final write to the state store failed: %s", exc)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.batcher.close()
+        if self.shared is not None:
+            await self.shared.store.close()
+
+    # --- streams -----------------------------------------------------------------------------
+    def create(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+        """``(stream, created)``: an existing id answers its stream (creation is idempotent)."""
+        if stream_id is not None and stream_id in self.table.streams:
+            stream = self.table.streams[stream_id]
+            stream.last_seen = time.monotonic()
+            return stream, False
+        return self.table.create(stream_id or secrets.token_hex(16)), True
+
+    async def find(self, stream_id: str) -> Stream | None:
+        """The stream held here, else taken over from the shared store; None if it is nowhere."""
+        stream = self.table.streams.get(stream_id)
+        if stream is None and self.shared is not None:
+            stream = await self.shared.take_over(stream_id)
+        return stream
+
+    async def open(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+        """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
+        if stream_id is not None and (stream := await self.find(stream_id)) is not None:
+            stream.last_seen = time.monotonic()
+            return stream, False
+        if stream_id is not None and stream_id in self.table.streams:  # created by another request meanwhile
+            return self.table.streams[stream_id], False
+        stream, created = self.create(stream_id)
+        if self.shared is not None:
+            await self.shared.created(stream)
+        return stream, created
+
+    async def get(self, stream_id: str) -> Stream:
+        stream = await self.find(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+        return stream
+
+    async def delete(self, stream_id: str) -> None:
+        stream = self.table.streams.get(stream_id)
+        if stream is not None:
+            self.table.remove(stream)
+        stored = self.shared is not None and await self.shared.forget(stream_id)
+        if stream is None and not stored:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+
+    async def resubmit(
+        self, stream: Stream, conflict: SeqConflict, seq: int, frames: np.ndarray, reset: bool
+    ) -> asyncio.Future:
+        """After a conflict: if the copy here is behind what the client sent and the shared store holds it
+        further along, reload it and submit again; otherwise the conflict stands."""
+        if self.shared is None or seq <= stream.next_seq or not await self.shared.catch_up(stream):
+            raise conflict
+        return self.submit(stream, seq, frames, reset)
+
+    def describe(self, stream: Stream) -> dict:
+        return {
+            "stream_id": stream.id,
+            "next_seq": stream.next_seq,
+            "processed_seq": stream.done_seq,
+            "step": int(self.table.step[stream.slot]),
+            "pending_frames": stream.next_seq - stream.done_seq,
+            "created_at": stream.created_at,
+            "idle_s": round(time.monotonic() - stream.last_seen, 3),
+        }
+
+    # --- frames ------------------------------------------------------------------------------
+    def submit(self, stream: Stream, seq: int, frames: np.ndarray, reset: bool = False) -> asyncio.Future:
+        """Accept frames ``seq .. seq+n-1`` of ``stream`` (or find a retry's results); the future yields
+        their progress. A caller that holds the stream across messages (a WebSocket) skips the lookup
+        by id; a stream removed meanwhile answers :class:`StreamNotFound`.
+
+        A retry may wait on the same future: callers that can be cancelled await it through
+        ``asyncio.shield``. Cancelling never undoes accepted work: the frames are still processed.
+        """
+        if stream.closed:
+            raise StreamNotFound(f"stream {stream.id!r} was deleted or evicted")
+        stream.last_seen = time.monotonic()
+        n = len(frames)
+        if seq == stream.next_seq:
+            if not self.accepting:
+                raise ShuttingDown("the server is shutting down; reconnect and resume from next_seq")
+            if self.table.queued_frames + n > self.max_queue_frames:
+                raise Overloaded(f"{self.table.queued_frames} frames already wait for inference; retry shortly")
+            future = self._loop.create_future()
+            if self.table.accept(stream, Chunk(seq, frames, reset, future)):
+                self.batcher.ready(stream)
+            return future
+        if seq > stream.next_seq:
+            raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
+        # seq was accepted before: a retry is answered only if it is the same chunk
+        differs = self.table.difference(stream, seq, n, reset, chunk_digest(frames))
+        if differs is not None:
+            raise SeqConflict(f"seq {seq} {differs}; the stream continues at {stream.next_seq}", stream.next_seq)
+        stored = self.table.replay(stream, seq, n)
+        if stored is not None:
+            future = self._loop.create_future()
+            future.set_result(stored)
+            return future
+        for chunk in stream.pending:
+            if chunk.seq == seq:
+                return chunk.future
+        raise SeqConflict(
+            f"seq {seq} (+{n} frames) is older than this stream retains (window {self.table.window} frames); "
+            f"the stream continues at {stream.next_seq}",
+            stream.next_seq,
+        )
+
+    async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
+        """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
+        stream = await self.get(stream_id)
+        try:
+            future = self.submit(stream, seq, frames, reset)
+        except SeqConflict as conflict:
+            future = await self.resubmit(stream, conflict, seq, frames, reset)
+        progress = await asyncio.shield(future)
+        return progress, stream.next_seq
+
+    async def progress_once(self, frames: np.ndarray) -> np.ndarray:
+        """Stateless: every frame of one action through a temporary stream."""
+        # marked by its flag; its id has a character no client id may have, so it can never collide
+        stream = self.table.create("~" + secrets.token_hex(8), durable=False)
+        try:
+            return await asyncio.shield(self.submit(stream, 0, frames))
+        finally:
+            if self.table.streams.get(stream.id) is stream:
+                self.table.remove(stream)
+
+    # --- housekeeping ------------------------------------------------------------------------
+    def evict_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        ttl = self.config.idle_ttl_s
+        idle = [s for s in self.table.streams.values() if now - s.last_seen > ttl and not s.busy and not s.pending]
+        for stream in idle:
+            self.table.remove(stream)
+        self.metrics.evictions.inc(len(idle))
+        return len(idle)
+
+    async def _evict_loop(self) -> None:
+        period = min(1.0, self.config.idle_ttl_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if evicted := self.evict_idle():
+                log.info("evicted %d idle streams", evicted)
+
+    async def snapshot(self, path: Path) -> int:
+        """Write every stream's processed state atomically; returns how many streams."""
+        async with self.batcher.cycle_lock:
+            streams = [s for s in self.table.streams.values() if s.durable]
+            arrays = {
+                "ids": np.array([s.id for s in streams], dtype=str),
+                "done_seq": np.array([s.done_seq for s in streams], np.int64),
+                "created_at": np.array([s.created_at for s in streams], np.float64),
+                **self.table.rows_of(streams),
+            }
+        await asyncio.to_thread(write_snapshot, path, arrays, self.snapshot_identity())
+        return len(streams)
+
+    def snapshot_identity(self) -> dict:
+        """What a state file must match to be restored here (the model and the retained window)."""
+        return identity(self.runtime.metadata.get("checkpoint_sha256", ""), self.table.window)
+
+    def restore(self, path: Path) -> int:
+        """Restore the state file at ``path`` if there is one; see :func:`.durability.snapshot.load_state`."""
+        loaded = load_state(path, self.snapshot_identity(), self.config.max_streams, self.config.state_on_mismatch)
+        if loaded is None:
+            return 0
+        arrays, _ = loaded
+        for i, stream_id in enumerate(arrays["ids"]):
+            rows = {name: arrays[name][i] for name in SLOT_ARRAYS}
+            self.table.restore(str(stream_id), int(arrays["done_seq"][i]), float(arrays["created_at"][i]), rows)
+        log.info("restored %d streams from %s", len(arrays["ids"]), path)
+        return len(arrays["ids"])
+
+    async def _snapshot_loop(self, path: Path) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                await self.snapshot(path)
+            except OSError as exc:
+                self.metrics.snapshot_failures.inc()
+                log.error("snapshot to %s failed: %s", path, exc)

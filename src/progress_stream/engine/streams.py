@@ -1,0 +1,311 @@
+"""The stream table, the one owner of stream state: per-stream bookkeeping, the recurrent state in
+preallocated slot arrays, and every transition of both (accept, gather a batch, complete it, rewind
+it, remove a stream). The batcher only decides when and runs the model; the engine only checks.
+
+Transitions are synchronous and unit-tested as such (``tests/service/test_streams.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from progress_stream.contract.errors import InferenceFailed, StreamNotFound, TooManyStreams
+
+
+@dataclass(eq=False, slots=True)
+class Chunk:
+    """Frames ``seq .. seq+n-1`` of one stream, accepted and waiting for (or under) inference."""
+
+    seq: int
+    frames: np.ndarray
+    reset: bool
+    future: asyncio.Future
+    pos: int = 0  # frames of this chunk already processed
+    out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    id: str
+    slot: int
+    next_seq: int = 0  # frames accepted
+    done_seq: int = 0  # frames processed (their outputs are in the table)
+    created_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    pending: deque[Chunk] = field(default_factory=deque)
+    in_cycle: int = 0  # frames of it in the batch now under inference
+    closed: bool = False  # removed from the table (a batch still holding it frees its slot when done)
+    durable: bool = True  # snapshotted; False for the temporary stream of a stateless request
+    saved_seq: int = -1  # done_seq at its last write to a shared store (-1: never written)
+
+    @property
+    def busy(self) -> bool:
+        return self.in_cycle > 0
+
+    @property
+    def queued(self) -> int:
+        """Accepted frames not yet processed and not in the running cycle."""
+        return sum(len(c.frames) - c.pos for c in self.pending) - self.in_cycle
+
+
+@dataclass(eq=False)
+class Batch:
+    """The rows of one cycle: streams, their chunks, how many frames each, and the gathered inputs.
+
+    ``emb`` and ``out`` are ``(steps, rows, …)`` views of the batcher's preallocated buffers.
+    """
+
+    streams: list[Stream]
+    chunks: list[Chunk]
+    slots: np.ndarray
+    counts: np.ndarray
+    steps0: np.ndarray
+    state: np.ndarray
+    emb: np.ndarray
+    out: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def filter(self, keep: np.ndarray) -> Batch:
+        """The rows where the boolean mask ``keep`` holds (``self`` when it holds everywhere)."""
+        if keep.all():
+            return self
+        rows = np.flatnonzero(keep)
+        return Batch(
+            [self.streams[i] for i in rows],
+            [self.chunks[i] for i in rows],
+            self.slots[rows],
+            self.counts[rows],
+            self.steps0[rows],
+            self.state[rows],
+            self.emb[:, rows],
+            self.out[:, rows],
+        )
+
+
+#: The per-slot arrays of :class:`StreamTable`: what a snapshot keeps of each stream besides its counters.
+SLOT_ARRAYS = ("state", "step", "outputs", "chunk_seq", "chunk_shape", "chunk_digest")
+
+
+def chunk_digest(frames: np.ndarray) -> bytes:
+    """64 bits of BLAKE2b over a chunk's float32 bytes (C-contiguous, as parsed): a retry must carry the
+    same data. Kept as 8 bytes in a uint64 slot array (its little-endian value)."""
+    return hashlib.blake2b(frames, digest_size=8).digest()
+
+
+class StreamTable:
+    """Streams by id; hidden state, step, the last ``window`` outputs and the chunks accepted over them
+    live in arrays indexed by slot (a chunk is recorded at the position of its first frame)."""
+
+    def __init__(self, capacity: int, hidden_dim: int, window: int):
+        self.capacity = capacity
+        self.window = window
+        self.state = np.zeros((capacity, hidden_dim), np.float32)
+        self.step = np.zeros(capacity, np.int64)
+        self.outputs = np.zeros((capacity, window), np.float32)
+        # seq + 1 of the chunk that starts at this position (0: none), its frames × 2 + reset, its digest
+        self.chunk_seq = np.zeros((capacity, window), np.int64)
+        self.chunk_shape = np.zeros((capacity, window), np.int32)
+        self.chunk_digest = np.zeros((capacity, window), np.uint64)
+        self._digest_bytes = self.chunk_digest.view("V8")  # the same memory: a digest is stored as it comes
+        self.streams: dict[str, Stream] = {}
+        self.queued_frames = 0  # accepted frames not yet processed, over every stream
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def create(self, stream_id: str, durable: bool = True) -> Stream:
+        if not self._free:
+            raise TooManyStreams(f"the server holds its maximum of {self.capacity} streams; retry later")
+        slot = self._free.pop()
+        self.state[slot] = 0.0
+        self.step[slot] = 0
+        self.chunk_seq[slot] = 0
+        stream = Stream(stream_id, slot, durable=durable)
+        self.streams[stream_id] = stream
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        try:
+            return self.streams[stream_id]
+        except KeyError:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)") from None
+
+    def remove(self, stream: Stream) -> None:
+        """Forget ``stream``; its waiting chunks fail, its slot is freed once no batch holds it."""
+        self.streams.pop(stream.id, None)
+        self.queued_frames -= stream.queued  # frames in a running batch are counted off when it completes
+        for chunk in stream.pending:
+            if not chunk.future.done():
+                chunk.future.set_exception(StreamNotFound(f"stream {stream.id!r} was deleted"))
+        stream.pending.clear()
+        stream.closed = True
+        if not stream.busy:
+            self._free.append(stream.slot)
+
+    def accept(self, stream: Stream, chunk: Chunk) -> bool:
+        """Take ``chunk`` (its seq is ``next_seq``); True if the stream just became ready for a batch."""
+        n = len(chunk.frames)
+        self.remember(stream, chunk.seq, n, chunk.reset, chunk_digest(chunk.frames))
+        stream.pending.append(chunk)
+        stream.next_seq += n
+        self.queued_frames += n
+        return not stream.in_cycle and len(stream.pending) == 1
+
+    def gather(self, ready: deque[Stream], max_rows: int, emb: np.ndarray, out: np.ndarray) -> Batch | None:
+        """Up to ``max_rows`` ready streams, each with the next ``≤ len(emb)`` frames of its oldest chunk,
+        copied into the buffers ``emb (steps, rows, D)`` / ``out (steps, rows)``."""
+        streams, chunks, counts = [], [], []
+        while ready and len(streams) < max_rows:
+            stream = ready.popleft()
+            if stream.closed or not stream.pending:
+                continue
+            chunk = stream.pending[0]
+            stream.in_cycle = min(len(chunk.frames) - chunk.pos, len(emb))
+            streams.append(stream)
+            chunks.append(chunk)
+            counts.append(stream.in_cycle)
+        if not streams:
+            return None
+        rows, k = len(streams), max(counts)
+        inputs = emb[:k, :rows]
+        slots = np.fromiter((s.slot for s in streams), np.int64, rows)
+        steps0 = self.step[slots]
+        if k == 1:  # one frame per row (the common case of 1-frame messages): one copy for all rows
+            np.concatenate([c.frames[c.pos : c.pos + 1] for c in chunks], out=inputs[0])
+        else:
+            for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
+                inputs[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
+        resets = [i for i, c in enumerate(chunks) if c.reset and c.pos == 0]
+        steps0[resets] = 0
+        return Batch(streams, chunks, slots, np.array(counts), steps0, self.state[slots], inputs, out[:k, :rows])
+
+    def complete(self, batch: Batch) -> list[Stream]:
+        """Store a run batch's state and outputs, answer every chunk it finished; the streams that still
+        have frames waiting (to go back to the ready queue). Rows of streams removed meanwhile free
+        their slots and store nothing."""
+        self.queued_frames -= int(batch.counts.sum())
+        if any(s.closed for s in batch.streams):  # rare: only then build the mask
+            closed = np.fromiter((s.closed for s in batch.streams), bool, len(batch))
+            for stream in (s for s, gone in zip(batch.streams, closed, strict=True) if gone):
+                stream.in_cycle = 0
+                self._free.append(stream.slot)
+            batch = batch.filter(~closed)
+        self.state[batch.slots] = batch.state
+        self.step[batch.slots] = batch.steps0 + batch.counts
+        seqs = np.fromiter((ch.seq + ch.pos for ch in batch.chunks), np.int64, len(batch))
+        self.record(batch.slots, seqs, batch.counts, batch.out)
+        out = batch.out.T.copy()  # (rows, K), this batch's own: each whole chunk's result is a view into it
+        again = []
+        for i, (stream, chunk, n) in enumerate(zip(batch.streams, batch.chunks, batch.counts.tolist(), strict=True)):
+            stream.done_seq += n
+            stream.in_cycle = 0
+            if chunk.pos == 0 and n == len(chunk.frames):  # the whole chunk in this batch: the common case
+                result = out[i, :n]
+            else:
+                if chunk.out is None:
+                    chunk.out = np.empty(len(chunk.frames), np.float32)
+                chunk.out[chunk.pos : chunk.pos + n] = out[i, :n]
+                result = chunk.out
+            chunk.pos += n
+            if chunk.pos == len(chunk.frames):
+                stream.pending.popleft()
+                if not chunk.future.done():
+                    chunk.future.set_result(result)
+            if stream.pending:
+                again.append(stream)
+        return again
+
+    def rewind(self, batch: Batch, exc: Exception) -> None:
+        """A failed model call: fail every waiting chunk of the batch's streams (later chunks built on
+        the failed one); the streams keep their state and go back to ``next_seq = done_seq``, from where
+        clients resend."""
+        for stream in batch.streams:
+            if stream.closed:  # removed meanwhile: only its frames in this batch are still counted
+                self.queued_frames -= stream.in_cycle
+                stream.in_cycle = 0
+                self._free.append(stream.slot)
+                continue
+            stream.in_cycle = 0
+            self.queued_frames -= stream.queued
+            for chunk in stream.pending:
+                if not chunk.future.done():
+                    message = f"inference failed ({exc}); resend from seq {stream.done_seq}"
+                    chunk.future.set_exception(InferenceFailed(message, stream.done_seq))
+            stream.pending.clear()
+            stream.next_seq = stream.done_seq
+
+    def restore(self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray]) -> Stream:
+        """A stream from a snapshot: its counters and its row of every slot array."""
+        stream = self.create(stream_id)
+        stream.created_at = created_at
+        self.overwrite(stream, done_seq, rows)
+        return stream
+
+    def overwrite(self, stream: Stream, done_seq: int, rows: dict[str, np.ndarray]) -> None:
+        """Replace an idle stream's state with a stored one (newer, from another replica)."""
+        stream.next_seq = stream.done_seq = stream.saved_seq = done_seq
+        for name in SLOT_ARRAYS:
+            getattr(self, name)[stream.slot] = rows[name]
+
+    def rows_of(self, streams: list[Stream]) -> dict[str, np.ndarray]:
+        """Each slot array's rows for ``streams``, as a snapshot must hold them: a chunk partly processed
+        is recorded as its processed head, so a client's resend of that head still matches after a restore."""
+        rows = {name: getattr(self, name)[np.array([s.slot for s in streams], np.int64)] for name in SLOT_ARRAYS}
+        for row, stream in enumerate(streams):
+            if stream.pending and stream.pending[0].pos:
+                head = stream.pending[0]
+                pos = head.seq % self.window
+                rows["chunk_shape"][row, pos] = 2 * head.pos + head.reset
+                rows["chunk_digest"][row, pos] = int.from_bytes(chunk_digest(head.frames[: head.pos]), "little")
+        return rows
+
+    @staticmethod
+    def layout(hidden_dim: int, window: int) -> dict[str, tuple[np.dtype, int]]:
+        """Each slot array's dtype and items per stream (how a shared store lays out one stream)."""
+        table = StreamTable(1, hidden_dim, window)
+        return {
+            name: (getattr(table, name).dtype, int(np.prod(getattr(table, name).shape[1:]))) for name in SLOT_ARRAYS
+        }
+
+    def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+        """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""
+        full = int(counts.min())
+        for t in range(out.shape[0]):
+            rows = slice(None) if t < full else np.flatnonzero(counts > t)
+            self.outputs[slots[rows], (seqs[rows] + t) % self.window] = out[t, rows]
+
+    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> None:
+        """Record an accepted chunk, so that a retry of it can be told from a different chunk."""
+        pos = seq % self.window
+        self.chunk_seq[stream.slot, pos] = seq + 1
+        self.chunk_shape[stream.slot, pos] = 2 * n + reset
+        self._digest_bytes[stream.slot, pos] = digest
+
+    def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> str | None:
+        """``None`` if frames ``seq..`` are the chunk accepted at ``seq``; otherwise what differs."""
+        pos = seq % self.window
+        if self.chunk_seq[stream.slot, pos] != seq + 1:
+            return "is not the first frame of a chunk this stream still retains (an overlap, or too old)"
+        accepted_n, accepted_reset = divmod(int(self.chunk_shape[stream.slot, pos]), 2)
+        if accepted_n != n:
+            return f"was accepted with {accepted_n} frames, not {n}"
+        if accepted_reset != reset:
+            return f"was accepted with reset {bool(accepted_reset)}, not {reset}"
+        if self._digest_bytes[stream.slot, pos].tobytes() != digest:
+            return "was accepted with different embeddings"
+        return None
+
+    def replay(self, stream: Stream, seq: int, n: int) -> np.ndarray | None:
+        """Stored outputs of frames ``seq .. seq+n-1`` if all are processed and still retained."""
+        if seq >= stream.done_seq - self.window and seq + n <= stream.done_seq:
+            return self.outputs[stream.slot, np.arange(seq, seq + n) % self.window].copy()
+        return None

@@ -1,0 +1,177 @@
+"""Guards at the edge: everything that can be refused without the body is refused before it is read.
+
+An ASGI middleware in front of every route and the WebSocket. In order: the ``Origin`` of a browser
+(a cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
+request with a body its encoding and type, its declared length, and finally the body itself, read
+here with a byte count (chunked bodies included) and a deadline. A refusal is answered at once in
+the error shape with ``Connection: close``, so an unread body is never buffered. The handlers then
+get the body already read. Incomplete request headers are :mod:`progress_stream.server.http_protocol`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from progress_stream.contract.errors import (
+    ForbiddenOrigin,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    error_headers,
+)
+from progress_stream.contract.wire import bearer_subprotocol
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """The client went away while its body was being read: nothing to answer."""
+
+
+class Admission:
+    """Who may use the API: a browser's ``Origin`` and the API key. The edge asks it of every request;
+    the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake."""
+
+    def __init__(self, api_key: str | None, allowed_origins: str):
+        self.api_key = f"Bearer {api_key}".encode() if api_key else None
+        self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
+        self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
+
+    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> None:
+        """Raise the refusal for a request with these (lower-cased) headers, if it is refused."""
+        self.check_origin(headers)
+        if path.startswith("/v1/"):
+            self.check_key(headers, websocket)
+
+    def check_origin(self, headers: dict[bytes, bytes]) -> None:
+        """A request without ``Origin`` (every non-browser client) passes; a browser's must be the
+        server's own origin (same host and port) or one of ``allowed_origins``."""
+        origin = headers.get(b"origin")
+        if origin is None or "*" in self.origins:
+            return
+        text = origin.decode("latin-1").strip().rstrip("/").lower()
+        if text in self.origins or urlsplit(text).netloc == headers.get(b"host", b"").decode("latin-1").lower():
+            return
+        raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
+
+    def check_key(self, headers: dict[bytes, bytes], websocket: bool) -> None:
+        """``Authorization: Bearer KEY``; a browser's WebSocket may offer the key as a subprotocol instead."""
+        if not self.api_key or hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
+            return
+        if websocket:
+            offered = (p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b","))
+            if any(hmac.compare_digest(p, self.ws_token) for p in offered):
+                return
+        raise Unauthorized("send 'Authorization: Bearer <API key>'")
+
+
+class EdgeGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admission: Admission,
+        body_limit: Callable[[str], int],
+        body_timeout_s: float,
+        count_error: Callable[[Scope, str], None] = lambda scope, code: None,
+    ):
+        self.app = app
+        self.admission = admission
+        self.body_limit = body_limit
+        self.body_timeout = body_timeout_s
+        self.count_error = count_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            self.admission.check(headers, scope["path"], scope["type"] == "websocket")
+            if scope["type"] == "http":
+                receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
+        except ServiceError as exc:
+            self.count_error(scope, exc.code)
+            await refuse(scope, receive, send, exc)
+            return
+        except Disconnected:
+            return
+        await self.app(scope, receive, send)
+
+    async def read_body(self, headers: dict[bytes, bytes], receive: Receive, limit: int) -> Receive:
+        """The whole body, bounded in size and time; returns the ``receive`` the app will see."""
+        declared = headers.get(b"content-length")
+        if (declared is None and b"transfer-encoding" not in headers) or declared == b"0":
+            return receive
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding != b"identity":
+            name = encoding.decode("latin-1")[:20]
+            raise UnsupportedMediaType(f"Content-Encoding {name!r} is not accepted: send the body uncompressed")
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            raise UnsupportedMediaType("a body must be sent with Content-Type: application/json")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise PayloadTooLarge("body", f"body of {declared.decode('latin-1')[:20]} bytes exceeds {limit}")
+        parts, size = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Disconnected
+                    size += len(message.get("body", b""))
+                    if size > limit:
+                        raise PayloadTooLarge("body", f"body exceeds {limit} bytes")
+                    parts.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s") from None
+        return replay(b"".join(parts), receive)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then waits on the real one (disconnects)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
+    """Answer ``exc`` in the error shape; a WebSocket handshake is refused with the same HTTP answer."""
+    body = orjson.dumps(error_body(exc))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (error_headers(exc.code) or {}).items()),
+    ]
+    prefix = ""
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            return
+        prefix = "websocket."
+    else:
+        headers.append((b"connection", b"close"))  # the unread rest of the body is never read
+    await send({"type": f"{prefix}http.response.start", "status": exc.spec.status, "headers": headers})
+    await send({"type": f"{prefix}http.response.body", "body": body})

@@ -1,0 +1,84 @@
+"""One stream's WebSocket protocol, whatever carries the socket: parse, submit, answer, errors.
+
+Both data planes use it: the ASGI route (:mod:`progress_stream.server.sockets.asgi`) and the native one
+(:mod:`progress_stream.server.sockets.native`), so a stream may be used from either and they cannot drift apart. A
+socket is answered strictly in order: the batcher advances a stream by at most one message per
+cycle, so taking the next message before this one is answered would gain nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+
+from progress_stream.contract.binary import REQUEST_HEADER, binary_reply
+from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict, ServiceError, error_body
+from progress_stream.contract.wire import Wire
+from progress_stream.engine.engine import Engine
+from progress_stream.engine.streams import Stream
+
+
+class StreamSocket:
+    """The state of one socket of one stream between its messages."""
+
+    __slots__ = ("conflicted", "engine", "latency", "seq", "stream", "wire")
+
+    def __init__(self, engine: Engine, wire: Wire, stream: Stream):
+        self.engine = engine
+        self.wire = wire
+        self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
+        self.latency = engine.metrics.request_seconds.labels("ws")
+        self.seq: int | None = None  # the seq of the message being answered, once known (errors carry it)
+        self.conflicted: tuple = ()  # (seq, frames, reset) of a message that just met a seq conflict
+
+    def submit(self, data: bytes | str, binary: bool) -> asyncio.Future:
+        """Parse and submit one message; its future yields the progress of its frames."""
+        self.seq = None
+        if binary:
+            try:
+                seq, frames, reset = self.wire.parse_binary(data)
+            except BadInput:
+                self.seq = REQUEST_HEADER.unpack_from(data)[0]  # the header parsed; its content did not
+                raise
+        else:
+            try:
+                seq, frames, reset = self.wire.parse_frames(data)
+            except BadInput as exc:
+                if exc.field == "body":  # not a JSON object at all: the framing is broken
+                    raise ProtocolViolation(exc.message) from None
+                self.seq = seq_of(data)
+                raise
+        self.seq = seq
+        try:
+            return self.engine.submit(self.stream, seq, frames, reset)
+        except SeqConflict:
+            self.conflicted = (seq, frames, reset)  # kept only on this path: the hot one allocates nothing
+            raise
+
+    async def resubmit(self, conflict: SeqConflict) -> asyncio.Future:
+        """After a conflict: a copy behind the client may catch up from the shared store, else it stands."""
+        conflicted, self.conflicted = self.conflicted, ()
+        return await self.engine.resubmit(self.stream, conflict, *conflicted)
+
+    def reply(self, progress: np.ndarray, binary: bool) -> bytes:
+        """The answer to the message just processed (JSON as UTF-8 bytes)."""
+        if binary:
+            return binary_reply(self.seq, self.stream.next_seq, progress)
+        reply = {"seq": self.seq, "progress": progress, "next_seq": self.stream.next_seq}
+        return orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def error(self, exc: ServiceError) -> tuple[bytes, int | None]:
+        """The error message for ``exc`` and the close code that must follow it (None: stay open)."""
+        self.engine.metrics.errors.labels(exc.code).inc()
+        return orjson.dumps({"seq": self.seq, **error_body(exc)}), exc.spec.ws_close
+
+
+def seq_of(data: bytes | str) -> int | None:
+    """The seq of a message that failed validation, if it has a usable one (for its error message)."""
+    try:
+        seq = orjson.loads(data).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None

@@ -1,0 +1,1 @@
+"""Training the ProgressHead (PyTorch): data, synthetic families, the recipe, evaluation, search and reports."""

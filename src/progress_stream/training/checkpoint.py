@@ -1,0 +1,83 @@
+"""The checkpoint schema: the one module that writes and reads ``best.pt``.
+
+A checkpoint is a dict with ``schema`` (:data:`SCHEMA_VERSION`), ``model_config`` (the
+:class:`ProgressHead` arguments), ``state_dict``, ``train_config`` (the full :class:`TrainConfig`),
+``data`` (training-set statistics) and ``metrics`` (validation at the kept epoch). Export, evaluation,
+reports and benchmarks read it through :func:`load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progress_stream.training.config import TrainConfig
+from progress_stream.training.model import ProgressHead
+
+SCHEMA_VERSION = 2
+KEYS = ("schema", "model_config", "state_dict", "train_config", "data", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this schema; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds besides the weights."""
+
+    path: Path
+    model_config: dict[str, Any]
+    train_config: TrainConfig
+    data: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def save_checkpoint(
+    path: Path, model: ProgressHead, cfg: TrainConfig, data: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Write atomically (a temporary file renamed over ``path``): a reader never sees half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "schema": SCHEMA_VERSION,
+            "model_config": dict(model.config),
+            "state_dict": model.state_dict(),
+            "train_config": cfg.to_dict(),
+            "data": data,
+            "metrics": metrics,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ProgressHead, Checkpoint]:
+    """Rebuild the head (eval mode) from ``path``; a file of another schema is a :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
+        found = raw.get("schema", "none") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path}: checkpoint schema {found}, this version reads schema {SCHEMA_VERSION}")
+    missing = [k for k in KEYS if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    try:
+        model = ProgressHead(**raw["model_config"])
+        model.load_state_dict(raw["state_dict"])
+        cfg = TrainConfig(**raw["train_config"])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc
+    model.eval()
+    meta = Checkpoint(path, dict(raw["model_config"]), cfg, raw["data"], raw["metrics"])
+    return model, meta

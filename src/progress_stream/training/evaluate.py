@@ -1,0 +1,108 @@
+"""Causal evaluation: every head and content-free baselines, per-action OGPE and friends."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from progress_stream.training.data import Dataset, ground_truth
+from progress_stream.training.model import ProgressHead
+from progress_stream.training.sampling import pad
+
+LENGTH_BINS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, 200), (201, None))
+
+
+def bin_name(lo: int, hi: int | None) -> str:
+    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+
+
+@torch.no_grad()
+def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256) -> list[np.ndarray]:
+    """Progress at every frame of every action, using only frames from the action's start to it.
+
+    A streamable (or position-free) head is causal in one pass; the ``relative`` head's feature
+    depends on the prefix length, so each prefix is recomputed, as its design implies.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    preds: list[np.ndarray] = [np.empty(0, np.float32)] * len(data.actions)
+    if model.streamable:
+        order = np.argsort(data.lengths)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x, lengths = pad([data.features[i] for i in idx])
+            out = model(x.to(device), lengths.to(device), dense=True).cpu().numpy()
+            for row, i in enumerate(idx):
+                preds[i] = out[row, : lengths[row]]
+        return preds
+    for i, feats in enumerate(data.features):
+        out = []
+        for lo in range(0, len(feats), batch_size):
+            ends = range(lo + 1, min(lo + batch_size, len(feats)) + 1)
+            x, lengths = pad([feats[:e] for e in ends])
+            out.append(model(x.to(device), lengths.to(device)).cpu().numpy())
+        preds[i] = np.concatenate(out)
+    return preds
+
+
+class LengthBayes:
+    """Content-free predictor: after t frames, the 1/L-weighted median of t/L over training actions with L ≥ t.
+
+    Weighting each action by 1/L makes every action count once, so this is the best predictor that
+    sees only t for the per-action OGPE.
+    """
+
+    def __init__(self, train_lengths: np.ndarray):
+        lengths = np.sort(np.asarray(train_lengths, dtype=np.float64))[::-1]
+        cum_w = np.cumsum(1.0 / lengths)
+        t = np.arange(1, int(lengths[0]) + 1)
+        count = np.searchsorted(-lengths, -t, side="right")  # actions with L >= t
+        idx = np.array([np.searchsorted(cum_w[:k], cum_w[k - 1] / 2.0) for k in count])
+        self.table = np.concatenate([[0.0], t / lengths[idx]]).astype(np.float32)
+
+    def __call__(self, length: int) -> np.ndarray:
+        t = np.arange(1, length + 1)
+        return np.where(t < len(self.table), self.table[np.minimum(t, len(self.table) - 1)], 1.0).astype(np.float32)
+
+
+def baselines(train_lengths: np.ndarray) -> dict[str, Callable[[int], np.ndarray]]:
+    """The content-free reference predictors, each a function of an action's length."""
+    return {
+        "constant_0.5": lambda n: np.full(n, 0.5, dtype=np.float32),
+        "length_bayes": LengthBayes(train_lengths),
+        "oracle": ground_truth,
+    }
+
+
+def _edge(n: int) -> int:
+    return max(1, math.ceil(0.1 * n))
+
+
+def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
+    """OGPE (per action, then mean), frame-weighted OGPE, normalised OGPE, start/end means, per-length bins."""
+    gts = [ground_truth(int(n)) for n in lengths]
+    errs = [np.abs(p - g) for p, g in zip(preds, gts, strict=True)]
+    per_action = np.array([e.mean() for e in errs])
+    const = np.array([np.abs(0.5 - g).mean() for g in gts])
+    bins = {}
+    for lo, hi in LENGTH_BINS:
+        sel = (lengths >= lo) & (lengths <= (hi if hi is not None else np.inf))
+        bins[bin_name(lo, hi)] = {
+            "ogpe": float(per_action[sel].mean()) if sel.any() else None,
+            "n": int(sel.sum()),
+        }
+    return {
+        "ogpe": float(per_action.mean()),
+        "ogpe_frames": float(sum(e.sum() for e in errs) / lengths.sum()),
+        "ogpe_normalised": float(1.0 - per_action.mean() / const.mean()),
+        "start_mean": float(np.mean([p[: _edge(len(p))].mean() for p in preds])),
+        "start_true": float(np.mean([g[: _edge(len(g))].mean() for g in gts])),
+        "end_mean": float(np.mean([p[-_edge(len(p)) :].mean() for p in preds])),
+        "end_true": float(np.mean([g[-_edge(len(g)) :].mean() for g in gts])),
+        "n_actions": len(preds),
+        "n_frames": int(lengths.sum()),
+        "length_bins": bins,
+    }

@@ -1,0 +1,64 @@
+"""Report figures: progress curves of sample actions and calibration per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from progress_stream.training.data import Dataset, ground_truth
+
+
+def sample_actions(data: Dataset) -> dict[str, int]:
+    """Index of a short, a medium and a long action (length quantiles 0.2, 0.6, 0.95)."""
+    order = np.argsort(data.lengths, kind="stable")
+    return {q: int(order[int(f * (len(order) - 1))]) for q, f in (("short", 0.2), ("medium", 0.6), ("long", 0.95))}
+
+
+def curves_plot(data: Dataset, preds: dict[str, list[np.ndarray]], path: Path) -> None:
+    picks = sample_actions(data)
+    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 4), squeeze=False)
+    for ax, (label, idx) in zip(axes[0], picks.items(), strict=True):
+        length = int(data.lengths[idx])
+        frames = np.arange(length)
+        ax.plot(frames, ground_truth(length), "k--", label="true")
+        for name, p in preds.items():
+            if name not in ("oracle", "constant_0.5"):
+                ax.plot(frames, p[idx], label=name, marker="." if length < 30 else None)
+        ax.set(
+            title=f"{label}: {data.actions[idx].label} ({length} frames)",
+            xlabel="frame",
+            ylabel="progress",
+            ylim=(-0.02, 1.02),
+        )
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibration_plot(data: Dataset, preds: dict[str, list[np.ndarray]], path: Path) -> None:
+    gt = np.concatenate([ground_truth(int(n)) for n in data.lengths])
+    decile = np.minimum((gt * 10).astype(int), 9)
+    centres = (np.arange(10) + 0.5) / 10
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", label="ideal")
+    for name, p in preds.items():
+        flat = np.concatenate(p)
+        means = [flat[decile == d].mean() if (decile == d).any() else np.nan for d in range(10)]
+        ax.plot(centres, means, marker="o", label=name)
+    ax.set(
+        xlabel="true progress (decile centre)",
+        ylabel="mean prediction",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="calibration",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,127 @@
+"""``progress sweep``: training recipes × feature families, scored on validation videos only.
+
+This is how the default recipe was chosen: by its worst case across structurally different
+families, never by the test split (each run validates on videos held out of the training handles).
+Every recipe is written out in full from :data:`BASE`, so the table keeps its meaning when the
+defaults change; ``default`` is whatever :class:`TrainConfig` holds now.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from progress_stream.training.config import TrainConfig
+
+#: A plain GRU head: the starting point every recipe below changes.
+BASE: dict[str, Any] = {
+    "hidden_dim": 64,
+    "layers": 1,
+    "members": 1,
+    "output": "sigmoid",
+    "input_norm": "none",
+    "dropout": 0.0,
+    "time_warp": 0.0,
+    "weighted_loss": False,
+    "aux_weight": 0.0,
+    "loss": "l1",
+    "edge_weight": 0.0,
+    "epochs": 40,
+}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "first-release": {"hidden_dim": 128, "output": "clamp", "weighted_loss": True},
+    "weighted": {"weighted_loss": True},
+    "clamp": {"output": "clamp"},
+    "norm": {"input_norm": "standardize"},
+    "norm+warp": {"input_norm": "standardize", "time_warp": 0.3},
+    "norm+warp0.6": {"input_norm": "standardize", "time_warp": 0.6},
+    "norm+warp+h128": {"input_norm": "standardize", "time_warp": 0.3, "hidden_dim": 128},
+    "norm+warp+2layers": {"input_norm": "standardize", "time_warp": 0.3, "layers": 2, "dropout": 0.1},
+    "norm+warp+dropout": {"input_norm": "standardize", "time_warp": 0.3, "dropout": 0.2},
+    "norm+warp+aux": {"input_norm": "standardize", "time_warp": 0.3, "aux_weight": 0.5},
+    "norm+warp+ens3": {"input_norm": "standardize", "time_warp": 0.3, "members": 3},
+    "norm+warp+ens3+l2": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "loss": "l2"},
+    "norm+warp+ens3+20ep": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "epochs": 20},
+    "norm+warp+ens3+weighted": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "weighted_loss": True},
+    "norm+warp+ens3+weighted3": {
+        "input_norm": "standardize",
+        "time_warp": 0.3,
+        "members": 3,
+        "weighted_loss": True,
+        "weight_cap": 3.0,
+    },
+    "norm+warp+ens3+h128": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidden_dim": 128},
+    "norm+warp+ens3+2layers": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "layers": 2},
+    "norm+warp+ens3+h128+edge": {
+        "input_norm": "standardize",
+        "time_warp": 0.3,
+        "members": 3,
+        "hidden_dim": 128,
+        "edge_weight": 0.5,
+    },
+    "norm+warp+h128+edge": {"input_norm": "standardize", "time_warp": 0.3, "hidden_dim": 128, "edge_weight": 0.5},
+    "norm+warp+ens3+h128+edge1": {
+        "input_norm": "standardize",
+        "time_warp": 0.3,
+        "members": 3,
+        "hidden_dim": 128,
+        "edge_weight": 1.0,
+    },
+}
+
+
+def recipe_config(name: str, threads: int = 0) -> TrainConfig:
+    """The full config of a recipe (``default``: the current defaults)."""
+    if name == "default":
+        return TrainConfig(threads=threads)
+    return TrainConfig(**{**BASE, **RECIPES[name], "threads": threads})
+
+
+def _run_one(recipe: str, data_dir: Path, out: Path, threads: int) -> dict:
+    from progress_stream.training.train import fit, load_training_data, run_scores
+
+    cfg = recipe_config(recipe, threads)
+    data = load_training_data(data_dir / "annotations.json", data_dir / "features", None, cfg.val_fraction)
+    summary = fit(cfg, data, out / recipe / data_dir.name, verbose=False)
+    return {"recipe": recipe, "data": data_dir.name, **run_scores(summary)}
+
+
+def run_sweep(data_dirs: list[Path], recipes: list[str], out: Path, jobs: int = 1) -> list[dict]:
+    """Train every recipe on every data folder (``jobs`` processes, one torch thread each when > 1)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    threads = 1 if jobs > 1 else 0
+    with ProcessPoolExecutor(jobs) as pool, (out / "sweep.jsonl").open("a") as log:
+        futures = [pool.submit(_run_one, r, d, out, threads) for r in recipes for d in data_dirs]
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="sweep", unit="run", disable=None):
+            row = fut.result()
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Per recipe: OGPE ÷ length-Bayes per data folder, then the worst ratio, start bias and end shortfall."""
+    datasets = sorted({r["data"] for r in rows})
+    by_recipe: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_recipe.setdefault(r["recipe"], {})[r["data"]] = r
+    head = ["recipe", *datasets, "worst ÷ Bayes", "worst abs(start − true)", "worst end − true", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(by_recipe, key=lambda k: max(r["ratio_to_bayes"] for r in by_recipe[k].values()))
+    for name in order:
+        got = by_recipe[name]
+        cells = [f"{got[d]['ratio_to_bayes']:.3f}" if d in got else "—" for d in datasets]
+        worst = max(r["ratio_to_bayes"] for r in got.values())
+        start = max(abs(r["start_bias"]) for r in got.values())
+        end = min(r["end_bias"] for r in got.values())
+        secs = sum(r["train_seconds"] for r in got.values()) / len(got)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.3f} | {start:.3f} | {end:+.3f} | {secs:.0f} |")
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The training loop: dense or sampled-prefix regime, validation each epoch, best checkpoint kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from progress_stream.training.checkpoint import save_checkpoint
+from progress_stream.training.config import ConfigError, TrainConfig
+from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
+from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
+from progress_stream.training.losses import progress_loss
+from progress_stream.training.model import ProgressHead
+from progress_stream.training.sampling import dense_batches, prefix_batches, sample_prefixes
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_statistics(data: Dataset, handles: list[str]) -> dict:
+    lengths = data.lengths
+    return {
+        "videos": len(handles),
+        "actions": len(lengths),
+        "frames": int(lengths.sum()),
+        "embedding_dim": data.dim,
+        "length_median": float(np.median(lengths)),
+        "length_mean": float(lengths.mean()),
+        "length_p90": float(np.percentile(lengths, 90)),
+        "length_max": int(lengths.max()),
+    }
+
+
+@dataclass
+class TrainingData:
+    """The fit and validation actions of the training handles (the test handles are never read)."""
+
+    fit: Dataset
+    val: Dataset
+    stats: dict
+    source: dict
+
+    @property
+    def val_bayes_ogpe(self) -> float:
+        """OGPE of the length-only Bayes baseline (from the fit lengths) on the validation actions."""
+        bayes = LengthBayes(self.fit.lengths)
+        return progress_metrics([bayes(int(n)) for n in self.val.lengths], self.val.lengths)["ogpe"]
+
+
+def load_training_data(
+    annotations: Path, features: Path, split: Path | None = None, val_fraction: float = 0.15
+) -> TrainingData:
+    videos = load_annotations(annotations)
+    train_handles = split_handles(videos, split)["train"]
+    inner = validation_split(videos, train_handles, val_fraction)
+    fit = load_dataset(videos, features, inner["fit"])
+    val = load_dataset(videos, features, inner["val"])
+    source = {
+        "annotations": str(annotations),
+        "split": str(split) if split else None,
+        "validation_videos": len(inner["val"]),
+    }
+    return TrainingData(fit, val, data_statistics(fit, inner["fit"]), source)
+
+
+def build_model(cfg: TrainConfig, data: TrainingData) -> ProgressHead:
+    """The head ``cfg`` describes, its position reference and input normalisation fitted on the fit set."""
+    model = ProgressHead(data.fit.dim, data.stats[f"length_{cfg.length_ref}"], **cfg.model_kwargs())
+    model.fit_input_norm(torch.from_numpy(np.concatenate(data.fit.features)))
+    return model
+
+
+def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator):
+    """Yield ``(x, lengths, target, mask)`` with the loss taken where ``mask`` is true."""
+    if cfg.regime == "dense":
+        for x, lengths in dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len, cfg.time_warp):
+            steps = torch.arange(1, x.shape[1] + 1, dtype=torch.float32)
+            target = (steps.unsqueeze(0) / lengths.unsqueeze(1)).clamp(max=1.0)
+            yield x, lengths, target, steps.unsqueeze(0) <= lengths.unsqueeze(1)
+    else:
+        samples = sample_prefixes(
+            data,
+            rng,
+            cfg.samples_per_video,
+            cfg.frames_per_segment,
+            cfg.min_segment_len,
+            cfg.stratified_sampling,
+        )
+        for x, lengths, target in prefix_batches(data, samples, cfg.batch_size, rng):
+            yield x, lengths, target.unsqueeze(1), torch.ones(len(target), 1, dtype=torch.bool)
+
+
+def _loss(model: ProgressHead, cfg: TrainConfig, batch, device: torch.device) -> torch.Tensor:
+    """Mean over members of each member's per-action loss (plus the auxiliary log-length term)."""
+    x, lengths, target, mask = (t.to(device) for t in batch)
+    out = model.member_outputs(x, lengths)  # (M, B, T, 2)
+    if cfg.regime == "prefix":
+        out = out.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[-1]))
+    raw = out[..., 0]
+    pred = torch.sigmoid(raw) if model.output == "sigmoid" else raw
+    edge = cfg.edge_weight if cfg.regime == "dense" else 0.0
+    per_member = [progress_loss(p, target, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge) for p in pred]
+    loss = torch.stack(per_member).mean()
+    if cfg.aux_weight > 0:
+        # the action's length: a prefix of p frames has target p / L
+        total = lengths.unsqueeze(1) / target.clamp(min=1e-6) if cfg.regime == "prefix" else lengths.unsqueeze(1)
+        aux_target = (torch.log1p(total.to(torch.float32)) / torch.log1p(model.length_ref)).expand_as(target)
+        aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., 1]]).mean()
+        loss = loss + cfg.aux_weight * aux
+    return loss
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -> dict:
+    """Train on ``data.fit``, validating each epoch; the best epoch goes to ``out/best.pt``. Returns a summary."""
+    if cfg.regime == "dense" and cfg.position_encoding == "relative":
+        raise ConfigError("the relative encoding changes with the prefix length: train it with regime=prefix")
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model = build_model(cfg, data).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    rng = np.random.default_rng(cfg.seed)
+    bayes_ogpe = data.val_bayes_ogpe
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    best: dict = {"val": {"ogpe": float("inf")}}
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = list(_epoch_batches(cfg, data.fit, rng))
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
+        running = None
+        for batch in bar:
+            loss = _loss(model, cfg, batch, device)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        sched.step()
+        val = progress_metrics(predict_causal(model, data.val), data.val.lengths)
+        val["bayes_ogpe"] = bayes_ogpe
+        val["ratio_to_bayes"] = val["ogpe"] / bayes_ogpe
+        history.append({"epoch": epoch, "loss": running, "val_ogpe": val["ogpe"]})
+        if verbose:
+            tqdm.write(
+                f"epoch {epoch:3d}  loss {running:.4f}  val OGPE {val['ogpe']:.4f} "
+                f"({val['ratio_to_bayes']:.2f}× Bayes)  start {val['start_mean']:.3f}/{val['start_true']:.3f}  "
+                f"end {val['end_mean']:.3f}/{val['end_true']:.3f}"
+            )
+        if val["ogpe"] < best["val"]["ogpe"]:
+            best = {"epoch": epoch, "val": val}
+            save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, {"epoch": epoch, "val": val})
+    seconds = time.perf_counter() - started
+    summary = {"best_epoch": best["epoch"], "val": best["val"], "train_seconds": seconds, "history": history}
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_scores(summary: dict) -> dict:
+    """The validation scores of a :func:`fit` summary that sweeps and searches log and rank by."""
+    val = summary["val"]
+    return {
+        "val_ogpe": val["ogpe"],
+        "ratio_to_bayes": val["ratio_to_bayes"],
+        "start_bias": val["start_mean"] - val["start_true"],
+        "end_bias": val["end_mean"] - val["end_true"],
+        "best_epoch": summary["best_epoch"],
+        "train_seconds": summary["train_seconds"],
+    }
+
+
+def train(cfg: TrainConfig, annotations: Path, features: Path, out: Path, split: Path | None = None) -> dict:
+    """Load the training handles' data, then :func:`fit`; writes ``out/best.pt`` and returns its metrics."""
+    return fit(cfg, load_training_data(annotations, features, split, cfg.val_fraction), out)

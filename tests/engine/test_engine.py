@@ -1,0 +1,66 @@
+"""The engine driven directly (no web layer), on real ONNX graphs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from progress_stream.contract.errors import InferenceFailed
+from progress_stream.engine.engine import Engine, EngineConfig
+from progress_stream.engine.runtime import CellRuntime
+
+
+def odd_cell(path) -> CellRuntime:
+    """A cell with the real signature whose run fails unless batch × 4 divides by 3 (batch 3 works)."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    shape = helper.make_tensor("shape", i64, [2], [3, -1])
+    back = helper.make_tensor("back", i64, [2], [-1, 4])
+    nodes = [
+        helper.make_node("Reshape", ["state", "shape"], ["thirds"]),
+        helper.make_node("Reshape", ["thirds", "back"], ["next_state"]),
+        helper.make_node("ReduceSum", ["embedding"], ["summed"], axes=[1], keepdims=0),
+        helper.make_node("Sigmoid", ["summed"], ["progress"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "odd",
+        [
+            helper.make_tensor_value_info("embedding", f, ["batch", 4]),
+            helper.make_tensor_value_info("step", i64, ["batch"]),
+            helper.make_tensor_value_info("state", f, ["batch", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("progress", f, ["batch"]),
+            helper.make_tensor_value_info("next_state", f, ["batch", 4]),
+        ],
+        [shape, back],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=10)
+    for k, v in {"format_version": "1", "embedding_dim": "4", "hidden_dim": "4", "position_encoding": "log"}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return CellRuntime(path, providers="cpu")
+
+
+def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_path):
+    async def main():
+        engine = Engine(odd_cell(tmp_path / "odd.onnx"), EngineConfig(max_wait_us=0, retained_window=256))
+        await engine.start()
+        x = np.ones((1, 4), np.float32)
+        lonely, _ = engine.create("lonely")
+        first, second = engine.submit(lonely, 0, x), engine.submit(lonely, 1, x)
+        with pytest.raises(InferenceFailed, match="resend from seq 0"):
+            await first
+        with pytest.raises(InferenceFailed):
+            await second
+        assert engine.table.get("lonely").next_seq == 0 and engine.table.queued_frames == 0
+        streams = [engine.create(sid)[0] for sid in ("a", "b", "c")]
+        results = await asyncio.gather(*(engine.submit(stream, 0, x) for stream in streams))
+        assert all(r.shape == (1,) for r in results)  # a batch of 3 runs fine after the failure
+        await engine.stop()
+
+    asyncio.run(main())

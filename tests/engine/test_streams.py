@@ -1,0 +1,150 @@
+"""The stream table's transitions, driven synchronously on the real tiny ONNX cell: no event loop runs,
+the batcher's gather / execute / finish are called by hand, so every intermediate state is visible."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from progress_stream.contract.errors import InferenceFailed, StreamNotFound
+from progress_stream.engine.batcher import Batcher
+from progress_stream.engine.engine import Engine, EngineConfig
+from progress_stream.engine.metrics import Metrics
+from progress_stream.engine.runtime import CellRuntime
+from progress_stream.engine.streams import Chunk, StreamTable
+from tests.conftest import frames, offline
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()  # only a factory of futures here: it never runs
+    yield loop
+    loop.close()
+
+
+def make(runtime: CellRuntime, capacity: int = 4, steps: int = 4) -> tuple[StreamTable, Batcher]:
+    table = StreamTable(capacity, runtime.hidden_dim, window=64)
+    return table, Batcher(runtime, table, Metrics(), max_batch=8, steps_per_cycle=steps)
+
+
+def accept(table: StreamTable, batcher: Batcher, loop, stream, seq: int, x: np.ndarray) -> asyncio.Future:
+    future = loop.create_future()
+    if table.accept(stream, Chunk(seq, x, False, future)):
+        batcher.ready(stream)
+    return future
+
+
+def cycle(batcher: Batcher):
+    batch = batcher.gather()
+    batcher.execute(batch)
+    batcher.finish(batch)
+    return batch
+
+
+def test_a_chunk_spanning_several_cycles_is_answered_once_whole(runtime, loop):
+    table, batcher = make(runtime, steps=4)
+    x = frames(np.random.default_rng(1), 10)
+    stream = table.create("long")
+    future = accept(table, batcher, loop, stream, 0, x)
+    assert (stream.next_seq, stream.done_seq, table.queued_frames) == (10, 0, 10)
+    done = []
+    for expected in (4, 8, 10):
+        assert len(cycle(batcher)) == 1
+        done.append(stream.done_seq)
+        assert table.queued_frames == 10 - expected
+        assert future.done() == (expected == 10)
+    assert done == [4, 8, 10] and not stream.pending and batcher.gather() is None
+    np.testing.assert_allclose(future.result(), offline(runtime, x), atol=1e-5)
+    np.testing.assert_allclose(table.replay(stream, 2, 6), offline(runtime, x)[2:8], atol=1e-5)
+    assert table.step[stream.slot] == 10
+
+
+def test_rows_drop_out_when_their_chunk_runs_out_and_the_batch_filters(runtime, loop):
+    table, batcher = make(runtime, steps=4)
+    rng = np.random.default_rng(2)
+    xs = [frames(rng, n) for n in (1, 3, 4)]
+    streams = [table.create(f"s{i}") for i in range(3)]
+    futures = [accept(table, batcher, loop, s, 0, x) for s, x in zip(streams, xs, strict=True)]
+    batch = batcher.gather()
+    assert batch.counts.tolist() == [1, 3, 4] and batch.emb.shape[:2] == (4, 3)
+    kept = batch.filter(np.array([False, True, True]))
+    assert [s.id for s in kept.streams] == ["s1", "s2"] and kept.emb.shape[:2] == (4, 2)
+    np.testing.assert_array_equal(kept.emb[:, 0, :][:3], xs[1])
+    assert batch.filter(np.ones(3, bool)) is batch
+    batcher.execute(batch)
+    batcher.finish(batch)
+    for future, x in zip(futures, xs, strict=True):
+        np.testing.assert_allclose(future.result(), offline(runtime, x), atol=1e-5)
+
+
+def test_a_delete_mid_cycle_frees_the_slot_when_the_batch_completes(runtime, loop):
+    table, batcher = make(runtime, capacity=2, steps=4)
+    rng = np.random.default_rng(3)
+    x, y = frames(rng, 6), frames(rng, 3)
+    gone, kept = table.create("gone"), table.create("kept")
+    gone_future = accept(table, batcher, loop, gone, 0, x)
+    later = accept(table, batcher, loop, gone, 6, frames(rng, 2))
+    kept_future = accept(table, batcher, loop, kept, 0, y)
+    batch = batcher.gather()
+    table.remove(gone)  # while its rows are in the batch
+    assert isinstance(gone_future.exception(), StreamNotFound) and isinstance(later.exception(), StreamNotFound)
+    assert table._free == [] and table.queued_frames == 4 + 3  # its 4 frames in the batch still count
+    with pytest.raises(Exception, match="maximum of 2 streams"):
+        table.create("third")  # the slot is not free while a batch holds it
+    batcher.execute(batch)
+    batcher.finish(batch)
+    assert table.queued_frames == 0 and gone.slot in table._free and gone.done_seq == 0
+    np.testing.assert_allclose(kept_future.result(), offline(runtime, y), atol=1e-5)
+    assert batcher.gather() is None  # the removed stream is not queued again
+    table.create("third")
+
+
+def test_a_failed_call_rewinds_the_batch_streams_to_what_was_processed(runtime, loop):
+    table, batcher = make(runtime, steps=4)
+    rng = np.random.default_rng(4)
+    stream = table.create("s")
+    accept(table, batcher, loop, stream, 0, frames(rng, 4))
+    cycle(batcher)  # 4 frames processed
+    state_before = table.state[stream.slot].copy()
+    first = accept(table, batcher, loop, stream, 4, frames(rng, 6))
+    second = accept(table, batcher, loop, stream, 10, frames(rng, 2))
+    batch = batcher.gather()
+    table.rewind(batch, RuntimeError("device lost"))
+    for future in (first, second):
+        assert isinstance(future.exception(), InferenceFailed) and future.exception().expected_seq == 4
+    assert (stream.next_seq, stream.done_seq, stream.in_cycle, table.queued_frames) == (4, 4, 0, 0)
+    np.testing.assert_array_equal(table.state[stream.slot], state_before)
+    retry = accept(table, batcher, loop, stream, 4, frames(np.random.default_rng(5), 2))
+    cycle(batcher)
+    assert retry.done() and stream.done_seq == 6
+
+
+def test_thread_mode_with_a_delete_mid_flight(runtime):
+    """The engine with inference in a worker thread: results equal the offline run, and a stream
+    deleted while its batch is in the thread is freed without disturbing the others."""
+
+    async def main() -> None:
+        engine = Engine(runtime, EngineConfig(max_streams=8, inference_in_thread=True, max_wait_us=0))
+        await engine.start()
+        rng = np.random.default_rng(6)
+        xs = [frames(rng, 40) for _ in range(4)]
+        streams = [engine.create(f"t{i}")[0] for i in range(4)]
+        futures = [engine.submit(s, 0, x) for s, x in zip(streams, xs, strict=True)]
+        for _ in range(100):  # let the batcher take the first cycle into the thread
+            if streams[3].busy:
+                break
+            await asyncio.sleep(0)
+        assert streams[3].busy
+        await engine.delete("t3")
+        results = await asyncio.gather(*futures[:3])
+        with pytest.raises(StreamNotFound):
+            await futures[3]
+        for result, x in zip(results, xs[:3], strict=True):
+            np.testing.assert_allclose(result, offline(runtime, x), atol=1e-5)
+        await engine.batcher.drain()
+        assert engine.table.queued_frames == 0 and len(engine.table._free) == 8 - 3
+        await engine.stop()
+
+    asyncio.run(main())
