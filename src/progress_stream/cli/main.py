@@ -1,11 +1,15 @@
-"""The ``progress`` command. Subcommands import their heavy modules lazily (``serve`` never imports torch)."""
+"""The ``progress`` command. Subcommands import their heavy modules lazily (``serve`` never imports torch), and
+one whose extra is not installed names it (``needs``)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from contextlib import ContextDecorator
 from pathlib import Path
-from typing import Annotated
+from types import TracebackType
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -30,7 +34,79 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
+#: The top-level modules each extra of pyproject.toml brings that our code imports (directly, or through
+#: a package's own lazy import: torch.onnx imports onnxscript, uvicorn imports uvloop and httptools).
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "train": frozenset({"torch", "onnx", "onnxscript", "tqdm", "matplotlib", "optuna"}),
+    "serve": frozenset(
+        {
+            "onnxruntime",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "pydantic_settings",
+            "prometheus_client",
+            "redis",
+            "picows",
+        }
+    ),
+    "loadtest": frozenset({"picows", "uvloop"}),
+}
+#: What to say after ``pip install 'progress-stream[EXTRA]'`` (serve has a CUDA twin; never install both).
+EXTRA_HINTS = {"serve": " (with CUDA: 'progress-stream[serve-gpu]' instead)"}
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+class needs(ContextDecorator):
+    """Turn an extra that is not installed into one line naming it, exit code 2.
+
+    The bare install is the light client, so most subcommands import modules it does not have; they
+    import them lazily, and without this a missing extra surfaces as a ``ModuleNotFoundError`` traceback
+    that does not say what to install. Only a missing top-level module of one of ``extras`` is turned
+    into the message: our own modules, base dependencies and submodules of an installed package (a
+    broken install) still raise.
+    """
+
+    def __init__(self, *extras: str):
+        unknown = set(extras) - EXTRA_MODULES.keys()
+        if unknown:
+            raise ValueError(f"unknown extras {sorted(unknown)}")
+        self.extras = extras
+        self.func: Callable[..., Any] | None = None
+
+    def __call__(self, func: Command) -> Command:
+        self.func = func
+        return super().__call__(func)
+
+    def command_name(self) -> str:
+        """``progress NAME`` as typer registered the decorated function (``app.command("eval")``, or
+        typer's own rule for a function name: lower case, ``_`` as ``-``)."""
+        for info in app.registered_commands:
+            if self.func is not None and getattr(info.callback, "__wrapped__", None) is self.func:
+                return f"progress {info.name or self.func.__name__.lower().replace('_', '-')}"
+        return "progress"
+
+    def __enter__(self) -> needs:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not isinstance(exc, ModuleNotFoundError):
+            return
+        extra = next((e for e in self.extras if exc.name in EXTRA_MODULES[e]), None)
+        if extra is None:
+            return
+        install = f"pip install 'progress-stream[{extra}]'{EXTRA_HINTS.get(extra, '')}"
+        typer.secho(
+            f"error: {self.command_name()!r} needs the [{extra}] extra: {install}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(2) from None
+
+
 @app.command()
+@needs("train")
 def synth(
     out: Annotated[Path, typer.Option(help="Output folder (annotations.json + features/).")],
     annotations: Annotated[
@@ -56,6 +132,7 @@ def synth(
 
 
 @app.command()
+@needs("train")
 def train(
     annotations: Annotations,
     features: Features,
@@ -99,6 +176,7 @@ def train(
 
 
 @app.command()
+@needs("train")
 def sweep(
     data: Annotated[list[Path], typer.Option(help="A data folder (annotations.json + features/); repeatable.")],
     out: Annotated[Path, typer.Option(help="Runs and sweep.jsonl go here.")] = Path("reports/sweep"),
@@ -116,6 +194,7 @@ def sweep(
 
 
 @app.command("eval")
+@needs("train")
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint reported as 'model'.")],
     annotations: Annotations,
@@ -149,6 +228,7 @@ def evaluate(
 
 
 @app.command()
+@needs("train")
 def summary(
     reports: Annotated[list[Path], typer.Argument(help="Report folders written by `progress eval`.")],
 ) -> None:
@@ -162,6 +242,7 @@ def summary(
 
 
 @app.command()
+@needs("train")
 def export(
     checkpoint: Annotated[Path, typer.Option(help="A streamable checkpoint, e.g. runs/NAME/best.pt.")],
     out: Annotated[Path, typer.Option(help="Where to write the ONNX cell.")] = Path("models/progress_head.onnx"),
@@ -183,6 +264,7 @@ def export(
 
 
 @app.command("verify-export")
+@needs("train", "serve")
 def verify_export(
     model: Annotated[Path, typer.Argument(help="The exported ONNX cell.")],
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
@@ -238,6 +320,7 @@ def demo_pack(
 
 
 @app.command()
+@needs("serve")
 def serve(
     model: Annotated[Path | None, typer.Option(help="ONNX cell (default: PROGRESS_MODEL_PATH or models/).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: PROGRESS_HOST or 127.0.0.1).")] = None,
@@ -251,6 +334,7 @@ def serve(
 
 
 @app.command()
+@needs("loadtest")
 def loadtest(
     url: Annotated[str, typer.Option(help="Server or proxy base URL (ws://, http://: the transport picks).")] = (
         "ws://127.0.0.1:8000"
