@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
+# Everything comes from this repository (`docker build .`, no other context): the EgoProceL timings the
+# synthetic data rides on ship inside the package.
 # Targets:
-#   train    CPU PyTorch; `docker run -v models:/models -v ANNOTATIONS_DIR:/annotations:ro IMAGE` builds the
-#            default model (synth -> train -> export) into /models unless one is already there.
-#   service  NVIDIA CUDA runtime + onnxruntime-gpu, no torch; runs on CPU where no GPU is present.
-#   bundled  service with the default model built in (no volume needed); needs the annotations as a
-#            named build context: docker build --build-context annotations=../shared/data --target bundled .
+#   train    CPU PyTorch + onnxruntime (CPU); `docker run -v models:/models IMAGE` builds the default model
+#            (synth -> train -> export) into /models unless one is already there.
+#   service  NVIDIA CUDA runtime + onnxruntime-gpu ([serve-gpu]), no torch; runs on CPU where no GPU is present.
+#   bundled  service with the default model and the web page's demo pack built in (no volume needed).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
@@ -18,25 +19,20 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md Makefile ./
 COPY configs ./configs
-COPY training ./training
-COPY model_export ./model_export
-COPY service ./service
-COPY client ./client
-COPY cli ./cli
-# torch's CPU build first (PyPI's Linux wheel is the multi-GB CUDA build), then the project with [train]
+COPY src ./src
+# torch's CPU build first (PyPI's Linux wheel is the multi-GB CUDA build), then the project with what
+# `make model` runs (synth, train, export: [train]) and `make verify` checks against ([serve]: CPU onnxruntime)
 RUN python -m venv .venv \
     && .venv/bin/pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && make install PYTHON=python
+    && make install PYTHON=python EXTRAS=train,serve
 RUN useradd --create-home --uid 10001 progress && chown -R progress /app
 USER 10001
-ENV ANNOTATIONS=/annotations/egoprocel.json
 VOLUME ["/models"]
-CMD ["sh", "-c", "test -f /models/progress_head.onnx || (make model ANNOTATIONS=$ANNOTATIONS && cp models/progress_head.onnx /models/)"]
+CMD ["sh", "-c", "test -f /models/progress_head.onnx || (make model && cp models/progress_head.onnx /models/)"]
 
 # ---------------------------------------------------------------------------------------------
 FROM train AS model-builder
-COPY --from=annotations --chown=10001 egoprocel.json /annotations/egoprocel.json
-RUN make model models/demo/index.json ANNOTATIONS=/annotations/egoprocel.json
+RUN make model models/demo/index.json
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS service
@@ -45,14 +41,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY training ./training
-COPY model_export ./model_export
-COPY service ./service
-COPY client ./client
-COPY cli ./cli
-# the base dependencies only: onnxruntime-gpu, FastAPI, uvicorn, ... and no torch
+COPY src ./src
+# the server with onnxruntime-gpu ([serve-gpu]: FastAPI, uvicorn, Redis, picows, ...) and no torch
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /src \
+    && /opt/venv/bin/pip install --no-cache-dir "/src[serve-gpu]" \
     && useradd --create-home --uid 10001 progress \
     && mkdir -p /models /state \
     && chown progress /models /state

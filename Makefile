@@ -11,12 +11,15 @@ DENSE_STRIDE ?= 3
 .PHONY: install test lint docs data train eval report sweep model verify bench-step serve bench-serve loadtest \
 	images compose-up compose-up-gpu compose-config cluster-smoke failover-smoke loadtest-proxy clean
 
+# the extras installed: everything a developer runs (the train image installs EXTRAS=train,serve)
+EXTRAS ?= dev
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 lint: install

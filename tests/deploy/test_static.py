@@ -1,8 +1,12 @@
-"""What can be checked of the deployment without a Docker engine: lint, compose, nginx, the entrypoint."""
+"""What can be checked of the deployment without a Docker engine: lint, what the images install and copy,
+compose, nginx, the health check against a real server. `docker build .` needs nothing outside the repository."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
+import shlex
 import shutil
 import string
 import subprocess
@@ -13,14 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from progress_stream.server.app import create_app
 from scripts.cluster_smoke import UPSTREAM_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = ["Dockerfile", "docker-compose.yml", "docker-compose.gpu.yml", ".dockerignore", "Makefile", ".ci/run"]
 needs = {
     tool: pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed (.ci/run installs it)")
-    for tool in ("docker-compose", "nginx")
+    for tool in ("docker-compose", "nginx", "make", "git")
 }
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def test_hadolint_passes():
@@ -34,25 +39,134 @@ def dockerfile_stage(name: str) -> str:
     return re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", text, re.M | re.S).group(1)
 
 
-def test_service_image_runs_the_command_the_tests_run_and_no_torch():
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower()
+
+
+def dockerignored(path: str) -> bool:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()]
+    parts = Path(path).parts
+    return any(
+        fnmatch.fnmatch(path, p) or fnmatch.fnmatch(parts[0], p) or fnmatch.fnmatch(path, p.removeprefix("**/"))
+        for p in patterns
+    )
+
+
+def test_every_target_builds_from_this_repository_alone():
+    """No named build context: COPY takes tracked files of the repository (not ignored by .dockerignore) or
+    files of an earlier stage; nothing names ../shared, /annotations or ANNOTATIONS."""
+    stages: list[str] = []
+    for instruction in dockerfile_instructions():
+        keyword, _, rest = instruction.partition(" ")
+        if keyword == "FROM":
+            stages.append(rest.split(" AS ")[-1] if " AS " in rest else rest)
+        if keyword not in ("COPY", "ADD"):
+            continue
+        assert keyword == "COPY", instruction
+        args = shlex.split(rest)
+        flags = dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--"))
+        sources = [a for a in args if not a.startswith("--")][:-1]
+        if "from" in flags:
+            assert flags["from"] in stages[:-1], f"{instruction}: --from names no earlier stage"
+            continue
+        for source in sources:
+            assert (ROOT / source).exists(), f"{instruction}: {source} is not in the repository"
+            assert not dockerignored(source), f"{instruction}: .dockerignore drops {source}"
+    assert stages[-3:] == ["model-builder", "service", "bundled"] and "train" in stages
+    for name in DEPLOYMENT:
+        text = (ROOT / name).read_text()
+        for outside in ("--build-context", "additional_contexts", "../shared", "ANNOTATIONS_DIR"):
+            assert outside not in text, f"{name} names {outside}"
+        assert not re.search(r"(^|[\s:=\"'])/annotations\b", text, re.M), f"{name} mounts /annotations"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ANNOTATIONS" not in dockerfile
+
+
+@needs["git"]
+def test_no_tracked_file_refers_to_a_folder_beside_the_repository():
+    """Data, docs and examples come from the repository (this file names the folder only to look for it)."""
+    here = Path(__file__).relative_to(ROOT).as_posix()
+    result = subprocess.run(
+        ["git", "grep", "-n", "-e", r"\.\./shared", "--", ".", f":(exclude){here}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, f"tracked files name ../shared:\n{result.stdout}{result.stderr}"
+
+
+def test_service_image_runs_the_command_the_tests_run_with_serve_gpu_and_no_torch():
     service = dockerfile_stage("service")
     entrypoint = re.search(r'^ENTRYPOINT \["progress", "serve"\]$', service, re.M)
     assert entrypoint, "the service image must start `progress serve`"
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert (
-        scripts["progress"] == "progress_stream.cli.main:app"
-    )  # tests start `python -m progress_stream.cli.main serve`: the same command
-    installs = [line for line in service.splitlines() if "pip install" in line]
-    assert installs and not [line for line in installs if "torch" in line or "[train]" in line]
-    healthcheck = re.search(r"HEALTHCHECK .*?(http://127\.0\.0\.1:8000(/\w+))", service, re.S)
-    assert healthcheck and healthcheck.group(2) in create_app().openapi()["paths"]
+    # tests start `python -m progress_stream.cli serve`: the same app as the `progress` script
+    assert PYPROJECT["scripts"]["progress"] == "progress_stream.cli.main:app"
+    installs = [line for line in re.sub(r"\\\n", " ", service).splitlines() if "pip install" in line]
+    assert len(installs) == 1 and '"/src[serve-gpu]"' in installs[0], installs
+    for wrong in ("torch", "[train]", "[serve]", "[dev]", "[gpu]"):
+        assert wrong not in installs[0]
     assert re.search(r"^USER 10001$", service, re.M)
+    assert re.search(r"^COPY src \./src$", service, re.M)
 
 
-def test_service_dependencies_exclude_torch():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert not [d for d in deps if d.startswith("torch")]
-    assert any(d.startswith("onnxruntime-gpu") for d in deps)
+def test_train_image_installs_torch_cpu_then_what_make_model_and_make_verify_run():
+    train = re.sub(r"\\\n", " ", dockerfile_stage("train"))
+    torch_pin = next(r for r in PYPROJECT["optional-dependencies"]["train"] if requirement_name(r) == "torch")
+    cpu = re.search(r"pip install --no-cache-dir (\S+) --index-url https://download\.pytorch\.org/whl/cpu", train)
+    assert cpu and cpu.group(1) == torch_pin
+    extras = re.search(r"make install PYTHON=python EXTRAS=(\S+)", train)
+    assert extras and set(extras.group(1).split(",")) == {"train", "serve"}  # export needs torch, verify onnxruntime
+    assert cpu.start() < extras.start()
+    assert re.search(r"^COPY src \./src$", train, re.M) and re.search(r"^COPY configs \./configs$", train, re.M)
+    builder = dockerfile_stage("model-builder")
+    assert re.search(r"^RUN make model models/demo/index\.json$", builder, re.M)
+
+
+@needs["make"]
+@pytest.mark.parametrize(("args", "installed"), [([], "-e '.[dev]'"), (["EXTRAS=train,serve"], "-e '.[train,serve]'")])
+def test_make_install_installs_the_extras_asked(args, installed):
+    """`make install`: the dev install; the train image's `make install EXTRAS=train,serve`: those two."""
+    result = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "install", "PYTHON=python", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if "pip install -q -e" in line] == [
+        f".venv/bin/pip install -q {installed}"
+    ]
+
+
+def test_the_health_check_command_passes_against_a_real_server(server):
+    """The HEALTHCHECK's own command, pointed at a real `progress serve` (the image's port replaced)."""
+    service = dockerfile_stage("service")
+    check = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", re.sub(r"\\\n", " ", service), re.M)
+    assert check, "the service image has no exec-form HEALTHCHECK"
+    argv = json.loads(check.group(1))
+    assert argv[0] == "python3" and "http://127.0.0.1:8000/healthz" in argv[-1]
+    argv = [sys.executable, *argv[1:-1], argv[-1].replace("http://127.0.0.1:8000", server.url)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+
+
+def test_base_dependencies_are_the_light_client():
+    """The bare install is the client: no torch, no ONNX Runtime, no server; each ONNX Runtime build only
+    through its own serving extra (they ship the same `onnxruntime` module and overwrite each other)."""
+    base = {requirement_name(d) for d in PYPROJECT["dependencies"]}
+    heavy = {"torch", "onnxruntime", "onnxruntime-gpu", "fastapi", "uvicorn", "redis", "picows", "prometheus-client"}
+    assert not base & heavy
+    extras = {name: {requirement_name(r) for r in reqs} for name, reqs in PYPROJECT["optional-dependencies"].items()}
+    assert not extras["server"] & {"onnxruntime", "onnxruntime-gpu", "torch"}
+    assert extras["serve"] == {"progress-stream", "onnxruntime"}
+    assert extras["serve-gpu"] == {"progress-stream", "onnxruntime-gpu"}
+    assert PYPROJECT["optional-dependencies"]["serve-gpu"][0] == "progress-stream[server]"
 
 
 @needs["docker-compose"]
@@ -80,6 +194,15 @@ def test_compose_files_validate(files):
     assert {t.split(":")[0] for t in targets} == {"progress-a", "progress-b"}
     upstreams = services["proxy"]["environment"]["PROGRESS_UPSTREAMS"]
     assert re.findall(rf"server ([\w-]+):8000 {UPSTREAM_PARAMS};", upstreams) == ["progress-a", "progress-b"]
+    # nothing mounted or built from outside the repository: named volumes, or files of the repository
+    for name, service in services.items():
+        if "build" in service:
+            assert Path(service["build"]["context"]).resolve() == ROOT, name
+            assert set(service["build"]) <= {"context", "target", "dockerfile"}, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            assert source in config["volumes"] or Path(source).resolve().is_relative_to(ROOT), (name, volume)
+    assert services["trainer"]["volumes"] in (["models:/models:rw"], ["models:/models"])
 
 
 @needs["nginx"]
