@@ -23,9 +23,8 @@ from progress_stream.engine.engine import EngineConfig
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import StreamTable
-from progress_stream.server.board import Watcher
+from progress_stream.server.board import CPU_SHARE, PERIOD_S, Watcher, sse
 from progress_stream.server.process import RedisProcess
-from progress_stream.server.routes import BOARD_CPU_SHARE, BOARD_PERIOD_S, sse
 
 
 def busy_table(runtime: CellRuntime, n: int) -> StreamTable:
@@ -81,7 +80,7 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for n in args.streams:
             board, store = board_ms(runtime, n), asyncio.run(store_ms(runtime, n, redis.url))
-            board_share = board / 1e3 / max(BOARD_PERIOD_S, board / 1e3 / BOARD_CPU_SHARE)  # its period grows
+            board_share = board / 1e3 / max(PERIOD_S, board / 1e3 / CPU_SHARE)  # its period grows
             print(f"| {n} | {board:.2f} | {board_share:.1%} | {store:.1f} | {store / 1e3 / interval:.2%} |")
     finally:
         redis.stop()

@@ -104,7 +104,8 @@ def main() -> None:
     if args.plane == "native":
         uvloop.run(serve_native(wire, settings.host, args.port))
     else:
-        uvicorn.Server(uvicorn_config(bare_app(wire), settings, wire, "warning")).run()
+        max_size = wire.max_body_bytes(settings.max_frames_per_message)
+        uvicorn.Server(uvicorn_config(bare_app(wire), settings, max_size, log_level="warning")).run()
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def test_stream_lifecycle_model_and_stateless(server, runtime):
 @pytest.mark.parametrize("binary", [True, False])
 def test_sync_websocket_session(ws_server, runtime, binary):
     server = ws_server
-    from client import SyncWsStreamSession
+    from progress_stream.client import SyncWsStreamSession
 
     x = frames(np.random.default_rng(5), 12)
     with SyncWsStreamSession(server.ws_url, binary=binary) as s:

@@ -1,6 +1,6 @@
 """The error contract: every error code with its HTTP status, WebSocket close code, Retry-After and
-what a client should do. One table: the server's handlers, the Python client, the load test and the
-README's error table all derive from :data:`ERRORS`.
+what a client should do. One table: the server's answers, the Python client, the load test and the
+docs' error table all derive from :data:`ERRORS`.
 
 :class:`EngineError` is what the engine raises; :class:`WireError` is what the transports and the
 wire codecs raise (bad bodies, auth, origins, framing). Both are :class:`ServiceError`.
@@ -22,7 +22,7 @@ class Action(StrEnum):
 
 
 #: WebSocket close codes (RFC 6455): after accept, only these close a socket; other errors are messages.
-POLICY_VIOLATION, MESSAGE_TOO_BIG, SERVICE_RESTART, TRY_AGAIN_LATER = 1008, 1009, 1012, 1013
+POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, SERVICE_RESTART, TRY_AGAIN_LATER = 1008, 1009, 1011, 1012, 1013
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "store_unreachable": ErrorSpec(
         503, Action.WAIT, "the shared state store cannot be reached to find the stream", TRY_AGAIN_LATER, 1
     ),
+    "internal_error": ErrorSpec(
+        500, Action.RECONNECT, "an unexpected server error (logged by the server, not described)", INTERNAL_ERROR
+    ),
 }
 
 
@@ -81,6 +84,12 @@ class ServiceError(Exception):
     @property
     def spec(self) -> ErrorSpec:
         return ERRORS[self.code]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers this error's answer carries besides its type (``Retry-After``)."""
+        retry_after = self.spec.retry_after
+        return {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
 
 class EngineError(ServiceError):
@@ -123,6 +132,30 @@ class ForbiddenOrigin(WireError):
 
 class RequestTimeout(WireError):
     code = "request_timeout"
+
+
+class RouteNotFound(WireError):
+    code = "not_found"
+
+
+class MethodNotAllowed(WireError):
+    """``allow``: the methods the route does take (sent as ``Allow``)."""
+
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str):
+        super().__init__(message)
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
+class InternalError(ServiceError):
+    """Anything unexpected: answered without its details (the server logs them)."""
+
+    code = "internal_error"
 
 
 class ProtocolViolation(WireError):
@@ -168,23 +201,8 @@ class StoreUnreachable(EngineError):
     code = "store_unreachable"
 
 
-def error_body(exc: ServiceError) -> dict:
-    """The one JSON error shape of every transport: ``{"error": {code, message, field?, expected_seq?}}``."""
-    body: dict = {"code": exc.code, "message": exc.message}
-    if isinstance(exc, BadInput):
-        body["field"] = exc.field
-    if isinstance(exc, SeqConflict):
-        body["expected_seq"] = exc.expected_seq
-    return {"error": body}
-
-
-def error_headers(code: str) -> dict[str, str] | None:
-    retry_after = ERRORS[code].retry_after
-    return {"Retry-After": str(retry_after)} if retry_after is not None else None
-
-
 def error_table() -> str:
-    """The README's error table (a test holds the README to it)."""
+    """The docs' error table (generated when the docs are built)."""
     rows = [
         "| code | HTTP | WebSocket after accept | Retry-After | meaning | client should |",
         "|---|---|---|---|---|---|",

@@ -1,9 +1,9 @@
-"""The wire contract: stream ids, limits, the JSON bodies and the compact binary frame format.
+"""The wire contract: stream ids, limits and the JSON requests (the replies are in :mod:`.replies`, the
+binary format in :mod:`.binary`, the error codes in :mod:`.errors`).
 
 :class:`Wire` is built once the model is loaded (it knows ``embedding_dim``): its pydantic models
 both validate every JSON body (HTTP and WebSocket alike, strictly: numbers must be JSON numbers)
 and generate the OpenAPI schema, so what is accepted and what is documented cannot drift apart.
-The error codes and what each means live in :mod:`progress_stream.contract.errors`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from progress_stream.contract.errors import BadInput, ProtocolViolation, TooMany
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
+#: A stream's WebSocket; the id is checked like every other (:func:`check_stream_id`).
+STREAM_SOCKET = "/v1/streams/{stream_id}/ws"
+_STREAM_SOCKET = re.compile("^" + STREAM_SOCKET.replace("{stream_id}", "([^/]+)") + "$")
 
 #: A browser cannot set headers on a WebSocket: it offers this subprotocol (which the server selects),
 #: plus ``bearer.<API key in unpadded base64url>`` when a key is set.
@@ -54,47 +57,10 @@ class CreateStream(BaseModel):
     stream_id: str | None = Field(None, pattern=STREAM_ID.pattern, description=f"{STREAM_ID_RULE}; random if absent")
 
 
-class StreamCreated(BaseModel):
-    stream_id: str
-    next_seq: int
-    model: dict[str, Any]
-
-
-class StreamRow(BaseModel):
-    stream_id: str
-    progress: float | None = Field(description="the last progress answered; null before the first frame")
-    step: int = Field(description="frames into the current action")
-    processed_seq: int
-    idle_s: float
-
-
-class StreamPage(BaseModel):
-    total: int
-    offset: int
-    limit: int
-    streams: list[StreamRow]
-
-
-class FramesReply(BaseModel):
-    stream_id: str
-    seq: int
-    progress: list[float]
-    next_seq: int
-
-
-class ProgressReply(BaseModel):
-    progress: list[float]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-    expected_seq: int | None = None
-
-
-class ErrorReply(BaseModel):
-    error: ErrorBody
+def socket_stream_id(path: str) -> str | None:
+    """The (unchecked) stream id of a stream socket's path, None for any other path."""
+    match = _STREAM_SOCKET.match(path)
+    return match.group(1) if match else None
 
 
 def check_stream_id(stream_id: str) -> str:

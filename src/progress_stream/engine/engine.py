@@ -90,16 +90,16 @@ class Engine:
             "hidden_dim": self.runtime.hidden_dim,
             "position_encoding": meta["position_encoding"],
             "format_version": meta["format_version"],
-            "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
+            "checkpoint_sha256": self.runtime.checkpoint,
             "providers": ",".join(self.runtime.providers),
         }
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the batcher, eviction, snapshots and store writes on the running loop (a state file is
+        restored before, by :meth:`restore`, so that one that cannot be used fails the start early)."""
         self._loop = asyncio.get_running_loop()
         state_file = self.config.state_file
-        if state_file is not None:
-            self.restore(Path(state_file))
         self._tasks = [
             asyncio.create_task(self.batcher.run(), name="batcher"),
             asyncio.create_task(self._evict_loop(), name="evictor"),
@@ -285,7 +285,7 @@ class Engine:
 
     def snapshot_identity(self) -> dict:
         """What a state file must match to be restored here (the model and the retained window)."""
-        return identity(self.runtime.metadata.get("checkpoint_sha256", ""), self.table.window)
+        return identity(self.runtime.checkpoint, self.table.window)
 
     def restore(self, path: Path) -> int:
         """Restore the state file at ``path`` if there is one; see :func:`.durability.snapshot.load_state`."""

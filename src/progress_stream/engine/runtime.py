@@ -106,6 +106,12 @@ class CellRuntime:
                 if arg.type != dtype or len(arg.shape) != len(want) or not fixed_ok:
                     raise ModelError(f"{self.path}: {kind} {name!r} is {arg.type}{arg.shape}, expected {dtype}{want}")
 
+    @property
+    def checkpoint(self) -> str:
+        """The sha256 of the checkpoint the cell was exported from: the model's identity for state files and
+        the shared store (empty for a cell exported without one)."""
+        return self.metadata.get("checkpoint_sha256", "")
+
     def describe(self) -> dict:
         """What clients see at ``GET /v1/model``."""
         meta = dict(self.metadata)

@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from progress_stream.contract.errors import (
     ForbiddenOrigin,
     PayloadTooLarge,
@@ -25,10 +23,9 @@ from progress_stream.contract.errors import (
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
-    error_body,
-    error_headers,
 )
 from progress_stream.contract.wire import bearer_subprotocol
+from progress_stream.server.answers import Answers, ErrorAnswer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,15 +81,15 @@ class EdgeGuard:
         app: ASGIApp,
         *,
         admission: Admission,
+        answers: Answers,
         body_limit: Callable[[str], int],
         body_timeout_s: float,
-        count_error: Callable[[Scope, str], None] = lambda scope, code: None,
     ):
         self.app = app
         self.admission = admission
+        self.answers = answers
         self.body_limit = body_limit
         self.body_timeout = body_timeout_s
-        self.count_error = count_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -104,8 +101,7 @@ class EdgeGuard:
             if scope["type"] == "http":
                 receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
         except ServiceError as exc:
-            self.count_error(scope, exc.code)
-            await refuse(scope, receive, send, exc)
+            await refuse(scope, send, self.answers.error(exc))
             return
         except Disconnected:
             return
@@ -157,21 +153,16 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
-    """Answer ``exc`` in the error shape; a WebSocket handshake is refused with the same HTTP answer."""
-    body = orjson.dumps(error_body(exc))
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in (error_headers(exc.code) or {}).items()),
-    ]
+async def refuse(scope: Scope, send: Send, answer: ErrorAnswer) -> None:
+    """Send ``answer``; a WebSocket handshake is refused with the same HTTP answer."""
+    headers = answer.raw_headers()
     prefix = ""
     if scope["type"] == "websocket":
         if "websocket.http.response" not in scope.get("extensions", {}):
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": answer.error.message[:120]})
             return
         prefix = "websocket."
     else:
         headers.append((b"connection", b"close"))  # the unread rest of the body is never read
-    await send({"type": f"{prefix}http.response.start", "status": exc.spec.status, "headers": headers})
-    await send({"type": f"{prefix}http.response.body", "body": body})
+    await send({"type": f"{prefix}http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": f"{prefix}http.response.body", "body": answer.body})

@@ -1,35 +1,34 @@
-"""HTTP routes: thin handlers that parse, call the engine and answer."""
+"""HTTP routes: thin handlers that parse, call the engine and answer with their contract's reply model."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from progress_stream.contract.errors import ERRORS
-from progress_stream.contract.wire import (
-    STREAM_ID,
-    STREAM_ID_RULE,
+from progress_stream.contract.replies import (
     ErrorReply,
     FramesReply,
+    Health,
+    ModelInfo,
+    ModelSummary,
     ProgressReply,
+    Readiness,
     StreamCreated,
+    StreamInfo,
     StreamPage,
-    Wire,
-    check_stream_id,
+    StreamRow,
 )
+from progress_stream.contract.wire import STREAM_ID, STREAM_ID_RULE, Wire, check_stream_id
 from progress_stream.engine.engine import Engine
 from progress_stream.server import board
+from progress_stream.server.wiring import Services
 
 JSON = "application/json"
-BOARD_PERIOD_S = 0.1  # the board's updates are coalesced to at most 10 a second
-BOARD_CPU_SHARE = 0.02  # and slowed down so that a board never takes more than 2 % of the loop
 
 
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -48,12 +47,19 @@ EDGE_ERRORS = ("unauthorized", "forbidden_origin", "too_large", "unsupported_med
 BODY_ERRORS = ("invalid_input", "empty", "wrong_dimension", "not_finite", "too_many_frames")
 
 
-def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
+def get_services(request: Request) -> Services:
+    return request.app.state.services
 
 
-def get_wire(request: Request) -> Wire:
-    return request.app.state.wire
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_engine(services: ServicesDep) -> Engine:
+    return services.engine
+
+
+def get_wire(services: ServicesDep) -> Wire:
+    return services.wire
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -78,8 +84,8 @@ def json_body(name: str, required: bool = True) -> dict:
     return {"requestBody": {"required": required, "content": {JSON: {"schema": schema}}}}
 
 
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON)
+def json_response(model: Any, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status, media_type=JSON)
 
 
 v1_router = APIRouter(prefix="/v1", responses=error_responses(*EDGE_ERRORS), tags=["v1"])
@@ -94,8 +100,8 @@ CREATED = {
 
 async def created(engine: Engine, stream_id: str | None) -> Response:
     stream, new = await engine.open(stream_id)
-    body = {"stream_id": stream.id, "next_seq": stream.next_seq, "model": engine.model_summary()}
-    return json_response(body, 201 if new else 200)
+    reply = StreamCreated(stream_id=stream.id, next_seq=stream.next_seq, model=ModelSummary(**engine.model_summary()))
+    return json_response(reply, 201 if new else 200)
 
 
 @v1_router.post(
@@ -116,8 +122,9 @@ async def put_stream(stream_id: StreamId, engine: EngineDep) -> Response:
 
 @v1_router.post(
     "/streams/{stream_id}/frames",
+    response_model=FramesReply,
     responses={
-        200: {"model": FramesReply, "description": "each frame's progress"},
+        200: {"description": "each frame's progress"},
         **error_responses(
             *BODY_ERRORS, "stream_not_found", "seq_conflict", "overloaded", "shutting_down", "inference_failed"
         ),
@@ -130,14 +137,17 @@ async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, 
     seq, frames, reset = wire.parse_frames(await request.body())
     progress, next_seq = await engine.frames(stream_id, seq, frames, reset)
     engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
-    return json_response({"stream_id": stream_id, "seq": seq, "progress": progress, "next_seq": next_seq})
+    return Response(FramesReply.encode(stream_id, seq, progress, next_seq), media_type=JSON)
 
 
 @v1_router.get(
-    "/streams/{stream_id}", responses=error_responses("invalid_input", "stream_not_found"), summary="A stream's state"
+    "/streams/{stream_id}",
+    response_model=StreamInfo,
+    responses=error_responses("invalid_input", "stream_not_found"),
+    summary="A stream's state",
 )
-async def get_stream(stream_id: StreamId, engine: EngineDep) -> dict:
-    return engine.describe(await engine.get(stream_id))
+async def get_stream(stream_id: StreamId, engine: EngineDep) -> StreamInfo:
+    return StreamInfo(**engine.describe(await engine.get(stream_id)))
 
 
 @v1_router.delete(
@@ -153,8 +163,9 @@ async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
 
 @v1_router.post(
     "/progress",
+    response_model=ProgressReply,
     responses={
-        200: {"model": ProgressReply, "description": "each frame's progress"},
+        200: {"description": "each frame's progress"},
         **error_responses(*BODY_ERRORS, "too_many_streams", "overloaded", "shutting_down", "inference_failed"),
     },
     openapi_extra=json_body("ProgressRequest"),
@@ -162,10 +173,10 @@ async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
 )
 async def progress(request: Request, engine: EngineDep, wire: WireDep) -> Response:
     frames = wire.parse_progress(await request.body())
-    return json_response({"progress": await engine.progress_once(frames)})
+    return Response(ProgressReply.encode(await engine.progress_once(frames)), media_type=JSON)
 
 
-@v1_router.get("/streams", summary="Every stream, a page at a time (sorted by id)")
+@v1_router.get("/streams", response_model=StreamPage, summary="Every stream, a page at a time (sorted by id)")
 async def list_streams(
     engine: EngineDep,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -173,7 +184,7 @@ async def list_streams(
     prefix: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = "",
 ) -> StreamPage:
     streams = board.listed(engine.table, prefix)
-    page = board.rows(engine.table, streams[offset : offset + limit])
+    page = [StreamRow(**row) for row in board.rows(engine.table, streams[offset : offset + limit])]
     return StreamPage(total=len(streams), offset=offset, limit=limit, streams=page)
 
 
@@ -183,33 +194,13 @@ async def list_streams(
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
     summary="Live board: a snapshot, then coalesced updates at most every 100 ms (Server-Sent Events)",
 )
-async def board_events(request: Request, engine: EngineDep) -> StreamingResponse:
-    return StreamingResponse(board_stream(request, engine), media_type="text/event-stream")
+async def board_events(request: Request, services: ServicesDep) -> StreamingResponse:
+    return StreamingResponse(board.events(request, services), media_type="text/event-stream")
 
 
-async def board_stream(request: Request, engine: Engine) -> AsyncIterator[bytes]:
-    """``snapshot`` with every row, then ``update`` events with what changed; ends when the client
-    leaves or the server stops. Reads the table, never the frame path; with many streams (a tick
-    reads all of them: about 0.25 ms per 100 busy streams) the period grows to keep its share small."""
-    watcher = board.Watcher(engine.table)
-    started = time.perf_counter()
-    yield sse("snapshot", watcher.update())
-    spent = time.perf_counter() - started
-    while not request.app.state.stopping and not await request.is_disconnected():
-        await asyncio.sleep(max(BOARD_PERIOD_S, spent / BOARD_CPU_SHARE))
-        started = time.perf_counter()
-        update = watcher.update()
-        spent = time.perf_counter() - started
-        yield sse("update", update)
-
-
-def sse(event: str, data: dict) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-@v1_router.get("/model", summary="The served model's metadata")
-async def model(engine: EngineDep) -> dict:
-    return engine.runtime.describe()
+@v1_router.get("/model", response_model=ModelInfo, summary="The served model's metadata")
+async def model(engine: EngineDep) -> ModelInfo:
+    return ModelInfo(**engine.runtime.describe())
 
 
 #: The edge guards run in front of these too (a foreign Origin, a body sent to them).
@@ -219,24 +210,23 @@ ops_router = APIRouter(
 )
 
 
-@ops_router.get("/healthz", summary="Alive")
-async def healthz() -> dict:
-    return {"status": "ok"}
+@ops_router.get("/healthz", response_model=Health, summary="Alive")
+async def healthz() -> Health:
+    return Health()
 
 
 @ops_router.get(
     "/readyz",
-    responses={503: {"description": "not ready (starting or stopping)"}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready (starting or stopping)"}},
     summary="Model loaded and warmed up",
 )
-async def readyz(request: Request) -> Response:
+async def readyz(services: ServicesDep) -> Response:
     """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, or ``degraded`` (the
     store cannot be written: streams are served but a lost replica would lose them)."""
-    ready = bool(getattr(request.app.state, "ready", False))
-    engine = getattr(request.app.state, "engine", None)
-    shared = engine.shared if engine is not None else None
+    shared = services.engine.shared
     durability = "none" if shared is None else ("degraded" if shared.degraded else "ok")
-    return json_response({"ready": ready, "durability": durability}, 200 if ready else 503)
+    return json_response(Readiness(ready=services.ready, durability=durability), 200 if services.ready else 503)
 
 
 @ops_router.get(

@@ -18,7 +18,7 @@ from progress_stream.engine.durability.store import PREFIX, RedisStore, StreamSt
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.process import RedisProcess, ServerProcess, free_port
 from tests.conftest import frames, offline
-from tests.server.test_state_files import serve_once
+from tests.engine.durability.test_state_files import serve_once
 
 INTERVAL = 0.2  # snapshot interval of the replicas here
 

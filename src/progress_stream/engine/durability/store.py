@@ -109,5 +109,9 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: delete failed ({exc})") from None
 
+    async def disconnect(self) -> None:
+        """Close the pool's connections; the client opens new ones when next used (on whatever loop runs then)."""
+        await self.client.connection_pool.disconnect()
+
     async def close(self) -> None:
         await self.client.aclose()

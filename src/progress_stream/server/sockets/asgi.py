@@ -1,10 +1,10 @@
-"""The ASGI data plane: ``/v1/streams/{id}/ws`` through FastAPI, with ``PROGRESS_WS_PLANE=asgi``.
+"""The ASGI data plane: a stream's WebSocket through FastAPI, with ``PROGRESS_WS_PLANE=asgi``.
 
-The default plane is the native one (:mod:`progress_stream.server.sockets.native`); both speak :mod:`progress_stream.server.sockets.session`.
-A refused handshake (bad id, full table; the edge refuses a bad key or Origin) is answered like an
-HTTP request: the status, ``Retry-After`` and JSON body of :data:`progress_stream.contract.errors.ERRORS`. After the
-accept every error is an error message; the codes whose table entry has a close code then close
-the socket with it (1009 for an oversized message comes from the server's ``ws_max_size``).
+The default plane is the native one (:mod:`.native`); both speak :mod:`.session`. A refused handshake
+(bad id, full table; the edge refuses a bad key or Origin) is answered like an HTTP request: the status,
+``Retry-After`` and JSON body of the error table. After the accept every error is an error message; the
+codes whose table entry has a close code then close the socket with it (1009 for an oversized message
+comes from the server's ``ws_max_size``).
 """
 
 from __future__ import annotations
@@ -12,38 +12,27 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import Response
 
-from progress_stream.contract.errors import SeqConflict, ServiceError, error_body, error_headers
-from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
-from progress_stream.engine.engine import Engine
-from progress_stream.server.sockets.session import StreamSocket
+from progress_stream.contract.errors import SeqConflict, ServiceError
+from progress_stream.contract.wire import STREAM_SOCKET
+from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.wiring import Services
 
 ws_router = APIRouter()
 
 
-async def deny(websocket: WebSocket, exc: ServiceError) -> None:
-    """Refuse the handshake with the error's HTTP status and body."""
-    websocket.app.state.engine.metrics.errors.labels(exc.code).inc()
-    body = orjson.dumps(error_body(exc))
-    await websocket.send_denial_response(Response(body, exc.spec.status, error_headers(exc.code), "application/json"))
-
-
-@ws_router.websocket("/v1/streams/{stream_id}/ws")
+@ws_router.websocket(STREAM_SOCKET)
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
-    engine: Engine = websocket.app.state.engine
+    services: Services = websocket.app.state.services
     try:
-        stream, _ = await engine.open(check_stream_id(stream_id))
+        session = await open_socket(services, stream_id)
     except ServiceError as exc:
-        await deny(websocket, exc)
+        await websocket.send_denial_response(services.answers.error(exc).response())
         return
-    # a browser offers the subprotocol (its key rides beside it) and fails unless one is selected
-    await websocket.accept(WS_SUBPROTOCOL if WS_SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None)
+    await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
     # its own task: every wake-up (a message, a result) resumes a short coroutine chain instead of the
     # whole ASGI middleware stack above this handler
-    session = StreamSocket(engine, websocket.app.state.wire, stream)
     await asyncio.create_task(serve(websocket, session))
 
 

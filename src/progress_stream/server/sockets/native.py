@@ -1,12 +1,12 @@
 """The native data plane: ``/v1/streams/{id}/ws`` on picows, in the same process, event loop and port.
 
 uvicorn parses a handshake request like any other request. At the upgrade,
-:class:`progress_stream.server.http_protocol.HeaderDeadlineProtocol` hands the connection of a stream socket to
-:meth:`NativePlane.upgrade` instead of uvicorn's WebSocket protocol: the same admission (Origin,
-API key) and the same stream lookup as the ASGI route, then picows (Cython) parses the frames and
-calls :class:`NativeSocket` once per message. There is no ASGI message, task or coroutine per
-message: the result's future calls back, and the reply is written at once. Both planes speak
-:mod:`progress_stream.server.sockets.session`, so the protocol, its errors and its close codes are the same.
+:class:`~progress_stream.server.http_protocol.HeaderDeadlineProtocol` hands the connection of a stream
+socket to :meth:`NativePlane.upgrade` instead of uvicorn's WebSocket protocol: the same admission (Origin,
+API key) and the same handshake (:func:`.session.open_socket`) as the ASGI route, then picows (Cython)
+parses the frames and calls :class:`NativeSocket` once per message. There is no ASGI message, task or
+coroutine per message: the result's future calls back, and the reply is written at once. Both planes
+speak :mod:`.session`, so the protocol, its errors and its close codes are the same.
 
 One public port: nothing changes for clients, nginx or compose. ``PROGRESS_WS_PLANE=asgi`` serves
 the socket through FastAPI instead.
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Iterable
 
-import orjson
-from fastapi import FastAPI
 from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
@@ -35,16 +32,16 @@ from picows import (
 )
 from picows.picows import WSProtocol
 
-from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError, error_body, error_headers
-from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
-from progress_stream.server.sockets.session import StreamSocket
+from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
+from progress_stream.contract.wire import socket_stream_id
+from progress_stream.server.answers import ErrorAnswer
+from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.wiring import Services
 
-log = logging.getLogger(__name__)
 #: picows logs each connection at INFO; a server of thousands of sockets keeps only its warnings
 PICOWS_LOG = logging.getLogger("picows.native")
 PICOWS_LOG.setLevel(logging.WARNING)
 
-STREAM_SOCKET = re.compile(r"^/v1/streams/([^/]+)/ws$")
 #: Messages a client may send ahead of its answers before its socket stops being read (backpressure).
 MAX_AHEAD = 64
 #: A handshake that admission has passed must complete within this (picows then disconnects).
@@ -52,15 +49,15 @@ HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class NativePlane:
-    """Takes over the stream sockets of one app; ``max_size`` is the largest message, as on the ASGI plane."""
+    """Takes over the stream sockets of one server; ``max_size`` is the largest message, as on the ASGI plane."""
 
-    def __init__(self, app: FastAPI, max_size: int):
-        self.app = app
+    def __init__(self, services: Services, max_size: int):
+        self.services = services
         self.max_size = max_size
         self._admitting: set[asyncio.Task] = set()
 
     def claims(self, path: str) -> bool:
-        return STREAM_SOCKET.match(path) is not None
+        return socket_stream_id(path) is not None
 
     def upgrade(
         self,
@@ -109,29 +106,27 @@ class NativePlane:
         headers: dict[bytes, bytes],
         connections: set,
     ) -> None:
-        state = self.app.state
+        services = self.services
         try:
-            state.admission.check(headers, path, websocket=True)
-            stream, _ = await state.engine.open(check_stream_id(STREAM_SOCKET.match(path).group(1)))
+            services.admission.check(headers, path, websocket=True)
+            session = await open_socket(services, socket_stream_id(path) or "")
         except ServiceError as exc:
-            state.engine.metrics.errors.labels(exc.code).inc()
-            outcome.append(WSUpgradeResponseWithListener(refusal(exc), None))
+            outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:
-            offered = {p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode("latin-1").split(",")}
-            chosen = {"Sec-WebSocket-Protocol": WS_SUBPROTOCOL} if WS_SUBPROTOCOL in offered else None
-            session = StreamSocket(state.engine, state.wire, stream)
+            chosen = subprotocol(headers.get(b"sec-websocket-protocol", b"").decode("latin-1"))
             listener = NativeSocket(session, connections, self.max_size)
-            outcome.append(WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(chosen), listener))
+            extra = {"Sec-WebSocket-Protocol": chosen} if chosen else None
+            outcome.append(WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener))
         if transport.is_closing():  # the client left meanwhile
             return
         feed(protocol, request)
         transport.resume_reading()
 
 
-def refusal(exc: ServiceError) -> WSUpgradeResponse:
+def refusal(answer: ErrorAnswer) -> WSUpgradeResponse:
     """A refused handshake: the error's HTTP status, headers and JSON body (as on every route)."""
-    headers = {"Content-Type": "application/json", **(error_headers(exc.code) or {})}
-    return WSUpgradeResponse.create_error_response(exc.spec.status, orjson.dumps(error_body(exc)), headers)
+    headers = {"Content-Type": "application/json", **answer.headers}
+    return WSUpgradeResponse.create_error_response(answer.status, answer.body, headers)
 
 
 def feed(protocol: WSProtocol, data: bytes) -> None:
@@ -234,7 +229,7 @@ class NativeSocket(WSListener):
             self._resubmits.add(task)
             task.add_done_callback(self._resubmits.discard)
             return
-        except ServiceError as exc:
+        except Exception as exc:
             self.fail(exc)
             return
         future.add_done_callback(self.answer)
@@ -242,7 +237,7 @@ class NativeSocket(WSListener):
     async def resubmit(self, conflict: SeqConflict) -> None:
         try:
             future = await self.session.resubmit(conflict)
-        except ServiceError as exc:
+        except Exception as exc:
             self.fail(exc)
             return
         future.add_done_callback(self.answer)
@@ -252,10 +247,6 @@ class NativeSocket(WSListener):
         if self.closed:
             return
         if exc is not None:
-            if not isinstance(exc, ServiceError):
-                log.error("a stream socket's message failed", exc_info=exc)
-                self.close(WSCloseCode.INTERNAL_ERROR, "internal error")
-                return
             self.fail(exc)
             return
         binary = self.binary
@@ -263,14 +254,15 @@ class NativeSocket(WSListener):
         self.session.latency.observe(time.perf_counter() - self.started)
         self.next()
 
-    def fail(self, exc: ServiceError) -> None:
-        """Send the error message; close the socket where the error table says so."""
+    def fail(self, exc: BaseException) -> None:
+        """Send the error message; close the socket where the error table says so (an unexpected error:
+        ``internal_error``, 1011)."""
         if self.closed:
             return
         text, close = self.session.error(exc)
         self.transport.send(WSMsgType.TEXT, text)
         if close is not None:
-            self.close(WSCloseCode(close), exc.message)
+            self.close(WSCloseCode(close), exc.message if isinstance(exc, ServiceError) else "internal error")
             return
         self.next()
 

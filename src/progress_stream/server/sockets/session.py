@@ -1,9 +1,9 @@
-"""One stream's WebSocket protocol, whatever carries the socket: parse, submit, answer, errors.
+"""One stream's WebSocket protocol, whatever carries the socket: open, parse, submit, answer, errors.
 
-Both data planes use it: the ASGI route (:mod:`progress_stream.server.sockets.asgi`) and the native one
-(:mod:`progress_stream.server.sockets.native`), so a stream may be used from either and they cannot drift apart. A
-socket is answered strictly in order: the batcher advances a stream by at most one message per
-cycle, so taking the next message before this one is answered would gain nothing.
+Both data planes use it: the ASGI route (:mod:`.asgi`) and the native one (:mod:`.native`), so a stream
+may be used from either and they cannot drift apart. A socket is answered strictly in order: the batcher
+advances a stream by at most one message per cycle, so taking the next message before this one is
+answered would gain nothing.
 """
 
 from __future__ import annotations
@@ -14,22 +14,37 @@ import numpy as np
 import orjson
 
 from progress_stream.contract.binary import REQUEST_HEADER, binary_reply
-from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict, ServiceError, error_body
-from progress_stream.contract.wire import Wire
-from progress_stream.engine.engine import Engine
+from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict
+from progress_stream.contract.replies import SocketReply
+from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
 from progress_stream.engine.streams import Stream
+from progress_stream.server.wiring import Services
+
+
+async def open_socket(services: Services, stream_id: str) -> StreamSocket:
+    """A stream socket's handshake, on either plane, once admission has passed: the id checked, the stream
+    created or taken over; raises the :class:`ServiceError` that refuses the handshake."""
+    stream, _ = await services.engine.open(check_stream_id(stream_id))
+    return StreamSocket(services, stream)
+
+
+def subprotocol(offered: str) -> str | None:
+    """The subprotocol to select from a handshake's offer: a browser offers ``progress.v1`` (its key rides
+    beside it) and fails unless it is selected."""
+    return WS_SUBPROTOCOL if WS_SUBPROTOCOL in (p.strip() for p in offered.split(",")) else None
 
 
 class StreamSocket:
     """The state of one socket of one stream between its messages."""
 
-    __slots__ = ("conflicted", "engine", "latency", "seq", "stream", "wire")
+    __slots__ = ("answers", "conflicted", "engine", "latency", "seq", "stream", "wire")
 
-    def __init__(self, engine: Engine, wire: Wire, stream: Stream):
-        self.engine = engine
-        self.wire = wire
+    def __init__(self, services: Services, stream: Stream):
+        self.engine = services.engine
+        self.wire = services.wire
+        self.answers = services.answers
         self.stream = stream  # held, not looked up per message; a deleted or evicted one answers 1008
-        self.latency = engine.metrics.request_seconds.labels("ws")
+        self.latency = self.engine.metrics.request_seconds.labels("ws")
         self.seq: int | None = None  # the seq of the message being answered, once known (errors carry it)
         self.conflicted: tuple = ()  # (seq, frames, reset) of a message that just met a seq conflict
 
@@ -66,13 +81,12 @@ class StreamSocket:
         """The answer to the message just processed (JSON as UTF-8 bytes)."""
         if binary:
             return binary_reply(self.seq, self.stream.next_seq, progress)
-        reply = {"seq": self.seq, "progress": progress, "next_seq": self.stream.next_seq}
-        return orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
+        return SocketReply.encode(self.seq, progress, self.stream.next_seq)
 
-    def error(self, exc: ServiceError) -> tuple[bytes, int | None]:
+    def error(self, exc: BaseException) -> tuple[bytes, int | None]:
         """The error message for ``exc`` and the close code that must follow it (None: stay open)."""
-        self.engine.metrics.errors.labels(exc.code).inc()
-        return orjson.dumps({"seq": self.seq, **error_body(exc)}), exc.spec.ws_close
+        answer = self.answers.error(exc)
+        return answer.socket_message(self.seq), answer.close
 
 
 def seq_of(data: bytes | str) -> int | None:
