@@ -112,9 +112,7 @@ def synth(
     annotations: Annotated[
         Path | None, typer.Option(help="GTCC annotation JSON (plain or .gz); default: the EgoProceL timings shipped.")
     ] = None,
-    family: Annotated[str, typer.Option(help="Feature family: smooth, substeps, cyclic or shifted (README).")] = (
-        "smooth"
-    ),
+    family: Annotated[str, typer.Option(help="Feature family: smooth, substeps, cyclic or shifted.")] = ("smooth"),
     stride: Annotated[int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")] = 8,
     dim: int = 128,
     seed: int = 0,
@@ -147,7 +145,7 @@ def train(
         float, typer.Option(min=0.1, help="Time budget of --search (checked between trials).")
     ] = (30.0),
 ) -> None:
-    """Train a ProgressHead (the README's default unless --config or --set say otherwise)."""
+    """Train a ProgressHead (the documented default unless --config or --set say otherwise)."""
     from progress_stream.training.config import load_config
     from progress_stream.training.data import DataError
     from progress_stream.training.train import load_training_data

@@ -1,7 +1,7 @@
 """Training configuration: the one definition of the default recipe, TOML variants and overrides.
 
 ``TrainConfig()`` *is* the default that ``progress train`` builds with no ``--config`` and that the
-README documents; files in ``configs/`` hold only what a variant changes. Every value is checked
+docs document (Training); files in ``configs/`` hold only what a variant changes. Every value is checked
 against its field's type and allowed values, wherever it comes from (TOML, ``--set``, the search).
 """
 
@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a training run. The defaults are the documented default recipe (README)."""
+    """Every knob of a training run. The defaults are the documented default recipe (docs: Training)."""
 
     # model
     position_encoding: str = "log"  # log1p(i+1)/log1p(L_ref): a feature of the frame index alone

@@ -3,7 +3,7 @@
 For each task, a ridge regression from a window of ``2k+1`` standardised frames to the frame's
 content phase is fitted on the training videos and scored (R², clipped predictions) on the test
 videos. A family whose features carry little of the phase cannot be expected to reach the targets
-that families with rich features do; this is the number the README gives for it.
+that families with rich features do; this is the number the docs give for it (Training).
 """
 
 from __future__ import annotations

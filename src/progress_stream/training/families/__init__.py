@@ -2,7 +2,7 @@
 
 Users train on their own encoder's features, which look like none of these; the default recipe is
 chosen by its worst case across them. Each family differs in how an action's phase maps to its
-embeddings (see each module's docstring and the README's "Synthetic feature families").
+embeddings (see each module's docstring and the docs' Training page, "Synthetic feature families").
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from progress_stream.training.data import BACKGROUND_ACTIONS
 
 @dataclass(frozen=True)
 class FamilyConfig:
-    """Knobs shared by every family; the defaults are what the README's numbers use."""
+    """Knobs shared by every family; the defaults are what the docs' numbers use."""
 
     stride: int = 8
     dim: int = 128
