@@ -32,6 +32,17 @@ def memory_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def answered(answer: bytes) -> bool:
+    """The answer's head and its whole body (Content-Length) are in (the two may come in separate segments)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = next(
+        (line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), b"0"
+    )
+    return len(body) >= int(length)
+
+
 def raw_exchange(port: int, head: bytes, body_chunks, timeout: float = 10.0) -> tuple[bytes, int]:
     """Send ``head`` then body chunks until the server answers or closes; returns (answer, bytes sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -47,7 +58,7 @@ def raw_exchange(port: int, head: bytes, body_chunks, timeout: float = 10.0) -> 
                 if not data:
                     break
                 answer += data
-                if b"\r\n\r\n" in answer:
+                if answered(answer):
                     break
             except BlockingIOError:
                 pass
