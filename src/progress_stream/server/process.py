@@ -49,6 +49,8 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        if self.proc is not None and self.proc.poll() is None:  # ``with srv.start():`` starts it once
+            return self
         cmd = [*self.command, "--port", str(self.port)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
