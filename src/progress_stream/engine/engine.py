@@ -13,10 +13,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from progress_stream.contract.errors import Overloaded, SeqConflict, ShuttingDown, StreamNotFound
+from progress_stream.contract.errors import Overloaded, SeqConflict, ServiceError, ShuttingDown, StreamNotFound
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
 from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
@@ -24,6 +25,7 @@ from progress_stream.engine.durability.takeover import SharedStreams
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
+from progress_stream.engine.ticks import Part, Tick
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,24 @@ class Engine:
         A retry may wait on the same future: callers that can be cancelled await it through
         ``asyncio.shield``. Cancelling never undoes accepted work: the frames are still processed.
         """
+        answer = self.offer(stream, seq, frames, reset)
+        if isinstance(answer, asyncio.Future):
+            return answer
+        future = self._loop.create_future()
+        if isinstance(answer, Part):  # a retry of a chunk a tick sent, still pending
+            tick = Tick(self._loop, 1)
+            tick.follow(0, answer)
+            tick.future.add_done_callback(lambda t: settle(future, t.result()[0]))
+        else:
+            future.set_result(answer)
+        return future
+
+    def offer(
+        self, stream: Stream, seq: int, frames: np.ndarray, reset: bool, part: Part | None = None
+    ) -> asyncio.Future | Part | np.ndarray:
+        """The one acceptance rule of every transport: frames ``seq ..`` accepted (answered through
+        ``part``, or a new future), a retry's stored outputs, or the waiter of the same chunk still pending;
+        raises the :class:`SeqConflict` (or other refusal) otherwise."""
         if stream.closed:
             raise StreamNotFound(f"stream {stream.id!r} was deleted or evicted")
         stream.last_seen = time.monotonic()
@@ -209,10 +229,10 @@ class Engine:
                 raise ShuttingDown("the server is shutting down; reconnect and resume from next_seq")
             if self.table.queued_frames + n > self.max_queue_frames:
                 raise Overloaded(f"{self.table.queued_frames} frames already wait for inference; retry shortly")
-            future = self._loop.create_future()
-            if self.table.accept(stream, Chunk(seq, frames, reset, future)):
+            waiter = part or self._loop.create_future()
+            if self.table.accept(stream, Chunk(seq, frames, reset, waiter)):
                 self.batcher.ready(stream)
-            return future
+            return waiter
         if seq > stream.next_seq:
             raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
         # seq was accepted before: a retry is answered only if it is the same chunk
@@ -221,9 +241,7 @@ class Engine:
             raise SeqConflict(f"seq {seq} {differs}; the stream continues at {stream.next_seq}", stream.next_seq)
         stored = self.table.replay(stream, seq, n)
         if stored is not None:
-            future = self._loop.create_future()
-            future.set_result(stored)
-            return future
+            return stored
         for chunk in stream.pending:
             if chunk.seq == seq:
                 return chunk.future
@@ -232,6 +250,45 @@ class Engine:
             f"the stream continues at {stream.next_seq}",
             stream.next_seq,
         )
+
+    async def tick(self, entries: list[tuple[Stream, int, np.ndarray, bool] | BaseException]) -> list[Any]:
+        """One multiplexed message: each entry ``(stream, seq, frames, reset)``, or the exception that
+        already refused it; answers, in order, an array of progress or the exception per entry. One future
+        for the whole message; an entry's refusal leaves the others as they are. A copy here that is behind
+        what an entry sends catches up from the shared store first, as for a single stream."""
+        tick = Tick(self._loop, len(entries))
+        behind = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, BaseException):
+                tick.settle(i, entry)
+                continue
+            try:
+                self._offer_part(tick, i, entry)
+            except SeqConflict as conflict:
+                if self.shared is not None and entry[1] > entry[0].next_seq:
+                    behind.append((i, entry, conflict))
+                else:
+                    tick.settle(i, conflict)
+            except ServiceError as exc:
+                tick.settle(i, exc)
+        for i, entry, conflict in behind:  # rare: only after a stream moved between replicas
+            try:
+                if not await self.shared.catch_up(entry[0]):
+                    raise conflict
+                self._offer_part(tick, i, entry)
+            except ServiceError as exc:
+                tick.settle(i, exc)
+        return await tick.future
+
+    def _offer_part(self, tick: Tick, i: int, entry: tuple[Stream, int, np.ndarray, bool]) -> None:
+        part = tick.part(i)
+        answer = self.offer(*entry, part)
+        if answer is part:
+            return
+        if isinstance(answer, np.ndarray):
+            tick.settle(i, answer)
+        else:
+            tick.follow(i, answer)
 
     async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
         """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
@@ -307,3 +364,12 @@ class Engine:
             except OSError as exc:
                 self.metrics.snapshot_failures.inc()
                 log.error("snapshot to %s failed: %s", path, exc)
+
+
+def settle(future: asyncio.Future, value: np.ndarray | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)

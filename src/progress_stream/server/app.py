@@ -22,7 +22,7 @@ from progress_stream.contract.wire import CreateStream, Wire
 from progress_stream.server.edge import EdgeGuard
 from progress_stream.server.page import PAGE_DIR, page_router
 from progress_stream.server.routes import ops_router, v1_router
-from progress_stream.server.sockets.asgi import ws_router
+from progress_stream.server.sockets.asgi import gateway_router, ws_router
 from progress_stream.server.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def openapi_schema(app: FastAPI, wire: Wire) -> dict[str, Any]:
     """The schema with this server's real limits: the request bodies are the :class:`Wire` models."""
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (wire.frames_request, wire.progress_request, CreateStream):
+    for model in (wire.frames_request, wire.progress_request, wire.tick_request, CreateStream):
         components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     return schema
 
@@ -126,6 +126,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(v1_router)
     if settings.ws_plane == "asgi":  # else the native plane takes the socket before any route
         app.include_router(ws_router)
+    app.include_router(gateway_router)
     app.include_router(ops_router)
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")

@@ -15,11 +15,14 @@ import time
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from progress_stream.contract.errors import SeqConflict, ServiceError
+from progress_stream.contract.gateway import GATEWAY_SOCKET
 from progress_stream.contract.wire import STREAM_SOCKET
+from progress_stream.server.sockets.gateway import GatewaySocket
 from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 ws_router = APIRouter()
+gateway_router = APIRouter()
 
 
 @ws_router.websocket(STREAM_SOCKET)
@@ -63,5 +66,32 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
             else:
                 await websocket.send_text(session.reply(progress, False).decode())
             session.latency.observe(time.perf_counter() - started)
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+@gateway_router.websocket(GATEWAY_SOCKET)
+async def gateway_socket(websocket: WebSocket) -> None:
+    """Many streams on one socket (the edge already admitted it): each message answered in order."""
+    services: Services = websocket.app.state.services
+    await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
+    gateway = GatewaySocket(services)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            binary = message.get("bytes") is not None
+            try:
+                reply = await gateway.answer(message["bytes"] if binary else message.get("text") or "", binary)
+            except ServiceError as exc:  # broken framing: the one kind of error that closes a gateway
+                answer = services.answers.error(exc)
+                await websocket.send_text(answer.socket_message(None).decode())
+                await websocket.close(answer.close or 1008, exc.message[:120])
+                return
+            if binary:
+                await websocket.send_bytes(reply)
+            else:
+                await websocket.send_text(reply.decode())
     except (WebSocketDisconnect, RuntimeError):
         return
