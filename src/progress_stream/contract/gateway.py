@@ -77,6 +77,15 @@ def encode_tick(handles: np.ndarray, seqs: np.ndarray, frames: np.ndarray, reset
     return MESSAGE_HEADER.pack(entries, VERSION) + records.tobytes()
 
 
+def encode_entries(entries: list[tuple[int, int, np.ndarray, bool]]) -> bytes:
+    """A binary tick of any entries ``(handle, seq, frames (n, D), reset)``, of any lengths."""
+    parts = [MESSAGE_HEADER.pack(len(entries), VERSION)]
+    for handle, seq, frames, reset in entries:
+        arr = np.ascontiguousarray(frames, dtype="<f4")
+        parts += [ENTRY_HEADER.pack(seq, handle, len(arr), FLAG_RESET if reset else 0), arr.tobytes()]
+    return b"".join(parts)
+
+
 def decode_tick_reply(data: bytes) -> list[tuple[int, int, int, str | None, np.ndarray]]:
     """A binary tick's reply: per entry ``(handle, seq, next_seq, error code or None, progress)``."""
     entries, _ = MESSAGE_HEADER.unpack_from(data)

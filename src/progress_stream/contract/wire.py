@@ -86,6 +86,7 @@ class Wire:
     embedding_dim: int
     max_frames_per_message: int
     max_frames_stateless: int
+    max_frames_per_tick: int = 1024
     frames_request: type[BaseModel] = field(init=False)
     progress_request: type[BaseModel] = field(init=False)
     tick_entry: type[BaseModel] = field(init=False)

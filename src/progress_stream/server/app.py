@@ -54,8 +54,8 @@ def validation_error(exc: RequestValidationError) -> BadInput:
 
 def body_limit(wire: Wire, path: str) -> int:
     """A route's body limit: the largest body its frame limit allows (derived, so never tighter)."""
-    frames = wire.max_frames_stateless if path == "/v1/progress" else wire.max_frames_per_message
-    return wire.max_body_bytes(frames)
+    frames = {"/v1/progress": wire.max_frames_stateless, "/v1/frames": wire.max_frames_per_tick}
+    return wire.max_body_bytes(frames.get(path, wire.max_frames_per_message))
 
 
 def openapi_schema(app: FastAPI, wire: Wire) -> dict[str, Any]:

@@ -48,9 +48,10 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                 return
             started = time.perf_counter()
             binary = message.get("bytes") is not None
+            data = message["bytes"] if binary else message.get("text") or ""
             try:
                 try:
-                    future = session.submit(message["bytes"] if binary else message.get("text") or "", binary)
+                    future = session.submit(data, binary)
                 except SeqConflict as conflict:
                     future = await session.resubmit(conflict)
                 progress = await future
