@@ -4,7 +4,7 @@ A line that is exactly one of these placeholders is replaced by what the code sa
 
 * ``<!-- generated: errors -->``: the error table, ``progress_stream.contract.errors.error_table()``;
 * ``<!-- generated: settings -->``: every ``PROGRESS_*`` setting of ``progress_stream.server.settings.Settings``;
-* ``<!-- generated: gateway-status -->``: the gateway's binary status codes, ``progress_stream.contract.gateway.ERROR_CODES``;
+* ``<!-- generated: gateway-status -->``: the gateway's binary status codes (``contract.gateway.ERROR_CODES``);
 * ``<!-- generated: recipe -->``: the default training recipe, ``progress_stream.training.config.TrainConfig()``,
   as a TOML block.
 
