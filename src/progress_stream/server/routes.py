@@ -222,11 +222,16 @@ async def healthz() -> Health:
     summary="Model loaded and warmed up",
 )
 async def readyz(services: ServicesDep) -> Response:
-    """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, or ``degraded`` (the
-    store cannot be written: streams are served but a lost replica would lose them)."""
+    """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, ``partial`` (the store
+    refuses some streams' writes: ``unstored_streams`` counts them) or ``degraded`` (the store cannot be
+    written: streams are served but a lost replica would lose them)."""
     shared = services.engine.shared
-    durability = "none" if shared is None else ("degraded" if shared.degraded else "ok")
-    return json_response(Readiness(ready=services.ready, durability=durability), 200 if services.ready else 503)
+    reply = (
+        Readiness(ready=services.ready, durability="none", unstored_streams=0)
+        if shared is None
+        else Readiness(ready=services.ready, durability=shared.durability, unstored_streams=shared.unstored_count)
+    )
+    return json_response(reply, 200 if services.ready else 503)
 
 
 @ops_router.get(

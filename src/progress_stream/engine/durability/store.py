@@ -4,7 +4,8 @@ One hash per stream, ``progress:stream:<id>``: ``seq`` (frames processed), ``mod
 sha256), ``window``, ``created`` and ``blob``, the stream's row of every slot array of the table
 (hidden state, step, retained outputs, chunk records) in a fixed layout. A write goes through a Lua
 script that refuses to move ``seq`` backwards, so a stale copy on another replica can never overwrite
-newer state; many writes go in one pipelined round trip. Keys expire after the idle TTL. A state
+newer state; many writes go in one pipelined round trip, and each write's outcome comes back (a write
+refused is the caller's to report: its stream is not stored). Keys expire after the idle TTL. A state
 written for another model or window is never restored.
 """
 
@@ -20,6 +21,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 PREFIX = "progress:stream:"
+#: What one write did: moved the stored state forward, or was refused (the key holds a later seq).
+WRITTEN, FURTHER_ALONG = 1, 0
 #: Write only forward: refuse a snapshot older than the stored one (equal seq: the same state).
 WRITE_FORWARD = """
 local stored = redis.call('HGET', KEYS[1], 'seq')
@@ -82,16 +85,17 @@ class RedisStore:
             offset += np.dtype(dtype).itemsize * items
         return StreamState(stream_id, int(fields[b"seq"]), float(fields[b"created"]), rows)
 
-    async def save(self, states: list[StreamState]) -> int:
-        """Write ``states`` in one pipelined round trip; how many moved the stored state forward."""
+    async def save(self, states: list[StreamState]) -> list[int]:
+        """Write ``states`` in one pipelined round trip; each one's outcome (:data:`WRITTEN` or
+        :data:`FURTHER_ALONG`), in order."""
         if not states:
-            return 0
+            return []
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for s in states:
                     args = [s.done_seq, self.model, self.window, repr(s.created_at), self.encode(s), self.ttl_ms]
                     await self._write(keys=[PREFIX + s.stream_id], args=args, client=pipe)
-                return sum(await pipe.execute())
+                return [int(result) for result in await pipe.execute()]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: write failed ({exc})") from None
 

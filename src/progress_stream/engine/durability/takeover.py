@@ -4,6 +4,9 @@
   pipelined round trip, each consistent (read under the batcher's cycle lock). A failed write is
   retried with backoff (up to 30 s); meanwhile ``/readyz`` reports durability as degraded and the
   streams held keep being served.
+* A write the store refuses (its key holds a later seq: another replica went further, or another
+  model's deployment left it) leaves that stream unstored: it is counted, logged once, retried every
+  round, and ``/readyz`` reports durability as partial with the number of such streams.
 * A request for a stream this replica does not hold looks it up (one round trip, never for streams
   it holds) and restores it: the client then resumes as after a restart (409 with ``expected_seq``).
 * A copy held here that is behind what a client sends (the stream moved away and back) is reloaded
@@ -18,7 +21,7 @@ import time
 
 from progress_stream.contract.errors import StoreUnreachable
 from progress_stream.engine.batcher import Batcher
-from progress_stream.engine.durability.store import RedisStore, StoreUnavailable, StreamState
+from progress_stream.engine.durability.store import WRITTEN, RedisStore, StoreUnavailable, StreamState
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.streams import Stream, StreamTable
 
@@ -35,8 +38,20 @@ class SharedStreams:
         self.metrics = metrics
         self.interval = interval_s
         self.degraded = False
+        #: streams held here whose last write the store refused (retried every round), and why
+        self.unstored: dict[Stream, str] = {}
         self.saved_at = time.monotonic()
         metrics.snapshot_lag.set_function(lambda: time.monotonic() - self.saved_at)
+
+    @property
+    def unstored_count(self) -> int:
+        """Streams held here whose state the store does not hold because it refused their writes."""
+        return sum(not s.closed for s in self.unstored)
+
+    @property
+    def durability(self) -> str:
+        """``degraded`` (the store cannot be written), ``partial`` (some streams' writes are refused) or ``ok``."""
+        return "degraded" if self.degraded else ("partial" if self.unstored_count else "ok")
 
     async def check(self) -> None:
         """At start: an unreachable store (allowed by PROGRESS_STATE_REQUIRED=false) starts degraded."""
@@ -68,18 +83,39 @@ class SharedStreams:
                 for i, s in enumerate(streams)
             ]
         try:
-            await self.store.save(states)
+            outcomes = await self.store.save(states)
         except StoreUnavailable:
             self.metrics.store_errors.inc()
             self.degraded = True
             raise
-        for stream, state in zip(streams, states, strict=True):
-            stream.saved_seq = state.done_seq
-        self.metrics.store_writes.inc(len(states))
+        self.unstored = {s: why for s, why in self.unstored.items() if not s.closed}
+        for stream, state, outcome in zip(streams, states, outcomes, strict=True):
+            if outcome == WRITTEN:
+                stream.saved_seq = state.done_seq  # a refused one keeps its old saved_seq: retried next round
+                self.stored(stream)
+            else:
+                self.refused(stream, state.done_seq)
+        self.metrics.store_writes.inc(sum(outcome == WRITTEN for outcome in outcomes))
         if whole_round:  # every stream is stored as of now: the lag restarts
             self.saved_at = time.monotonic()
         self.degraded = False
         return len(states)
+
+    def stored(self, stream: Stream) -> None:
+        """The store holds ``stream``'s state (written, or read from it)."""
+        if self.unstored.pop(stream, None) is not None:
+            log.info("stream %r is stored again at seq %d", stream.id, stream.saved_seq)
+
+    def refused(self, stream: Stream, seq: int) -> None:
+        self.metrics.store_refused.inc()
+        if stream not in self.unstored:
+            log.warning(
+                "the state store refused stream %r at seq %d: its key holds a later seq (another replica went "
+                "further, or another deployment left it); not stored, retried every round",
+                stream.id,
+                seq,
+            )
+        self.unstored[stream] = "further_along"
 
     async def run(self) -> None:
         delay = self.interval
@@ -121,6 +157,7 @@ class SharedStreams:
         if state is None or state.done_seq <= stream.done_seq or stream.busy or stream.pending or stream.closed:
             return False
         self.table.overwrite(stream, state.done_seq, state.rows)
+        self.stored(stream)
         self.metrics.store_restores.inc()
         return True
 
