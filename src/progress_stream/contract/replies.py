@@ -164,7 +164,7 @@ class Readiness(BaseModel):
     unstored_streams: int = Field(
         0,
         description="streams held here whose state the store does not hold because it refused their writes "
-        "(their key holds a later seq); 0 without a shared store",
+        "(their key holds a later seq, or cannot be read); 0 without a shared store",
     )
 
 

@@ -4,16 +4,21 @@ without new frames, a stop whose state file cannot be written, and temporary fil
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
+from progress_stream.contract.binary import binary_request, parse_binary_reply
 from progress_stream.engine.durability.store import PREFIX
-from tests.conftest import frames
+from progress_stream.engine.streams import StreamTable
+from tests.conftest import PLANES, frames
 from tests.engine.durability.test_shared_state import RedisServer, replica, send, wait_stored
 from tests.server.test_operations import scrape
 
@@ -30,6 +35,15 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) 
     while not condition():
         assert time.monotonic() < deadline, f"still not {what}"
         time.sleep(0.05)
+
+
+#: The headers of a WebSocket handshake (a refused one is answered like any request).
+WS_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 
 
 def readiness(url: str) -> dict:
@@ -62,3 +76,87 @@ def test_refused_writes_are_counted_and_readyz_reports_the_unstored_streams(tiny
         assert httpx.delete(f"{a.url}/v1/streams/ahead").status_code == 204  # a stream no longer held
         ok = {"ready": True, "durability": "ok", "unstored_streams": 0}
         wait_for(lambda: readiness(a.url) == ok, f"{ok} (readyz: {readiness(a.url)})")
+
+
+# --- 14: a key the server cannot read ------------------------------------------------------------
+
+
+def stored_fields(runtime, seq: object, **fields: object) -> dict:
+    """A stream's hash as a replica of this model writes it (zero state), with ``fields`` replaced."""
+    layout = StreamTable.layout(runtime.hidden_dim, 512)
+    blob = b"".join(np.zeros(items, dtype).tobytes() for dtype, items in layout.values())
+    return {"seq": seq, "model": runtime.checkpoint, "window": 512, "created": 0.0, "blob": blob, **fields}
+
+
+def test_a_bad_key_is_skipped_and_the_other_streams_keep_their_writes(tiny_model, tmp_path, store):
+    x = frames(np.random.default_rng(42), 9)
+    client = redis.Redis(port=store.port)
+    with replica(tiny_model, tmp_path / "a.log", store) as a:
+        for sid in ("good", "typed", "garbled"):
+            httpx.put(f"{a.url}/v1/streams/{sid}")
+            send(a.url, sid, 0, x[:3])
+            wait_stored(store, sid, 3)
+        client.delete(PREFIX + "typed")
+        client.set(PREFIX + "typed", "not a hash")  # the wrong type
+        client.hset(PREFIX + "garbled", "seq", "three")  # not a number
+        for sid in ("good", "typed", "garbled"):
+            assert send(a.url, sid, 3, x[3:6]).status_code == 200  # every stream held is still served
+        wait_stored(store, "good", 6)
+        unstored = {"ready": True, "durability": "partial", "unstored_streams": 2}  # not degraded
+        wait_for(lambda: readiness(a.url) == unstored, f"{unstored} (readyz: {readiness(a.url)})")
+        assert send(a.url, "good", 6, x[6:9]).status_code == 200
+        wait_stored(store, "good", 9, timeout=5)  # written at the next interval: no backoff
+        metrics = scrape(a.url)
+        assert metrics["progress_store_bad_keys_total"] >= 2 and metrics["progress_store_errors_total"] == 0
+        assert client.get(PREFIX + "typed") == b"not a hash" and client.hget(PREFIX + "garbled", "seq") == b"three"
+    assert "stream 'typed'" in (tmp_path / "a.log").read_text()  # logged, by name
+
+
+def test_a_stream_whose_key_is_bad_answers_a_json_error_until_deleted(tiny_model, tmp_path, store, runtime):
+    client = redis.Redis(port=store.port)
+    client.hset(PREFIX + "fine", mapping=stored_fields(runtime, 7))
+    client.set(PREFIX + "typed", "not a hash")
+    client.rpush(PREFIX + "listed", "a", "b")
+    client.hset(PREFIX + "garbled", mapping=stored_fields(runtime, "seven"))
+    client.hset(PREFIX + "short", mapping=stored_fields(runtime, 7, blob=b"\0" * 10))
+    client.hset(PREFIX + "undated", mapping=stored_fields(runtime, 7, created="yesterday"))
+    bad = ("typed", "listed", "garbled", "short", "undated")
+    with replica(tiny_model, tmp_path / "a.log", store) as a:
+        assert httpx.get(f"{a.url}/v1/streams/fine").json()["processed_seq"] == 7  # a good key is restored
+        for sid in bad:
+            for answer in (
+                httpx.get(f"{a.url}/v1/streams/{sid}"),
+                httpx.put(f"{a.url}/v1/streams/{sid}"),
+                send(a.url, sid, 0, frames(np.random.default_rng(43), 2)),
+            ):
+                assert answer.status_code == 500 and answer.json()["error"]["code"] == "stream_unreadable", answer.text
+        refused = httpx.get(f"{a.url}/v1/streams/typed/ws", headers=WS_UPGRADE)  # a handshake: the same answer
+        assert refused.status_code == 500 and refused.json()["error"]["code"] == "stream_unreadable"
+        assert readiness(a.url) == {"ready": True, "durability": "ok", "unstored_streams": 0}
+        assert scrape(a.url)["progress_store_bad_keys_total"] >= 3 * len(bad)
+        for sid in bad:  # the way out: delete the stream, then it starts anew
+            assert httpx.delete(f"{a.url}/v1/streams/{sid}").status_code == 204
+            created = httpx.put(f"{a.url}/v1/streams/{sid}")
+            assert created.status_code == 201 and created.json()["next_seq"] == 0
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_socket_that_meets_a_bad_key_answers_and_stays_open(tiny_model, tmp_path, store, plane):
+    x = frames(np.random.default_rng(44), 12)
+    with replica(tiny_model, tmp_path / "a.log", store, ws_plane=plane) as a:
+        httpx.put(f"{a.url}/v1/streams/sock")
+        send(a.url, "sock", 0, x[:5])
+        wait_stored(store, "sock", 5)
+        redis.Redis(port=store.port).hset(PREFIX + "sock", "seq", "ten")  # the key went bad meanwhile
+
+        async def talk() -> tuple[dict, tuple]:
+            async with connect(f"{a.ws_url}/v1/streams/sock/ws", compression=None) as ws:
+                # past the copy held here: it would catch up from the store, whose key cannot be read
+                await ws.send(binary_request(10, x[10:12]))
+                error = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                await ws.send(binary_request(5, x[5:7]))  # resumed where the error says
+                return error, parse_binary_reply(await asyncio.wait_for(ws.recv(), 10))
+
+        error, reply = asyncio.run(talk())
+    assert error["seq"] == 10 and error["error"]["code"] == "seq_conflict" and error["error"]["expected_seq"] == 5
+    assert reply[:2] == (5, 7)

@@ -7,6 +7,11 @@ script that refuses to move ``seq`` backwards, so a stale copy on another replic
 newer state; many writes go in one pipelined round trip, and each write's outcome comes back (a write
 refused is the caller's to report: its stream is not stored). Keys expire after the idle TTL. A state
 written for another model or window is never restored.
+
+A key this server cannot read (the wrong type, a ``seq`` that is not a number, a blob of the wrong
+length) is one stream's fault, never the store's: its write is skipped (the script refuses it rather
+than fail, so the other writes of the round land) and reading it raises :class:`BadKey`, not
+:class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "progress:stream:"
-#: What one write did: moved the stored state forward, or was refused (the key holds a later seq).
-WRITTEN, FURTHER_ALONG = 1, 0
-#: Write only forward: refuse a snapshot older than the stored one (equal seq: the same state).
+#: What one write did: moved the stored state forward, was refused (the key holds a later seq), or was
+#: skipped (the key is not a stream's hash with a numeric seq).
+WRITTEN, FURTHER_ALONG, BAD_KEY = 1, 0, -1
+#: Write only forward: refuse a snapshot older than the stored one (equal seq: the same state); leave a
+#: key that is not ours to read alone.
 WRITE_FORWARD = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' and kind ~= 'hash' then return -1 end
 local stored = redis.call('HGET', KEYS[1], 'seq')
+if stored and not string.match(stored, '^%d+$') then return -1 end
 if stored and tonumber(stored) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'model', ARGV[2], 'window', ARGV[3], 'created', ARGV[4], 'blob', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -35,6 +45,10 @@ return 1
 
 class StoreUnavailable(RuntimeError):
     """The shared store cannot be reached (or answered an error); one line naming it."""
+
+
+class BadKey(ValueError):
+    """One stream's key holds what this server cannot read; one line naming the stream and the fault."""
 
 
 @dataclass
@@ -76,18 +90,33 @@ class RedisStore:
         return b"".join(a.tobytes() for a in arrays)
 
     def decode(self, stream_id: str, fields: dict[bytes, bytes]) -> StreamState | None:
-        if fields.get(b"model", b"").decode() != self.model or fields.get(b"window", b"").decode() != self.window:
+        """The stored state; None if written for another model or window; :class:`BadKey` if unreadable."""
+        if fields.get(b"model") != self.model.encode() or fields.get(b"window") != self.window.encode():
             log.warning("stream %r in the store was written for another model or window; not restored", stream_id)
             return None
-        blob, rows, offset = fields[b"blob"], {}, 0
+        seq, created, blob = fields.get(b"seq", b""), fields.get(b"created", b""), fields.get(b"blob", b"")
+        if not seq.isdigit():
+            raise BadKey(f"stream {stream_id!r} in the store: seq {seq[:20]!r} is not a number")
+        try:
+            created_at = float(created)
+        except ValueError:
+            raise BadKey(f"stream {stream_id!r} in the store: created {created[:20]!r} is not a time") from None
+        if len(blob) != self.blob_size:
+            raise BadKey(f"stream {stream_id!r} in the store: its blob has {len(blob)} bytes, not {self.blob_size}")
+        rows, offset = {}, 0
         for name, (dtype, items) in self.layout.items():
             rows[name] = np.frombuffer(blob, dtype, items, offset).reshape(() if items == 1 else (items,))
             offset += np.dtype(dtype).itemsize * items
-        return StreamState(stream_id, int(fields[b"seq"]), float(fields[b"created"]), rows)
+        return StreamState(stream_id, int(seq), created_at, rows)
+
+    @property
+    def blob_size(self) -> int:
+        return sum(np.dtype(dtype).itemsize * items for dtype, items in self.layout.values())
 
     async def save(self, states: list[StreamState]) -> list[int]:
-        """Write ``states`` in one pipelined round trip; each one's outcome (:data:`WRITTEN` or
-        :data:`FURTHER_ALONG`), in order."""
+        """Write ``states`` in one pipelined round trip; each one's outcome (:data:`WRITTEN`,
+        :data:`FURTHER_ALONG` or :data:`BAD_KEY`), in order. A write the store answers with an error is
+        that key's fault (:data:`BAD_KEY`, logged), unless every write failed: then the store's."""
         if not states:
             return []
         try:
@@ -95,13 +124,24 @@ class RedisStore:
                 for s in states:
                     args = [s.done_seq, self.model, self.window, repr(s.created_at), self.encode(s), self.ttl_ms]
                     await self._write(keys=[PREFIX + s.stream_id], args=args, client=pipe)
-                return [int(result) for result in await pipe.execute()]
+                results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: write failed ({exc})") from None
+        errors = [(s, r) for s, r in zip(states, results, strict=True) if isinstance(r, Exception)]
+        if errors and len(errors) == len(states):
+            raise StoreUnavailable(f"state store {self.where}: write failed ({errors[0][1]})")
+        for state, error in errors:
+            log.warning("state store %s: the write of stream %r failed: %s", self.where, state.stream_id, error)
+        return [BAD_KEY if isinstance(r, Exception) else int(r) for r in results]
 
     async def load(self, stream_id: str) -> StreamState | None:
+        """The stream's stored state, or None; raises :class:`StoreUnavailable` or :class:`BadKey`."""
         try:
             fields = await self.client.hgetall(PREFIX + stream_id)
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise BadKey(f"stream {stream_id!r} in the store: its key is not a hash") from None
+            raise StoreUnavailable(f"state store {self.where}: read failed ({exc})") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: read failed ({exc})") from None
         return self.decode(stream_id, fields) if fields else None

@@ -5,8 +5,11 @@
   retried with backoff (up to 30 s); meanwhile ``/readyz`` reports durability as degraded and the
   streams held keep being served.
 * A write the store refuses (its key holds a later seq: another replica went further, or another
-  model's deployment left it) leaves that stream unstored: it is counted, logged once, retried every
-  round, and ``/readyz`` reports durability as partial with the number of such streams.
+  model's deployment left it) or skips (its key cannot be read) leaves that stream unstored: it is
+  counted, logged once, retried every round, and ``/readyz`` reports durability as partial with the
+  number of such streams. One stream's bad key never fails the round of the others.
+* A stream whose key cannot be read is not taken over: its requests answer ``stream_unreadable``
+  until it is deleted. A copy held here is not caught up from such a key: the conflict stands.
 * A request for a stream this replica does not hold looks it up (one round trip, never for streams
   it holds) and restores it: the client then resumes as after a restart (409 with ``expected_seq``).
 * A copy held here that is behind what a client sends (the stream moved away and back) is reloaded
@@ -19,9 +22,16 @@ import asyncio
 import logging
 import time
 
-from progress_stream.contract.errors import StoreUnreachable
+from progress_stream.contract.errors import StoreUnreachable, StreamUnreadable
 from progress_stream.engine.batcher import Batcher
-from progress_stream.engine.durability.store import WRITTEN, RedisStore, StoreUnavailable, StreamState
+from progress_stream.engine.durability.store import (
+    BAD_KEY,
+    WRITTEN,
+    BadKey,
+    RedisStore,
+    StoreUnavailable,
+    StreamState,
+)
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.streams import Stream, StreamTable
 
@@ -94,7 +104,7 @@ class SharedStreams:
                 stream.saved_seq = state.done_seq  # a refused one keeps its old saved_seq: retried next round
                 self.stored(stream)
             else:
-                self.refused(stream, state.done_seq)
+                self.refused(stream, state.done_seq, outcome)
         self.metrics.store_writes.inc(sum(outcome == WRITTEN for outcome in outcomes))
         if whole_round:  # every stream is stored as of now: the lag restarts
             self.saved_at = time.monotonic()
@@ -106,16 +116,17 @@ class SharedStreams:
         if self.unstored.pop(stream, None) is not None:
             log.info("stream %r is stored again at seq %d", stream.id, stream.saved_seq)
 
-    def refused(self, stream: Stream, seq: int) -> None:
-        self.metrics.store_refused.inc()
-        if stream not in self.unstored:
-            log.warning(
-                "the state store refused stream %r at seq %d: its key holds a later seq (another replica went "
-                "further, or another deployment left it); not stored, retried every round",
-                stream.id,
-                seq,
-            )
-        self.unstored[stream] = "further_along"
+    def refused(self, stream: Stream, seq: int, outcome: int) -> None:
+        """The store refused (or skipped, for a bad key) ``stream``'s write at ``seq``."""
+        if outcome == BAD_KEY:
+            self.metrics.store_bad_keys.inc()
+            why = "its key cannot be read (the wrong type, or a seq that is not a number)"
+        else:
+            self.metrics.store_refused.inc()
+            why = "its key holds a later seq (another replica went further, or another deployment left it)"
+        if self.unstored.get(stream) != why:
+            log.warning("the state store refused stream %r at seq %d: %s; retried every round", stream.id, seq, why)
+        self.unstored[stream] = why
 
     async def run(self) -> None:
         delay = self.interval
@@ -129,13 +140,17 @@ class SharedStreams:
                 log.error("%s; retrying in %.0f s (the streams held are still served)", exc, delay)
 
     async def take_over(self, stream_id: str) -> Stream | None:
-        """The stream restored from the store, or None if it is nowhere; 503 if the store cannot be asked."""
+        """The stream restored from the store, or None if it is nowhere; 503 if the store cannot be asked,
+        ``stream_unreadable`` if its key cannot be read."""
         try:
             state = await self.store.load(stream_id)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             self.degraded = True
             raise StoreUnreachable(f"{exc}: cannot tell whether stream {stream_id!r} exists; retry") from None
+        except BadKey as exc:
+            self.bad_key(exc)
+            raise StreamUnreadable(f"{exc}; DELETE the stream to start it anew") from None
         if stream_id in self.table.streams:  # restored or created by another request meanwhile
             return self.table.streams[stream_id]
         if state is None:
@@ -154,12 +169,19 @@ class SharedStreams:
         except StoreUnavailable:
             self.metrics.store_errors.inc()
             return False
+        except BadKey as exc:
+            self.bad_key(exc)
+            return False
         if state is None or state.done_seq <= stream.done_seq or stream.busy or stream.pending or stream.closed:
             return False
         self.table.overwrite(stream, state.done_seq, state.rows)
         self.stored(stream)
         self.metrics.store_restores.inc()
         return True
+
+    def bad_key(self, exc: BadKey) -> None:
+        self.metrics.store_bad_keys.inc()
+        log.warning("%s; left as it is", exc)
 
     async def forget(self, stream_id: str) -> bool:
         """Delete the stream from the store; whether it was there."""
