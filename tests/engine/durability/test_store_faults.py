@@ -13,11 +13,13 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from pydantic import ValidationError
 from websockets.asyncio.client import connect
 
 from progress_stream.contract.binary import binary_request, parse_binary_reply
 from progress_stream.engine.durability.store import PREFIX
 from progress_stream.engine.streams import StreamTable
+from progress_stream.server.settings import Settings
 from tests.conftest import PLANES, frames
 from tests.engine.durability.test_shared_state import RedisServer, replica, send, wait_stored
 from tests.server.test_operations import scrape
@@ -160,3 +162,33 @@ def test_a_socket_that_meets_a_bad_key_answers_and_stays_open(tiny_model, tmp_pa
         error, reply = asyncio.run(talk())
     assert error["seq"] == 10 and error["error"]["code"] == "seq_conflict" and error["error"]["expected_seq"] == 5
     assert reply[:2] == (5, 7)
+
+
+# --- 15: deployments sharing one database --------------------------------------------------------
+
+
+def test_deployments_with_their_own_prefix_never_read_each_others_streams(tiny_model, tmp_path, store):
+    x = frames(np.random.default_rng(45), 6)
+    client = redis.Redis(port=store.port)
+    with (
+        replica(tiny_model, tmp_path / "a.log", store, state_prefix="blue") as a,
+        replica(tiny_model, tmp_path / "b.log", store, state_prefix="prod:green") as b,
+    ):
+        httpx.put(f"{a.url}/v1/streams/cam")
+        send(a.url, "cam", 0, x[:4])
+        wait_for(lambda: client.hget("blue:stream:cam", "seq") == b"4", "blue:stream:cam at seq 4")
+        created = httpx.put(f"{b.url}/v1/streams/cam")  # the same id in the other deployment: its own stream
+        assert created.status_code == 201 and created.json()["next_seq"] == 0
+        send(b.url, "cam", 0, x[:2])
+        wait_for(lambda: client.hget("prod:green:stream:cam", "seq") == b"2", "prod:green:stream:cam at seq 2")
+        assert sorted(client.keys("*")) == [b"blue:stream:cam", b"prod:green:stream:cam"]
+        assert httpx.delete(f"{b.url}/v1/streams/cam").status_code == 204
+        assert client.keys("*") == [b"blue:stream:cam"]  # the other deployment's stream is untouched
+        assert httpx.get(f"{a.url}/v1/streams/cam").json()["processed_seq"] == 4
+
+
+@pytest.mark.parametrize("prefix", ["", "a b", "progress:*", "x" * 41, ":leading", "ünï"])
+def test_the_state_prefix_is_a_short_string_of_safe_characters(prefix):
+    with pytest.raises(ValidationError, match="state_prefix"):
+        Settings(state_prefix=prefix)
+    assert Settings(state_prefix="prod:progress-2.v1").state_prefix == "prod:progress-2.v1"

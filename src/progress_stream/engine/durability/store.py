@@ -1,12 +1,13 @@
 """Stream state shared through Redis, so that any replica can take a stream over.
 
-One hash per stream, ``progress:stream:<id>``: ``seq`` (frames processed), ``model`` (the checkpoint's
-sha256), ``window``, ``created`` and ``blob``, the stream's row of every slot array of the table
-(hidden state, step, retained outputs, chunk records) in a fixed layout. A write goes through a Lua
-script that refuses to move ``seq`` backwards, so a stale copy on another replica can never overwrite
-newer state; many writes go in one pipelined round trip, and each write's outcome comes back (a write
-refused is the caller's to report: its stream is not stored). Keys expire after the idle TTL. A state
-written for another model or window is never restored.
+One hash per stream, ``<prefix>:stream:<id>`` (the prefix, ``PROGRESS_STATE_PREFIX``, keeps deployments
+that share a database apart; a stream id has no ``:``, so no two prefixes share a key): ``seq`` (frames
+processed), ``model`` (the checkpoint's sha256), ``window``, ``created`` and ``blob``, the stream's row
+of every slot array of the table (hidden state, step, retained outputs, chunk records) in a fixed layout.
+A write goes through a Lua script that refuses to move ``seq`` backwards, so a stale copy on another
+replica can never overwrite newer state; many writes go in one pipelined round trip, and each write's
+outcome comes back (a write refused is the caller's to report: its stream is not stored). Keys expire
+after the idle TTL. A state written for another model or window is never restored.
 
 A key this server cannot read (the wrong type, a ``seq`` that is not a number, a blob of the wrong
 length) is one stream's fault, never the store's: its write is skipped (the script refuses it rather
@@ -25,7 +26,16 @@ from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
-PREFIX = "progress:stream:"
+DEFAULT_PREFIX = "progress"
+
+
+def key_prefix(prefix: str) -> str:
+    """What every stream key of a deployment with this ``PROGRESS_STATE_PREFIX`` begins with."""
+    return f"{prefix}:stream:"
+
+
+#: The stream keys of a deployment with the default prefix.
+PREFIX = key_prefix(DEFAULT_PREFIX)
 #: What one write did: moved the stored state forward, was refused (the key holds a later seq), or was
 #: skipped (the key is not a stream's hash with a numeric seq).
 WRITTEN, FURTHER_ALONG, BAD_KEY = 1, 0, -1
@@ -63,10 +73,18 @@ class StreamState:
 
 class RedisStore:
     def __init__(
-        self, url: str, password: str | None, model: str, layout: dict[str, tuple[np.dtype, int]], ttl_s: float
+        self,
+        url: str,
+        password: str | None,
+        model: str,
+        layout: dict[str, tuple[np.dtype, int]],
+        ttl_s: float,
+        prefix: str = DEFAULT_PREFIX,
     ):
-        """``layout``: each slot array's name → (dtype, items per stream), in blob order."""
+        """``layout``: each slot array's name → (dtype, items per stream), in blob order; ``prefix``: the
+        deployment's (see :func:`key_prefix`)."""
         self.url = url
+        self.keys = key_prefix(prefix)
         self.client = redis.from_url(url, password=password, socket_timeout=2, socket_connect_timeout=2)
         self.model = model
         self.layout = layout
@@ -123,7 +141,7 @@ class RedisStore:
             async with self.client.pipeline(transaction=False) as pipe:
                 for s in states:
                     args = [s.done_seq, self.model, self.window, repr(s.created_at), self.encode(s), self.ttl_ms]
-                    await self._write(keys=[PREFIX + s.stream_id], args=args, client=pipe)
+                    await self._write(keys=[self.keys + s.stream_id], args=args, client=pipe)
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: write failed ({exc})") from None
@@ -137,7 +155,7 @@ class RedisStore:
     async def load(self, stream_id: str) -> StreamState | None:
         """The stream's stored state, or None; raises :class:`StoreUnavailable` or :class:`BadKey`."""
         try:
-            fields = await self.client.hgetall(PREFIX + stream_id)
+            fields = await self.client.hgetall(self.keys + stream_id)
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):
                 raise BadKey(f"stream {stream_id!r} in the store: its key is not a hash") from None
@@ -149,7 +167,7 @@ class RedisStore:
     async def delete(self, stream_id: str) -> bool:
         """Remove the stream's key; whether there was one."""
         try:
-            return bool(await self.client.delete(PREFIX + stream_id))
+            return bool(await self.client.delete(self.keys + stream_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"state store {self.where}: delete failed ({exc})") from None
 
