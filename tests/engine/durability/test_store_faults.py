@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 
 from progress_stream.contract.binary import binary_request, parse_binary_reply
-from progress_stream.engine.durability.store import PREFIX
+from progress_stream.engine.durability.store import PREFIX, WRITTEN, RedisStore, StreamState
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.settings import Settings
 from tests.conftest import PLANES, frames
@@ -192,3 +192,32 @@ def test_the_state_prefix_is_a_short_string_of_safe_characters(prefix):
     with pytest.raises(ValidationError, match="state_prefix"):
         Settings(state_prefix=prefix)
     assert Settings(state_prefix="prod:progress-2.v1").state_prefix == "prod:progress-2.v1"
+
+
+# --- 16: the pool, refreshes, the final write, temporary files ------------------------------------
+
+
+def test_300_concurrent_takeovers_all_answer(tiny_model, tmp_path, store, runtime):
+    layout = StreamTable.layout(runtime.hidden_dim, 512)
+    rows = {name: np.zeros(items, dtype) for name, (dtype, items) in layout.items()}
+    ids = [f"held-elsewhere-{i}" for i in range(300)]
+
+    async def seed() -> list[int]:
+        writer = RedisStore(store.url, None, runtime.checkpoint, layout, 600)
+        try:
+            return await writer.save([StreamState(sid, i + 1, 0.0, rows) for i, sid in enumerate(ids)])
+        finally:
+            await writer.close()
+
+    assert asyncio.run(seed()) == [WRITTEN] * len(ids)
+
+    async def look_up(url: str) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(ids))
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+            return await asyncio.gather(*(http.get(f"/v1/streams/{sid}") for sid in ids))
+
+    with replica(tiny_model, tmp_path / "a.log", store) as a:
+        answers = asyncio.run(look_up(a.url))
+        assert [r.status_code for r in answers] == [200] * len(ids), {r.text for r in answers if r.is_error}
+        assert [r.json()["processed_seq"] for r in answers] == [i + 1 for i in range(len(ids))]
+        assert scrape(a.url)["progress_store_restores_total"] == len(ids)

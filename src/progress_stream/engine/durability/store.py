@@ -9,6 +9,9 @@ replica can never overwrite newer state; many writes go in one pipelined round t
 outcome comes back (a write refused is the caller's to report: its stream is not stored). Keys expire
 after the idle TTL. A state written for another model or window is never restored.
 
+Connections come from a blocking pool: past :data:`POOL_SIZE` calls at once (a burst of takeovers,
+say), a call waits up to :data:`POOL_WAIT_S` for a connection instead of failing at once.
+
 A key this server cannot read (the wrong type, a ``seq`` that is not a number, a blob of the wrong
 length) is one stream's fault, never the store's: its write is skipped (the script refuses it rather
 than fail, so the other writes of the round land) and reading it raises :class:`BadKey`, not
@@ -33,6 +36,9 @@ def key_prefix(prefix: str) -> str:
     """What every stream key of a deployment with this ``PROGRESS_STATE_PREFIX`` begins with."""
     return f"{prefix}:stream:"
 
+
+#: Connections to the store at most, and how long a call waits for one when all are busy (then 503).
+POOL_SIZE, POOL_WAIT_S = 50, 5.0
 
 #: The stream keys of a deployment with the default prefix.
 PREFIX = key_prefix(DEFAULT_PREFIX)
@@ -85,7 +91,15 @@ class RedisStore:
         deployment's (see :func:`key_prefix`)."""
         self.url = url
         self.keys = key_prefix(prefix)
-        self.client = redis.from_url(url, password=password, socket_timeout=2, socket_connect_timeout=2)
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            password=password,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+        )
+        self.client = redis.Redis.from_pool(pool)
         self.model = model
         self.layout = layout
         self.window = str(layout["outputs"][1])
