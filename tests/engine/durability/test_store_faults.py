@@ -221,3 +221,28 @@ def test_300_concurrent_takeovers_all_answer(tiny_model, tmp_path, store, runtim
         assert [r.status_code for r in answers] == [200] * len(ids), {r.text for r in answers if r.is_error}
         assert [r.json()["processed_seq"] for r in answers] == [i + 1 for i in range(len(ids))]
         assert scrape(a.url)["progress_store_restores_total"] == len(ids)
+
+
+def test_streams_kept_alive_by_replays_and_reconnects_keep_their_keys(tiny_model, tmp_path, store):
+    x = frames(np.random.default_rng(46), 4)
+    client = redis.Redis(port=store.port)
+    ttl = 2.0
+    with replica(tiny_model, tmp_path / "a.log", store, idle_ttl_s=ttl) as a:
+        for sid in ("replayed", "rejoined"):
+            httpx.put(f"{a.url}/v1/streams/{sid}")
+            send(a.url, sid, 0, x)
+            wait_stored(store, sid, 4)
+
+        async def reconnect() -> None:  # a WebSocket that opens and leaves without a frame
+            async with connect(f"{a.ws_url}/v1/streams/rejoined/ws", compression=None):
+                pass
+
+        deadline = time.monotonic() + 2.5 * ttl
+        while time.monotonic() < deadline:  # used, but the processed seq never moves
+            assert send(a.url, "replayed", 0, x).status_code == 200  # a retry, answered from the window
+            asyncio.run(reconnect())
+            time.sleep(0.25)
+        for sid in ("replayed", "rejoined"):
+            assert store.stored_seq(sid) == 4, f"{sid} expired from the store while in use"
+            assert 0 < client.pttl(PREFIX + sid) <= ttl * 1000
+            assert httpx.get(f"{a.url}/v1/streams/{sid}").json()["processed_seq"] == 4  # held here too

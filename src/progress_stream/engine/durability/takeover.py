@@ -1,7 +1,10 @@
 """The engine's side of a shared store: write what changed, take streams over, catch stale copies up.
 
 * Every interval the streams whose processed seq moved since their last write are written, in one
-  pipelined round trip, each consistent (read under the batcher's cycle lock). A failed write is
+  pipelined round trip, each consistent (read under the batcher's cycle lock). So are the streams
+  used since the last round without moving (a retry answered from the retained window, a WebSocket
+  reconnect): the write refreshes their key's TTL, which would otherwise expire while they are in
+  use (and puts back a key that went missing). A failed write is
   retried with backoff (up to 30 s); meanwhile ``/readyz`` reports durability as degraded and the
   streams held keep being served.
 * A write the store refuses (its key holds a later seq: another replica went further, or another
@@ -51,6 +54,7 @@ class SharedStreams:
         #: streams held here whose last write the store refused (retried every round), and why
         self.unstored: dict[Stream, str] = {}
         self.saved_at = time.monotonic()
+        self.round_at = time.monotonic()  # when the last write round that succeeded read the table
         metrics.snapshot_lag.set_function(lambda: time.monotonic() - self.saved_at)
 
     @property
@@ -80,12 +84,17 @@ class SharedStreams:
             log.error("%s; new stream %r not stored yet", exc, stream.id)
 
     async def save(self, everything: bool = False, streams: list[Stream] | None = None) -> int:
-        """Write the streams that changed (or all of them, or ``streams``); raises StoreUnavailable."""
+        """Write the streams that changed or were used since the last round (or all of them, or ``streams``);
+        raises StoreUnavailable."""
         whole_round = streams is None
         async with self.batcher.cycle_lock:
+            now = time.monotonic()
             if streams is None:
+                used = self.round_at
                 streams = [
-                    s for s in self.table.streams.values() if s.durable and (everything or s.done_seq != s.saved_seq)
+                    s
+                    for s in self.table.streams.values()
+                    if s.durable and (everything or s.done_seq != s.saved_seq or s.last_seen >= used)
                 ]
             rows = self.table.rows_of(streams)
             states = [
@@ -108,6 +117,7 @@ class SharedStreams:
         self.metrics.store_writes.inc(sum(outcome == WRITTEN for outcome in outcomes))
         if whole_round:  # every stream is stored as of now: the lag restarts
             self.saved_at = time.monotonic()
+            self.round_at = now
         self.degraded = False
         return len(states)
 
