@@ -5,6 +5,7 @@ without new frames, a stop whose state file cannot be written, and temporary fil
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -246,3 +247,19 @@ def test_streams_kept_alive_by_replays_and_reconnects_keep_their_keys(tiny_model
             assert store.stored_seq(sid) == 4, f"{sid} expired from the store while in use"
             assert 0 < client.pttl(PREFIX + sid) <= ttl * 1000
             assert httpx.get(f"{a.url}/v1/streams/{sid}").json()["processed_seq"] == 4  # held here too
+
+
+def test_a_stop_whose_state_file_cannot_be_written_still_writes_the_store(tiny_model, tmp_path, store):
+    folder = tmp_path / "state"
+    a = replica(tiny_model, tmp_path / "a.log", store, state_file=folder / "streams.state", snapshot_interval_s=60)
+    a.start()  # writes nothing before the stop but a new stream's first state (seq 0)
+    try:
+        httpx.put(f"{a.url}/v1/streams/last")
+        assert send(a.url, "last", 0, frames(np.random.default_rng(47), 10)).status_code == 200
+        folder.rename(tmp_path / "moved")
+        folder.write_text("the state file's folder, replaced by a file")
+        assert a.terminate() in (0, -signal.SIGTERM)
+    finally:
+        a.kill()
+    assert store.stored_seq("last") == 10
+    assert "final snapshot to" in (tmp_path / "a.log").read_text()  # the failed snapshot is logged
