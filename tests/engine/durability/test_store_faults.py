@@ -5,9 +5,12 @@ without new frames, a stop whose state file cannot be written, and temporary fil
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +23,7 @@ from websockets.asyncio.client import connect
 from progress_stream.contract.binary import binary_request, parse_binary_reply
 from progress_stream.engine.durability.store import PREFIX, WRITTEN, RedisStore, StreamState
 from progress_stream.engine.streams import StreamTable
+from progress_stream.server.process import ServerProcess
 from progress_stream.server.settings import Settings
 from tests.conftest import PLANES, frames
 from tests.engine.durability.test_shared_state import RedisServer, replica, send, wait_stored
@@ -263,3 +267,30 @@ def test_a_stop_whose_state_file_cannot_be_written_still_writes_the_store(tiny_m
         a.kill()
     assert store.stored_seq("last") == 10
     assert "final snapshot to" in (tmp_path / "a.log").read_text()  # the failed snapshot is logged
+
+
+def test_temp_files_left_by_a_killed_snapshot_are_removed_at_start_and_nothing_else(tiny_model, tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    ours = []
+    for _ in range(2):  # named as write_snapshot names them, half written when the server was killed
+        fd, name = tempfile.mkstemp(prefix=".streams.state.", dir=folder)
+        os.write(fd, b"PK\x03\x04 half a snapshot")
+        os.close(fd)
+        ours.append(Path(name))
+    others = {
+        ".streams.state.backup": b"6 characters, not 8",
+        ".streams.state.ABCD1234": b"upper case: never a name we made",
+        ".streams.state.abcd1234.keep": b"a suffix",
+        ".other.state.abcd1234": b"another state file's",
+        "streams.state.abcd1234": b"no leading dot",
+        "streams.state.rejected-20240101T000000Z": b"moved aside, kept for the operator",
+    }
+    for name, content in others.items():
+        (folder / name).write_bytes(content)
+    (folder / ".streams.state.dir12345").mkdir()  # our pattern, but a folder
+    with ServerProcess(tiny_model, tmp_path / "a.log", state_file=folder / "streams.state"):
+        assert not any(path.exists() for path in ours)
+        assert {name: (folder / name).read_bytes() for name in others} == others
+        assert (folder / ".streams.state.dir12345").is_dir()
+    assert "removed 2 temporary files" in (tmp_path / "a.log").read_text()
