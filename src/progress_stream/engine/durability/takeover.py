@@ -84,8 +84,8 @@ class SharedStreams:
             log.error("%s; new stream %r not stored yet", exc, stream.id)
 
     async def save(self, everything: bool = False, streams: list[Stream] | None = None) -> int:
-        """Write the streams that changed or were used since the last round (or all of them, or ``streams``);
-        raises StoreUnavailable."""
+        """Write the streams that changed or were used since the last round, and those whose writes were
+        refused (or all of them, or ``streams``); raises StoreUnavailable."""
         whole_round = streams is None
         async with self.batcher.cycle_lock:
             now = time.monotonic()
@@ -94,7 +94,8 @@ class SharedStreams:
                 streams = [
                     s
                     for s in self.table.streams.values()
-                    if s.durable and (everything or s.done_seq != s.saved_seq or s.last_seen >= used)
+                    if s.durable
+                    and (everything or s.done_seq != s.saved_seq or s.last_seen >= used or s in self.unstored)
                 ]
             rows = self.table.rows_of(streams)
             states = [
@@ -110,12 +111,12 @@ class SharedStreams:
         self.unstored = {s: why for s, why in self.unstored.items() if not s.closed}
         for stream, state, outcome in zip(streams, states, outcomes, strict=True):
             if outcome == WRITTEN:
-                stream.saved_seq = state.done_seq  # a refused one keeps its old saved_seq: retried next round
+                stream.saved_seq = state.done_seq
                 self.stored(stream)
             else:
                 self.refused(stream, state.done_seq, outcome)
         self.metrics.store_writes.inc(sum(outcome == WRITTEN for outcome in outcomes))
-        if whole_round:  # every stream is stored as of now: the lag restarts
+        if whole_round:  # the round went through: the lag restarts (refused streams are in unstored_count)
             self.saved_at = time.monotonic()
             self.round_at = now
         self.degraded = False
