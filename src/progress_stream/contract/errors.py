@@ -66,6 +66,13 @@ ERRORS: dict[str, ErrorSpec] = {
     "store_unreachable": ErrorSpec(
         503, Action.WAIT, "the shared state store cannot be reached to find the stream", TRY_AGAIN_LATER, 1
     ),
+    "stream_unreadable": ErrorSpec(
+        500,
+        Action.FIX,
+        "the stream's state in the shared store cannot be read (a corrupt key, logged); "
+        "DELETE the stream to start it anew",
+        INTERNAL_ERROR,
+    ),
     "internal_error": ErrorSpec(
         500, Action.RECONNECT, "an unexpected server error (logged by the server, not described)", INTERNAL_ERROR
     ),
@@ -199,6 +206,10 @@ class ShuttingDown(EngineError):
 
 class StoreUnreachable(EngineError):
     code = "store_unreachable"
+
+
+class StreamUnreadable(EngineError):
+    code = "stream_unreadable"
 
 
 def error_table() -> str:

@@ -95,8 +95,10 @@ def create_app(services: Services) -> FastAPI:
             yield
         finally:
             services.ready = False
-            await services.engine.stop()
-            log.info("stopped: every accepted frame processed%s", ", state saved" if settings.state_file else "")
+            saved = await services.engine.stop()
+            log.info(
+                "stopped: every accepted frame processed%s", ", state saved" if settings.state_file and saved else ""
+            )
 
     app = FastAPI(
         title="progress-stream",

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from progress_stream.engine.durability.store import DEFAULT_PREFIX
 from progress_stream.engine.engine import EngineConfig
 
 ENGINE = EngineConfig()
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
         "file:///path is the same as PROGRESS_STATE_FILE",
     )
     state_password: str | None = Field(None, description="the state store's password (else from the URL)")
+    state_prefix: str = Field(
+        DEFAULT_PREFIX,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$",
+        description="the state store's keys are PREFIX:stream:ID; deployments that share a database each "
+        "need their own (1-40 characters of A-Z a-z 0-9 _ . : -, the first a letter or digit)",
+    )
     state_required: bool = Field(True, description="an unreachable state store at start fails the start")
     state_on_mismatch: Literal["fail", "discard"] = Field(
         ENGINE.state_on_mismatch,

@@ -66,7 +66,14 @@ def make_store(settings: Settings, runtime: CellRuntime) -> RedisStore | None:
     if settings.redis_url is None:
         return None
     layout = StreamTable.layout(runtime.hidden_dim, settings.retained_window)
-    return RedisStore(settings.redis_url, settings.state_password, runtime.checkpoint, layout, settings.idle_ttl_s)
+    return RedisStore(
+        settings.redis_url,
+        settings.state_password,
+        runtime.checkpoint,
+        layout,
+        settings.idle_ttl_s,
+        settings.state_prefix,
+    )
 
 
 def reach(store: RedisStore, required: bool) -> None:

@@ -4,7 +4,8 @@ The default plane is the native one (:mod:`.native`); both speak :mod:`.session`
 (bad id, full table; the edge refuses a bad key or Origin) is answered like an HTTP request: the status,
 ``Retry-After`` and JSON body of the error table. After the accept every error is an error message; the
 codes whose table entry has a close code then close the socket with it (1009 for an oversized message
-comes from the server's ``ws_max_size``).
+comes from the server's ``ws_max_size``); an unexpected error answers ``internal_error`` and closes 1011,
+as on the native plane.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                 except SeqConflict as conflict:
                     future = await session.resubmit(conflict)
                 progress = await future
-            except ServiceError as exc:
+            except Exception as exc:  # a bug too is answered (internal_error, 1011), never a silent socket
                 text, close = session.error(exc)
                 await websocket.send_text(text.decode())
                 if close is not None:
-                    await websocket.close(close, exc.message[:120])
+                    reason = exc.message if isinstance(exc, ServiceError) else "internal error"
+                    await websocket.close(close, reason[:120])
                     return
                 continue
             if binary:
