@@ -6,6 +6,7 @@ Screenshots go to ``test-artifacts/web/`` (not committed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from progress_stream.client import StreamSession
 from progress_stream.server.process import ServerProcess
@@ -51,7 +53,7 @@ def browser() -> Iterator[Browser]:
 class Watched:
     """A page with every console error, page error, failed request and foreign request recorded."""
 
-    def __init__(self, browser: Browser, server: ServerProcess):
+    def __init__(self, browser: Browser, server: ServerProcess, path: str = "/"):
         self.page: Page = browser.new_page(viewport={"width": 1280, "height": 720})
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
@@ -61,7 +63,7 @@ class Watched:
             "request",
             lambda r: r.url.startswith((server.url, server.ws_url, "data:")) or self.problems.append(f"left: {r.url}"),
         )
-        self.page.goto(f"{server.url}/")
+        self.page.goto(f"{server.url}{path}")
 
     def shot(self, name: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -205,3 +207,38 @@ def test_with_an_api_key_the_page_asks_for_it_and_refuses_a_wrong_one(browser, t
         # the refused key's 401 answers are expected console noise; nothing else may fail
         assert [p for p in watched.problems if "401" not in p] == []
         watched.close()
+
+
+#: The ids of the rows a user sees on the board (rendered and not hidden), top to bottom.
+SHOWN_ROWS = """() => [...document.querySelectorAll('#rows .row')]
+    .filter((el) => el.checkVisibility())
+    .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top))
+    .map((el) => el.dataset.id)"""
+
+
+def test_the_board_shows_the_servers_streams_after_deletes_and_re_creations(watched, web_server):
+    page = watched.page
+    page.wait_for_selector("#status:has-text('live')")
+    page.fill("#filter", "round-")
+    rounds = [
+        ({"round-a", "round-b", "round-c", "round-d", "round-e"}, set()),
+        (set(), {"round-c"}),
+        ({"round-c"}, {"round-a", "round-e"}),  # a deleted id comes back
+        ({"round-f"}, {"round-c", "round-b"}),
+        ({"round-a", "round-b"}, {"round-d"}),
+        (set(), {"round-a", "round-b", "round-f"}),
+    ]
+    for create, delete in rounds:
+        for sid in sorted(create):
+            assert httpx.put(f"{web_server.url}/v1/streams/{sid}").status_code in (200, 201)
+        for sid in sorted(delete):
+            assert httpx.delete(f"{web_server.url}/v1/streams/{sid}").status_code == 204
+        listed = httpx.get(f"{web_server.url}/v1/streams", params={"prefix": "round-"}).json()
+        expected = sorted(s["stream_id"] for s in listed["streams"])
+        same = f"ids => JSON.stringify(({SHOWN_ROWS})()) === JSON.stringify(ids)"
+        with contextlib.suppress(PlaywrightTimeout):  # the assertion below says what differs
+            page.wait_for_function(same, arg=expected, timeout=5000)
+        assert page.evaluate(SHOWN_ROWS) == expected, f"after creating {create} and deleting {delete}"
+        assert page.inner_text("#count") == str(listed["total"])
+    watched.shot("board-after-deletes")
+    assert watched.problems == []
