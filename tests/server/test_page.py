@@ -216,29 +216,33 @@ SHOWN_ROWS = """() => [...document.querySelectorAll('#rows .row')]
     .map((el) => el.dataset.id)"""
 
 
-def test_the_board_shows_the_servers_streams_after_deletes_and_re_creations(watched, web_server):
-    page = watched.page
-    page.wait_for_selector("#status:has-text('live')")
-    page.fill("#filter", "round-")
-    rounds = [
-        ({"round-a", "round-b", "round-c", "round-d", "round-e"}, set()),
-        (set(), {"round-c"}),
-        ({"round-c"}, {"round-a", "round-e"}),  # a deleted id comes back
-        ({"round-f"}, {"round-c", "round-b"}),
-        ({"round-a", "round-b"}, {"round-d"}),
-        (set(), {"round-a", "round-b", "round-f"}),
-    ]
-    for create, delete in rounds:
-        for sid in sorted(create):
-            assert httpx.put(f"{web_server.url}/v1/streams/{sid}").status_code in (200, 201)
-        for sid in sorted(delete):
-            assert httpx.delete(f"{web_server.url}/v1/streams/{sid}").status_code == 204
-        listed = httpx.get(f"{web_server.url}/v1/streams", params={"prefix": "round-"}).json()
-        expected = sorted(s["stream_id"] for s in listed["streams"])
-        same = f"ids => JSON.stringify(({SHOWN_ROWS})()) === JSON.stringify(ids)"
-        with contextlib.suppress(PlaywrightTimeout):  # the assertion below says what differs
-            page.wait_for_function(same, arg=expected, timeout=5000)
-        assert page.evaluate(SHOWN_ROWS) == expected, f"after creating {create} and deleting {delete}"
-        assert page.inner_text("#count") == str(listed["total"])
-    watched.shot("board-after-deletes")
-    assert watched.problems == []
+def test_the_board_shows_the_servers_streams_after_deletes_and_re_creations(browser, tiny_model, demo_dir, tmp_path):
+    # a server of its own: the module's server holds the 10,000 streams above, which slow its board down
+    with ServerProcess(tiny_model, tmp_path / "log", demo_dir=demo_dir) as web_server:
+        watched = Watched(browser, web_server)
+        page = watched.page
+        page.wait_for_selector("#status:has-text('live')")
+        page.fill("#filter", "round-")
+        rounds = [
+            ({"round-a", "round-b", "round-c", "round-d", "round-e"}, set()),
+            (set(), {"round-c"}),
+            ({"round-c"}, {"round-a", "round-e"}),  # a deleted id comes back
+            ({"round-f"}, {"round-c", "round-b"}),
+            ({"round-a", "round-b"}, {"round-d"}),
+            (set(), {"round-a", "round-b", "round-f"}),
+        ]
+        for create, delete in rounds:
+            for sid in sorted(create):
+                assert httpx.put(f"{web_server.url}/v1/streams/{sid}").status_code in (200, 201)
+            for sid in sorted(delete):
+                assert httpx.delete(f"{web_server.url}/v1/streams/{sid}").status_code == 204
+            listed = httpx.get(f"{web_server.url}/v1/streams", params={"prefix": "round-"}).json()
+            expected = sorted(s["stream_id"] for s in listed["streams"])
+            same = f"ids => JSON.stringify(({SHOWN_ROWS})()) === JSON.stringify(ids)"
+            with contextlib.suppress(PlaywrightTimeout):  # the assertion below says what differs
+                page.wait_for_function(same, arg=expected, timeout=5000)
+            assert page.evaluate(SHOWN_ROWS) == expected, f"after creating {create} and deleting {delete}"
+            assert page.inner_text("#count") == str(listed["total"])
+        watched.shot("board-after-deletes")
+        assert watched.problems == []
+        watched.close()
