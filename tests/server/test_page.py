@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from progress_stream.client import StreamSession
+from progress_stream.contract.replies import ErrorReply
 from progress_stream.server.process import ServerProcess
 from progress_stream.training.demo_pack import write_demo_pack
 
@@ -244,5 +245,31 @@ def test_the_board_shows_the_servers_streams_after_deletes_and_re_creations(brow
             assert page.evaluate(SHOWN_ROWS) == expected, f"after creating {create} and deleting {delete}"
             assert page.inner_text("#count") == str(listed["total"])
         watched.shot("board-after-deletes")
+        assert watched.problems == []
+        watched.close()
+
+
+@pytest.mark.parametrize("pack", ["missing", "empty"])
+def test_without_a_demo_pack_the_page_says_so_and_dropped_files_still_stream(browser, tiny_model, tmp_path, pack):
+    demo = tmp_path / "demo"
+    if pack == "empty":
+        demo.mkdir()
+    with ServerProcess(tiny_model, tmp_path / "log", demo_dir=demo) as srv:
+        for path in ("/demo/index.json", "/demo/action-0.npy", "/demo/"):
+            res = httpx.get(f"{srv.url}{path}")
+            assert res.status_code == 404, path
+            assert ErrorReply.model_validate_json(res.content).error.code == "not_found"
+            assert "demo pack" in res.json()["error"]["message"]
+        watched = Watched(browser, srv)
+        page = watched.page
+        page.wait_for_selector("#status:has-text('live')")
+        page.wait_for_selector("#demo-status:has-text('not available for this model')")
+        assert page.is_disabled("#start")
+        frames = np.random.default_rng(3).standard_normal((5, DIM)).astype(np.float32)
+        np.save(tmp_path / "mine.npy", frames)
+        page.set_input_files("#file", str(tmp_path / "mine.npy"))
+        page.wait_for_function("() => window.progressDemo.state.done || window.progressDemo.state.error")
+        np.testing.assert_allclose(page.evaluate("() => window.progressDemo.state.predicted"), stateless(srv, frames))
+        watched.shot(f"demo-pack-{pack}")
         assert watched.problems == []
         watched.close()
