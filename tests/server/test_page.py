@@ -273,3 +273,45 @@ def test_without_a_demo_pack_the_page_says_so_and_dropped_files_still_stream(bro
         watched.shot(f"demo-pack-{pack}")
         assert watched.problems == []
         watched.close()
+
+
+def csp(res: httpx.Response) -> dict[str, list[str]]:
+    """The Content-Security-Policy header as directive → sources."""
+    parts = (d.split() for d in res.headers["content-security-policy"].split(";") if d.strip())
+    return {name: sources for name, *sources in parts}
+
+
+def test_the_page_and_its_files_carry_a_strict_csp_and_nosniff(web_server):
+    for path in ("/", "/static/app.js", "/static/style.css", "/demo/index.json"):
+        res = httpx.get(f"{web_server.url}{path}")
+        assert res.status_code == 200, path
+        assert res.headers["x-content-type-options"] == "nosniff", path
+        policy = csp(res)
+        assert policy["default-src"] == ["'none'"] and policy["frame-ancestors"] == ["'self'"], path
+        assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"], path
+        assert policy["connect-src"] == ["'self'"], path  # fetch, the event stream and ws: to this host
+
+
+def test_the_page_works_under_its_csp_and_the_csp_holds(watched, web_server):
+    page = watched.page
+    page.wait_for_selector("#status:has-text('live')")  # the event stream (fetch) under connect-src 'self'
+    assert page.evaluate(  # a WebSocket to the same host under connect-src 'self'
+        """() => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/v1/streams/csp-check/ws`, ["progress.v1"]);
+            ws.onopen = () => { ws.close(); resolve(true); };
+            ws.onerror = () => resolve(false);
+        })"""
+    )
+    assert watched.problems == []
+    blocked = page.evaluate(
+        """() => new Promise((resolve) => {
+            document.addEventListener("securitypolicyviolation", (e) => resolve(e.violatedDirective));
+            setTimeout(() => resolve("no violation"), 5000);
+            const script = document.createElement("script");
+            script.textContent = "window.injected = true";
+            document.head.append(script);
+        })"""
+    )
+    assert blocked.startswith("script-src"), blocked
+    assert page.evaluate("() => window.injected") is None
+    assert all("Content Security Policy" in p for p in watched.problems)  # only the refused inline script

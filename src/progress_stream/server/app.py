@@ -13,14 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from progress_stream.contract.errors import BadInput, MethodNotAllowed, RouteNotFound, ServiceError
 from progress_stream.contract.wire import CreateStream, Wire
 from progress_stream.server.edge import EdgeGuard
-from progress_stream.server.page import PAGE_DIR, DemoFiles, page_router
+from progress_stream.server.page import PAGE_DIR, DemoFiles, PageFiles, page_router
 from progress_stream.server.routes import ops_router, v1_router
 from progress_stream.server.sockets.asgi import ws_router
 from progress_stream.server.wiring import Services
@@ -128,7 +127,7 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(ws_router)
     app.include_router(ops_router)
     app.include_router(page_router)
-    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+    app.mount("/static", PageFiles(directory=PAGE_DIR), name="static")
     app.mount("/demo", DemoFiles(settings.demo_dir), name="demo")
     schema = openapi_schema(app, services.wire)
     app.openapi = lambda: schema  # type: ignore[method-assign]
