@@ -315,3 +315,26 @@ def test_the_page_works_under_its_csp_and_the_csp_holds(watched, web_server):
     assert blocked.startswith("script-src"), blocked
     assert page.evaluate("() => window.injected") is None
     assert all("Content Security Policy" in p for p in watched.problems)  # only the refused inline script
+
+
+def test_the_api_docs_render_from_this_server_alone(browser, web_server):
+    """/docs is Swagger UI from the package (swagger-ui-bundle), not from a CDN: it works offline, and
+    no foreign script runs on this origin."""
+    watched = Watched(browser, web_server, "/docs")
+    page = watched.page
+    page.wait_for_selector(".opblock-summary-path[data-path='/v1/streams']", timeout=10_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map((el) => el.dataset.path)")
+    assert {"/v1/streams", "/v1/streams/{stream_id}", "/v1/progress"} <= set(paths)
+    page.click(".opblock-summary-path[data-path='/healthz']")  # "Try it out" calls the API under the policy
+    page.click(".opblock.is-open .try-out__btn")
+    page.click(".opblock.is-open .execute")
+    page.wait_for_selector(".opblock.is-open .live-responses-table .response-col_status:has-text('200')")
+    watched.shot("docs")
+    assert watched.problems == []
+    watched.close()
+    res = httpx.get(f"{web_server.url}/docs")
+    assert res.headers["x-content-type-options"] == "nosniff"
+    policy = csp(res)
+    assert policy["frame-ancestors"] == ["'self'"] and "'unsafe-inline'" not in policy["script-src"]
+    assert not any(source.startswith(("http:", "https:")) for sources in policy.values() for source in sources)
+    assert httpx.get(f"{web_server.url}/redoc").status_code == 404  # ReDoc would come from a CDN: not served

@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from progress_stream.contract.errors import BadInput, MethodNotAllowed, RouteNotFound, ServiceError
 from progress_stream.contract.wire import CreateStream, Wire
+from progress_stream.server.docs import SWAGGER_UI_DIR, SWAGGER_UI_URL, docs_router
 from progress_stream.server.edge import EdgeGuard
 from progress_stream.server.page import PAGE_DIR, DemoFiles, PageFiles, page_router
 from progress_stream.server.routes import ops_router, v1_router
@@ -102,6 +103,8 @@ def create_app(services: Services) -> FastAPI:
         version="1",
         summary="Online, causal action progress from streamed per-frame embeddings.",
         lifespan=lifespan,
+        docs_url=None,  # docs.py serves /docs from the package's Swagger UI, not from a CDN
+        redoc_url=None,  # ReDoc would load from a CDN: not served
     )
     app.state.services = services
     app.add_middleware(
@@ -127,7 +130,9 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(ws_router)
     app.include_router(ops_router)
     app.include_router(page_router)
+    app.include_router(docs_router)
     app.mount("/static", PageFiles(directory=PAGE_DIR), name="static")
+    app.mount(SWAGGER_UI_URL, PageFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/demo", DemoFiles(settings.demo_dir), name="demo")
     schema = openapi_schema(app, services.wire)
     app.openapi = lambda: schema  # type: ignore[method-assign]

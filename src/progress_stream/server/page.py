@@ -1,5 +1,6 @@
 """The web page: ``GET /`` serves the board and the demo (plain HTML, CSS and JavaScript modules from
-``server/web/``, nothing loaded from elsewhere); the demo pack is served under ``/demo``."""
+``server/web/``, nothing loaded from elsewhere); the demo pack is served under ``/demo``. Every page and file
+carries :data:`PAGE_HEADERS` (a strict Content-Security-Policy, nosniff)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ PAGE_DIR = Path(__file__).with_name("web")
 
 page_router = APIRouter(tags=["page"])
 
-#: The page's policy: its own scripts, styles and connections only (``connect-src 'self'`` covers fetch, the
-#: event stream and ``ws:``/``wss:`` to this host), no inline script or style, no plugins, no foreign frames.
-PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
-)
-PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"}
+
+def policy(*scripts: str) -> str:
+    """The pages' Content-Security-Policy: their own scripts (and ``scripts``, e.g. a hash), styles and
+    connections only (``connect-src 'self'`` covers fetch, the event stream and ``ws:``/``wss:`` to this host),
+    no inline script or style, no plugins, no foreign frames."""
+    script_src = " ".join(("'self'", *scripts))
+    return (
+        f"default-src 'none'; script-src {script_src}; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+    )
+
+
+PAGE_HEADERS = {"Content-Security-Policy": policy(), "X-Content-Type-Options": "nosniff"}
 
 
 def has_pack(demo_dir: Path) -> bool:
