@@ -54,6 +54,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "not_found": ErrorSpec(404, Action.FIX, "no such route"),
     "method_not_allowed": ErrorSpec(405, Action.FIX, "the route does not take that method; see Allow"),
     "request_timeout": ErrorSpec(408, Action.RECONNECT, "the request's body did not arrive in time"),
+    "headers_too_large": ErrorSpec(
+        431, Action.FIX, "request headers past 8 KB a line, 32 KB in all or 100 fields (the connection is closed)"
+    ),
     "stream_not_found": ErrorSpec(
         404, Action.FIX, "no such stream (never created, deleted or evicted)", POLICY_VIOLATION
     ),
@@ -132,6 +135,10 @@ class ForbiddenOrigin(WireError):
 
 class RequestTimeout(WireError):
     code = "request_timeout"
+
+
+class HeadersTooLarge(WireError):
+    code = "headers_too_large"
 
 
 class RouteNotFound(WireError):

@@ -13,6 +13,7 @@ from uvicorn._types import ASGIApplication
 from progress_stream.engine.durability.snapshot import SnapshotError
 from progress_stream.engine.durability.store import StoreUnavailable
 from progress_stream.engine.runtime import ModelError
+from progress_stream.server.answers import Answers
 from progress_stream.server.app import create_app
 from progress_stream.server.http_protocol import http_protocol
 from progress_stream.server.settings import Settings
@@ -25,16 +26,22 @@ GRACEFUL_SHUTDOWN_S = 20
 
 
 def uvicorn_config(
-    app: ASGIApplication, settings: Settings, max_size: int, native: NativePlane | None = None, log_level: str = "info"
+    app: ASGIApplication,
+    settings: Settings,
+    max_size: int,
+    answers: Answers,
+    native: NativePlane | None = None,
+    log_level: str = "info",
 ) -> uvicorn.Config:
-    """One process (it owns its streams), uvloop + httptools (with a header deadline), no per-message deflate;
-    a WebSocket message may be as large as ``max_size``; stream sockets go to the ``native`` plane if given."""
+    """One process (it owns its streams), uvloop + httptools (with a header deadline and bounds, refusals
+    answered through ``answers``), no per-message deflate; a WebSocket message may be as large as
+    ``max_size``; stream sockets go to the ``native`` plane if given."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=http_protocol(settings.header_timeout_s, native),
+        http=http_protocol(settings.header_timeout_s, answers, native),
         ws="websockets-sansio",
         ws_max_size=max_size,
         ws_per_message_deflate=False,
@@ -55,7 +62,7 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
         raise SystemExit(2) from None
     max_size = services.wire.max_body_bytes(settings.max_frames_per_message)
     native = NativePlane(services, max_size) if settings.ws_plane == "native" else None
-    config = uvicorn_config(create_app(services), settings, max_size, native, log_level)
+    config = uvicorn_config(create_app(services), settings, max_size, services.answers, native, log_level)
     StoppingServer(config, services).run()
 
 
