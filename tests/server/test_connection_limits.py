@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from websockets.sync.client import connect
 
 from progress_stream.server.process import ServerProcess
 from tests.server.test_edge import memory_kb, raw_exchange, status_and_body
@@ -26,6 +28,17 @@ LIMITS = {
 @pytest.fixture(scope="module")
 def edge(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     with ServerProcess(tiny_model, tmp_path_factory.mktemp("limits") / "server.log", **LIMITS) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def planed(plane: str, edge: ServerProcess, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The limits server on each WebSocket data plane."""
+    if plane == "native":
+        yield edge
+        return
+    log = tmp_path_factory.mktemp("limits-asgi") / "server.log"
+    with ServerProcess(tiny_model, log, ws_plane=plane, **LIMITS) as srv:
         yield srv
 
 
@@ -71,3 +84,22 @@ def test_a_request_with_forty_headers_is_served(edge):
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(90)) + b"\r\n"
     assert status_and_body(raw_exchange(edge.port, head, ())[0])[0] == 200
     assert metric(edge, 'progress_errors_total{code="headers_too_large"}') >= 1  # counted like every error
+
+
+# --- 2. what an error reply echoes ---------------------------------------------------------------
+
+
+def test_an_error_reply_carries_only_an_excerpt_of_what_was_sent(planed):
+    key = "k" * 5000
+    message = orjson.dumps({"seq": 0, "embeddings": [[0.1] * 16], key: 1})
+    with connect(f"{planed.ws_url}/v1/streams/echo/ws") as ws:
+        ws.send(message.decode())
+        reply = ws.recv()
+    error = orjson.loads(reply)["error"]
+    assert error["code"] == "invalid_input" and error["field"].startswith("kkkk")
+    assert len(reply) < 400, reply
+    res = httpx.post(
+        f"{planed.url}/v1/streams", content=orjson.dumps({key: 1}), headers={"content-type": "application/json"}
+    )
+    assert res.status_code == 422 and len(res.content) < 400
+    httpx.delete(f"{planed.url}/v1/streams/echo")
