@@ -6,7 +6,12 @@ empty continuation frames, unanswered pings, replies left unread.
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import socket
+import struct
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +22,7 @@ from websockets.sync.client import connect
 from progress_stream.server.process import ServerProcess
 from tests.server.test_edge import memory_kb, raw_exchange, status_and_body
 
+TEXT, BINARY, CONTINUATION, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 KB, MB = 1024, 1024 * 1024
 
 LIMITS = {
@@ -40,6 +46,105 @@ def planed(plane: str, edge: ServerProcess, tiny_model: Path, tmp_path_factory: 
     log = tmp_path_factory.mktemp("limits-asgi") / "server.log"
     with ServerProcess(tiny_model, log, ws_plane=plane, **LIMITS) as srv:
         yield srv
+
+
+# --- a raw WebSocket client ---------------------------------------------------------------------
+
+
+def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """A client frame (masked, with the all-zero key: the payload goes as it is)."""
+    n = len(payload)
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 65536:
+        length = bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return first + length + b"\0\0\0\0" + payload
+
+
+class RawSocket:
+    """A stream socket opened by hand: whatever is written goes as it is; nothing is answered."""
+
+    def __init__(self, port: int, stream_id: str, rcvbuf: int | None = None, timeout: float = 10.0):
+        self.sock = socket.socket()
+        if rcvbuf is not None:  # before connect, so the window stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(
+            b"GET /v1/streams/%s/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (stream_id.encode(), key)
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            assert data, "closed during the handshake"
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))  # one write
+
+    def _read(self, n: int) -> bytes | None:
+        while len(self.buffer) < n:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.buffer += data
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The server's next frame (opcode, payload); None once the connection is closed."""
+        head = self._read(2)
+        if head is None:
+            return None
+        n = head[1] & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8))[0]
+        payload = self._read(n)
+        return None if payload is None else (head[0] & 0x0F, payload)
+
+    def messages_until_close(self) -> tuple[list[tuple[int, bytes]], bytes | None]:
+        """Every frame up to the server's close frame, and that frame's payload (None: no close frame)."""
+        frames = []
+        while (got := self.next_frame()) is not None:
+            if got[0] == CLOSE:
+                return frames, got[1]
+            if got[0] != PING:  # the server's keepalive, left unanswered
+                frames.append(got)
+        return frames, None
+
+    def closed_within(self, seconds: float) -> bool:
+        """Whether the server ends the connection (FIN or reset) within ``seconds``, reading what comes."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                if not self.sock.recv(1 << 20):
+                    return True
+            except ConnectionResetError:
+                return True
+            except TimeoutError:
+                return False
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def close_code(payload: bytes | None) -> int | None:
+    return struct.unpack("!H", payload[:2])[0] if payload and len(payload) >= 2 else None
 
 
 def metric(server: ServerProcess, name: str) -> float:
@@ -103,3 +208,21 @@ def test_an_error_reply_carries_only_an_excerpt_of_what_was_sent(planed):
     )
     assert res.status_code == 422 and len(res.content) < 400
     httpx.delete(f"{planed.url}/v1/streams/echo")
+
+
+# --- 9c. after a close ------------------------------------------------------------------------------
+
+
+def test_nothing_buffered_after_broken_framing_is_processed(planed):
+    message = orjson.dumps({"seq": 0, "embeddings": [[0.1] * 16]})
+    ws = RawSocket(planed.port, "after-close")
+    ws.send(
+        frame(TEXT, message[:20], fin=False),
+        frame(BINARY, b"\0" * 16),  # a new message inside a fragmented one: 1002
+        frame(CONTINUATION, message[20:]),
+    )
+    frames, close = ws.messages_until_close()
+    assert close_code(close) == 1002 and not frames
+    ws.close()
+    assert httpx.get(f"{planed.url}/v1/streams/after-close").json()["next_seq"] == 0
+    httpx.delete(f"{planed.url}/v1/streams/after-close")

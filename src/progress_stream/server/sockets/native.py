@@ -170,6 +170,8 @@ class NativeSocket(WSListener):
         self.connections.discard(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closed:  # picows goes on with the frames of a read after a close: none is processed
+            return
         kind = frame.msg_type
         if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
             binary = kind is WSMsgType.BINARY
@@ -276,5 +278,6 @@ class NativeSocket(WSListener):
     def close(self, code: WSCloseCode, reason: str) -> None:
         self.closed = True
         self.ahead.clear()
+        self.fragments = []
         self.transport.send_close(code, reason[:120].encode())
         self.transport.disconnect()
