@@ -210,7 +210,7 @@ def test_an_error_reply_carries_only_an_excerpt_of_what_was_sent(planed):
     httpx.delete(f"{planed.url}/v1/streams/echo")
 
 
-# --- 9c. after a close ------------------------------------------------------------------------------
+# --- 9c, 9d. after a close ------------------------------------------------------------------------------
 
 
 def test_nothing_buffered_after_broken_framing_is_processed(planed):
@@ -226,3 +226,12 @@ def test_nothing_buffered_after_broken_framing_is_processed(planed):
     ws.close()
     assert httpx.get(f"{planed.url}/v1/streams/after-close").json()["next_seq"] == 0
     httpx.delete(f"{planed.url}/v1/streams/after-close")
+
+
+def test_a_close_without_a_code_is_not_answered_with_1005(planed):
+    ws = RawSocket(planed.port, "no-code")
+    ws.send(frame(CLOSE))
+    _, close = ws.messages_until_close()
+    assert close is not None and (close == b"" or close_code(close) == 1000), close
+    ws.close()
+    httpx.delete(f"{planed.url}/v1/streams/no-code")

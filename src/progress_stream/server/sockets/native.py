@@ -140,6 +140,13 @@ def feed(protocol: WSProtocol, data: bytes) -> None:
         view = view[n:]
 
 
+def echoed(code: WSCloseCode) -> WSCloseCode:
+    """The code that answers a client's close: its own where RFC 6455 lets an endpoint send it, else
+    1000 (a close without a code reads as picows' NO_INFO; 1005, 1006 and 1015 must never be sent)."""
+    value = code.value
+    return code if 1000 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999 else WSCloseCode.OK
+
+
 class NativeSocket(WSListener):
     """One stream socket on picows: each message submitted, its answer written from the future's
     callback, strictly in order (messages sent ahead wait here, up to :data:`MAX_AHEAD`)."""
@@ -187,7 +194,8 @@ class NativeSocket(WSListener):
         elif kind is WSMsgType.CONTINUATION:
             self.continued(frame)
         elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            self.closed = True
+            transport.send_close(echoed(frame.get_close_code()))
             transport.disconnect()
 
     def shutdown(self) -> None:
