@@ -235,3 +235,15 @@ def test_a_close_without_a_code_is_not_answered_with_1005(planed):
     assert close is not None and (close == b"" or close_code(close) == 1000), close
     ws.close()
     httpx.delete(f"{planed.url}/v1/streams/no-code")
+
+
+# --- 3. fragments -----------------------------------------------------------------------------------
+
+
+def test_empty_continuation_frames_are_bounded(planed):
+    ws = RawSocket(planed.port, "fragments")
+    ws.send(frame(TEXT, b'{"seq": 0, ', fin=False), *[frame(CONTINUATION, fin=False)] * 100_000)
+    frames, close = ws.messages_until_close()
+    assert close_code(close) in (1008, 1009) and not frames
+    ws.close()
+    httpx.delete(f"{planed.url}/v1/streams/fragments")

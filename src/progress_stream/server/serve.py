@@ -17,6 +17,7 @@ from progress_stream.server.answers import Answers
 from progress_stream.server.app import create_app
 from progress_stream.server.http_protocol import http_protocol
 from progress_stream.server.settings import Settings
+from progress_stream.server.sockets.asgi import SocketProtocol
 from progress_stream.server.sockets.native import NativePlane
 from progress_stream.server.wiring import Services, build
 
@@ -42,7 +43,7 @@ def uvicorn_config(
         port=settings.port,
         loop="uvloop",
         http=http_protocol(settings.header_timeout_s, answers, native),
-        ws="websockets-sansio",
+        ws=SocketProtocol,  # uvicorn's websockets-sansio, with a bound on a message's frames
         ws_max_size=max_size,
         ws_per_message_deflate=False,
         log_level=log_level,

@@ -35,7 +35,7 @@ from picows.picows import WSProtocol
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.wire import socket_stream_id
 from progress_stream.server.answers import ErrorAnswer
-from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 #: picows logs each connection at INFO; a server of thousands of sockets keeps only its warnings
@@ -155,6 +155,7 @@ class NativeSocket(WSListener):
         self.session = session
         self.connections = connections
         self.max_size = max_size
+        self.max_fragments = max_fragments(max_size)
         self.transport: WSTransport | None = None
         self.closed = False
         self.busy = False  # a message is being answered
@@ -212,6 +213,8 @@ class NativeSocket(WSListener):
         self.fragments_size += frame.payload_size
         if self.fragments_size > self.max_size:
             self.close(WSCloseCode(MESSAGE_TOO_BIG), f"message exceeds {self.max_size} bytes")
+        elif len(self.fragments) > self.max_fragments:
+            self.close(WSCloseCode(MESSAGE_TOO_BIG), f"message in more than {self.max_fragments} frames")
         elif frame.fin:
             data, self.fragments = b"".join(self.fragments), []
             self.take(data, True) if self.binary_parts else self.take_text(data)
