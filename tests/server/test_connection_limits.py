@@ -25,9 +25,12 @@ from tests.server.test_edge import memory_kb, raw_exchange, status_and_body
 TEXT, BINARY, CONTINUATION, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 KB, MB = 1024, 1024 * 1024
 
+#: Shortened for the tests: a socket is pinged after 2 s of silence and has 1 s to answer.
 LIMITS = {
     "retained_window": 32,
     "max_frames_per_message": 16,  # a message of at most 7,744 bytes
+    "ws_ping_interval_s": 2,
+    "ws_ping_timeout_s": 1,
 }
 
 
@@ -247,3 +250,18 @@ def test_empty_continuation_frames_are_bounded(planed):
     assert close_code(close) in (1008, 1009) and not frames
     ws.close()
     httpx.delete(f"{planed.url}/v1/streams/fragments")
+
+
+# --- 4. pings, open files, connections ------------------------------------------------------------
+
+
+def test_a_peer_that_never_answers_pings_is_closed(planed):
+    ws = RawSocket(planed.port, "silent")
+    started = time.monotonic()
+    pinged = False
+    ws.sock.settimeout(15)
+    while (got := ws.next_frame()) is not None and got[0] != CLOSE:
+        pinged = pinged or got[0] == PING  # never answered
+    assert pinged and time.monotonic() - started < 12  # 2 s of silence, 1 s to answer, and slack
+    ws.close()
+    httpx.delete(f"{planed.url}/v1/streams/silent")

@@ -45,6 +45,8 @@ def uvicorn_config(
         http=http_protocol(settings.header_timeout_s, answers, native),
         ws=SocketProtocol,  # uvicorn's websockets-sansio, with a bound on a message's frames
         ws_max_size=max_size,
+        ws_ping_interval=settings.ws_ping_interval_s,  # the native plane pings with the same settings
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=False,
         log_level=log_level,
         access_log=False,

@@ -54,6 +54,10 @@ class NativePlane:
     def __init__(self, services: Services, max_size: int):
         self.services = services
         self.max_size = max_size
+        # the ASGI plane's settings (uvicorn's ws_ping_interval and ws_ping_timeout): a dead peer is
+        # noticed on either plane, and its stream and read buffer let go
+        self.ping_interval = services.settings.ws_ping_interval_s
+        self.ping_timeout = services.settings.ws_ping_timeout_s
         self._admitting: set[asyncio.Task] = set()
 
     def claims(self, path: str) -> bool:
@@ -78,9 +82,9 @@ class NativePlane:
             PICOWS_LOG,
             True,  # disconnect on an exception in a callback
             HANDSHAKE_TIMEOUT_S,
-            False,  # no pings of our own: clients and proxies keep their connections alive
-            20.0,
-            20.0,
+            True,  # ping a client silent for the interval; close it if no pong comes within the timeout
+            self.ping_interval,
+            self.ping_timeout,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # answer pings
             self.max_size,
