@@ -25,7 +25,8 @@ from tests.server.test_edge import memory_kb, raw_exchange, status_and_body
 TEXT, BINARY, CONTINUATION, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 KB, MB = 1024, 1024 * 1024
 
-#: Shortened for the tests: a socket is pinged after 2 s of silence and has 1 s to answer.
+#: Shortened for the tests: a socket is pinged after 2 s of silence and has 1 s to answer (and to take
+#: its unread replies).
 LIMITS = {
     "retained_window": 32,
     "max_frames_per_message": 16,  # a message of at most 7,744 bytes
@@ -194,7 +195,31 @@ def test_a_request_with_forty_headers_is_served(edge):
     assert metric(edge, 'progress_errors_total{code="headers_too_large"}') >= 1  # counted like every error
 
 
-# --- 2. what an error reply echoes ---------------------------------------------------------------
+# --- 2. replies a client leaves unread; what an error reply echoes ---------------------------------
+
+
+def test_a_socket_whose_replies_stay_unread_stops_being_read_and_is_closed(planed):
+    """Each ``{"seq":0}`` (15 bytes on the wire) draws an error reply of ~100 bytes; the client never reads."""
+    ws = RawSocket(planed.port, "unread", rcvbuf=4096)
+    ws.sock.setblocking(False)
+    data = memoryview(frame(TEXT, b'{"seq":0}') * 4096)
+    sent, stalled_since, reset = 0, None, False
+    while sent < 4 * MB:
+        try:
+            n = ws.sock.send(data[sent % len(data) :])
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 2:
+                break
+            time.sleep(0.01)
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            reset = True  # closed while we were still sending
+            break
+        sent, stalled_since = sent + n, None
+    assert sent < 4 * MB, "the server kept reading a client that reads none of its replies"
+    assert reset or ws.closed_within(15)
+    ws.close()
 
 
 def test_an_error_reply_carries_only_an_excerpt_of_what_was_sent(planed):

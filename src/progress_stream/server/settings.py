@@ -58,7 +58,10 @@ class Settings(BaseSettings):
         description="a WebSocket is pinged this often (native plane: after this long with nothing from its client)",
     )
     ws_ping_timeout_s: float = Field(
-        20.0, gt=0, description="a WebSocket whose client does not answer a ping within this is closed (≤ the interval)"
+        20.0,
+        gt=0,
+        description="a WebSocket whose client does not answer a ping within this, or (native plane) leaves "
+        "over 64 KB of replies unread this long, is closed (≤ the interval)",
     )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")

@@ -44,6 +44,9 @@ PICOWS_LOG.setLevel(logging.WARNING)
 
 #: Messages a client may send ahead of its answers before its socket stops being read (backpressure).
 MAX_AHEAD = 64
+#: Bytes of replies a client has not taken yet past which its socket stops being read (the transport's
+#: high-water mark); it is read again once they drain below a quarter of this.
+WRITE_HIGH_WATER = 64 * 1024
 #: A handshake that admission has passed must complete within this (picows then disconnects).
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -58,6 +61,8 @@ class NativePlane:
         # noticed on either plane, and its stream and read buffer let go
         self.ping_interval = services.settings.ws_ping_interval_s
         self.ping_timeout = services.settings.ws_ping_timeout_s
+        # a client that leaves its replies unread this long is as good as one that does not answer a ping
+        self.write_timeout = services.settings.ws_ping_timeout_s
         self._admitting: set[asyncio.Task] = set()
 
     def claims(self, path: str) -> bool:
@@ -118,7 +123,7 @@ class NativePlane:
             outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:
             chosen = subprotocol(headers.get(b"sec-websocket-protocol", b"").decode("latin-1"))
-            listener = NativeSocket(session, connections, self.max_size)
+            listener = NativeSocket(session, connections, self.max_size, self.write_timeout)
             extra = {"Sec-WebSocket-Protocol": chosen} if chosen else None
             outcome.append(WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener))
         if transport.is_closing():  # the client left meanwhile
@@ -153,12 +158,20 @@ def echoed(code: WSCloseCode) -> WSCloseCode:
 
 class NativeSocket(WSListener):
     """One stream socket on picows: each message submitted, its answer written from the future's
-    callback, strictly in order (messages sent ahead wait here, up to :data:`MAX_AHEAD`)."""
+    callback, strictly in order (messages sent ahead wait here, up to :data:`MAX_AHEAD`).
 
-    def __init__(self, session: StreamSocket, connections: set, max_size: int):
+    The socket stops being read for either of two reasons, and is read again only once neither holds:
+    :data:`MAX_AHEAD` messages wait, or more than :data:`WRITE_HIGH_WATER` bytes of replies wait for
+    the client to take them. A client whose replies stay there ``write_timeout`` seconds is dropped
+    (its buffer cannot drain, so no close frame would reach it)."""
+
+    def __init__(self, session: StreamSocket, connections: set, max_size: int, write_timeout: float):
         self.session = session
         self.connections = connections
         self.max_size = max_size
+        self.write_timeout = write_timeout
+        self.writing_paused = False  # replies above the high-water mark
+        self.stalled: asyncio.TimerHandle | None = None
         self.max_fragments = max_fragments(max_size)
         self.transport: WSTransport | None = None
         self.closed = False
@@ -175,11 +188,36 @@ class NativeSocket(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.connections.add(self)
+        transport.underlying_transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
         self.ahead.clear()
         self.connections.discard(self)
+        if self.stalled is not None:
+            self.stalled.cancel()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high-water mark: stop reading (unless the messages sent ahead
+        already stopped it) until it drains; drop the client if it does not within ``write_timeout``."""
+        self.writing_paused = True
+        if len(self.ahead) < MAX_AHEAD:
+            self.transport.underlying_transport.pause_reading()
+        self.stalled = asyncio.get_running_loop().call_later(self.write_timeout, self.unread)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        if len(self.ahead) < MAX_AHEAD and not self.closed:
+            self.transport.underlying_transport.resume_reading()
+
+    def unread(self) -> None:
+        self.stalled = None
+        self.closed = True
+        self.ahead.clear()
+        self.transport.disconnect(graceful=False)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.closed:  # picows goes on with the frames of a read after a close: none is processed
@@ -234,7 +272,7 @@ class NativeSocket(WSListener):
             self.handle(data, binary)
             return
         self.ahead.append((data, binary))
-        if len(self.ahead) == MAX_AHEAD:
+        if len(self.ahead) == MAX_AHEAD and not self.writing_paused:  # else reading stopped already
             self.transport.underlying_transport.pause_reading()
 
     def handle(self, data: bytes | str, binary: bool) -> None:
@@ -286,7 +324,7 @@ class NativeSocket(WSListener):
     def next(self) -> None:
         self.busy = False
         if self.ahead:
-            if len(self.ahead) == MAX_AHEAD:
+            if len(self.ahead) == MAX_AHEAD and not self.writing_paused:  # else it stays stopped for that
                 self.transport.underlying_transport.resume_reading()
             self.handle(*self.ahead.popleft())
 
