@@ -11,12 +11,14 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from progress_stream.server.process import ServerProcess
@@ -290,3 +292,37 @@ def test_a_peer_that_never_answers_pings_is_closed(planed):
     assert pinged and time.monotonic() - started < 12  # 2 s of silence, 1 s to answer, and slack
     ws.close()
     httpx.delete(f"{planed.url}/v1/streams/silent")
+
+
+def test_the_open_file_limit_is_raised_and_logged(tiny_model, tmp_path):
+    serve = [sys.executable, "-m", "progress_stream.cli", "serve", "--model", str(tiny_model)]
+    command = ["sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", *serve]
+    with ServerProcess(tiny_model, tmp_path / "log", command=command) as srv:
+        limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+        soft, hard = re.search(r"Max open files\s+(\S+)\s+(\S+)", limits).groups()
+        assert soft == hard, limits
+        log = srv.log.read_text()
+        line = next(line for line in log.splitlines() if "open files" in line)
+        found = re.search(r"open files: (\d+) \(soft limit, raised from 256\); serving at most (\d+) connections", line)
+        assert found and found.group(1) == hard, line
+        assert 0 < int(found.group(2)) <= int(hard) - 128  # room left for the files and the store
+
+
+def test_connections_past_the_cap_are_refused_with_503(tiny_model, tmp_path):
+    with ServerProcess(tiny_model, tmp_path / "log", max_connections=12, header_timeout_s=60) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(12)]
+        time.sleep(0.5)
+        res = httpx.get(f"{srv.url}/healthz")
+        assert res.status_code == 503 and res.json()["error"]["code"] == "too_many_connections"
+        assert int(res.headers["retry-after"]) >= 1
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{srv.ws_url}/v1/streams/capped/ws", open_timeout=10)
+        assert refused.value.response.status_code == 503
+        assert orjson.loads(refused.value.response.body)["error"]["code"] == "too_many_connections"
+        for sock in idle:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{srv.url}/healthz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert metric(srv, 'progress_errors_total{code="too_many_connections"}') >= 2

@@ -66,6 +66,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "too_many_streams": ErrorSpec(503, Action.WAIT, "the server holds max_streams streams", TRY_AGAIN_LATER, 5),
     "overloaded": ErrorSpec(503, Action.WAIT, "too many frames wait for inference", TRY_AGAIN_LATER, 1),
     "shutting_down": ErrorSpec(503, Action.RECONNECT, "the server is stopping", SERVICE_RESTART, 1),
+    "too_many_connections": ErrorSpec(
+        503, Action.WAIT, "the server holds max_connections open connections", TRY_AGAIN_LATER, 1
+    ),
     "store_unreachable": ErrorSpec(
         503, Action.WAIT, "the shared state store cannot be reached to find the stream", TRY_AGAIN_LATER, 1
     ),
@@ -206,6 +209,10 @@ class ShuttingDown(EngineError):
 
 class StoreUnreachable(EngineError):
     code = "store_unreachable"
+
+
+class TooManyConnections(WireError):
+    code = "too_many_connections"
 
 
 def error_table() -> str:

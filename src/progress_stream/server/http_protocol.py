@@ -7,6 +7,10 @@ opened, or after its previous response, is closed. Bodies have their own deadlin
 :mod:`progress_stream.server.edge`. The upgrade of a stream socket goes to the native data plane
 (:mod:`progress_stream.server.sockets.native`) where one is given.
 
+A connection opened while the server holds ``max_connections`` (HTTP and WebSocket, handshakes included)
+is answered 503 ``too_many_connections`` at its first request and closed, before the file descriptors run
+out (see :mod:`progress_stream.server.serve`).
+
 Neither uvicorn nor httptools bounds a request's head: 0.8 MB of ``a:`` lines became 196,000 header
 tuples before any check ran. Here a head past nginx's default (:data:`MAX_LINE` a line,
 :data:`MAX_HEAD` in all) or past :data:`MAX_FIELDS` fields is answered 431 ``headers_too_large`` and
@@ -22,7 +26,7 @@ import urllib.parse
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from progress_stream.contract.errors import HeadersTooLarge, ServiceError
+from progress_stream.contract.errors import HeadersTooLarge, ServiceError, TooManyConnections
 from progress_stream.server.answers import Answers
 from progress_stream.server.sockets.native import NativePlane
 
@@ -37,6 +41,7 @@ MAX_FIELDS = 100
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     answers: Answers
+    max_connections: int | None = None
     native: NativePlane | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -46,6 +51,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._head_read = 0  # bytes read while it was: the fields stored and the part httptools still holds
         self._head_stored = 0  # bytes of the request line and the fields stored
         self._refusal: ServiceError | None = None  # what this connection's request is answered instead
+        if self.max_connections is not None and self.open_connections() > self.max_connections:
+            self._refusal = TooManyConnections(f"the server holds its {self.max_connections} connections")
+
+    def open_connections(self) -> int:
+        """uvicorn's open connections (this one, HTTP and WebSocket) and the native handshakes under way
+        (a native socket counts itself once it is open)."""
+        return len(self.connections) + (self.native.admitting if self.native is not None else 0)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # first: a body in the same read is not counted as head
@@ -149,9 +161,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 
 def http_protocol(
-    header_timeout: float, answers: Answers, native: NativePlane | None = None
+    header_timeout: float, answers: Answers, max_connections: int | None = None, native: NativePlane | None = None
 ) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for uvicorn's ``http=``: this header deadline and these bounds, refusals
-    answered through ``answers``, stream sockets to ``native``."""
-    attributes = {"header_timeout": header_timeout, "answers": answers, "native": native}
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), attributes)
+    """The protocol class for uvicorn's ``http=``: this header deadline, these bounds and at most
+    ``max_connections`` (None: no cap), refusals answered through ``answers``, stream sockets to ``native``."""
+    attributes = {"header_timeout": header_timeout, "answers": answers, "max_connections": max_connections}
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {**attributes, "native": native})

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="a WebSocket whose client does not answer a ping within this, or (native plane) leaves "
         "over 64 KB of replies unread this long, is closed (≤ the interval)",
     )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="open connections at once (HTTP and WebSocket); past it 503 too_many_connections. Unset: "
+        "the open-file limit (raised to its hard limit at start) less max(128, an eighth) for files and the store",
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
     demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")

@@ -65,6 +65,11 @@ class NativePlane:
         self.write_timeout = services.settings.ws_ping_timeout_s
         self._admitting: set[asyncio.Task] = set()
 
+    @property
+    def admitting(self) -> int:
+        """Handshakes under way (each holds a connection that no protocol counts yet)."""
+        return len(self._admitting)
+
     def claims(self, path: str) -> bool:
         return socket_stream_id(path) is not None
 
