@@ -7,11 +7,13 @@ empty continuation frames, unanswered pings, replies left unread.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import socket
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ LIMITS = {
     "max_frames_per_message": 16,  # a message of at most 7,744 bytes
     "ws_ping_interval_s": 2,
     "ws_ping_timeout_s": 1,
+    "board_max_subscribers": 3,
 }
 
 
@@ -326,3 +329,67 @@ def test_connections_past_the_cap_are_refused_with_503(tiny_model, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert metric(srv, 'progress_errors_total{code="too_many_connections"}') >= 2
+
+
+# --- 5. board subscribers ------------------------------------------------------------------------------
+
+
+class Subscriber(threading.Thread):
+    """One board client: reads events until told to stop; keeps the status and the events' names."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.status, self.events, self.stop = url, None, [], threading.Event()
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", self.url, timeout=30) as res:
+            self.status = res.status_code
+            self.opened.set()
+            for line in res.iter_lines():
+                if line.startswith("event: "):
+                    self.events.append(line[7:])
+                if self.stop.is_set():
+                    return
+        self.opened.set()
+
+
+def subscribe(server: ServerProcess, n: int) -> list[Subscriber]:
+    subs = [Subscriber(f"{server.url}/v1/board/events") for _ in range(n)]
+    for sub in subs:
+        sub.start()
+        assert sub.opened.wait(10)
+    return subs
+
+
+def test_board_subscribers_past_the_cap_are_refused_with_503(edge):
+    subs = subscribe(edge, 3)
+    assert [s.status for s in subs] == [200, 200, 200]
+    with httpx.stream("GET", f"{edge.url}/v1/board/events", timeout=10) as res:
+        assert res.status_code == 503 and orjson.loads(res.read())["error"]["code"] == "too_many_subscribers"
+        assert "retry-after" in res.headers
+    for sub in subs:
+        sub.stop.set()
+    deadline = time.monotonic() + 10  # each leaves at its next event (at most a period later)
+    while metric(edge, "progress_board_subscribers") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with httpx.stream("GET", f"{edge.url}/v1/board/events", timeout=10) as res:
+        assert res.status_code == 200
+
+
+def test_board_subscribers_share_one_computation_per_tick(edge):
+    def ticks_per_second(n: int) -> float:
+        subs = subscribe(edge, n)
+        while any(len(s.events) < 2 for s in subs):  # every one has its snapshot and an update
+            time.sleep(0.05)
+        before, started = metric(edge, "progress_board_ticks_total"), time.monotonic()
+        time.sleep(2)
+        rate = (metric(edge, "progress_board_ticks_total") - before) / (time.monotonic() - started)
+        assert all(s.events[0] == "snapshot" and set(s.events[1:]) == {"update"} for s in subs)
+        for sub in subs:
+            sub.stop.set()
+        return rate
+
+    one, three = ticks_per_second(1), ticks_per_second(3)
+    assert 0 < three < 2 * one  # one Watcher per tick, not one per subscriber (which would be 3x)

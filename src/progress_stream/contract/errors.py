@@ -69,6 +69,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "too_many_connections": ErrorSpec(
         503, Action.WAIT, "the server holds max_connections open connections", TRY_AGAIN_LATER, 1
     ),
+    "too_many_subscribers": ErrorSpec(
+        503, Action.WAIT, "the live board has board_max_subscribers subscribers", TRY_AGAIN_LATER, 5
+    ),
     "store_unreachable": ErrorSpec(
         503, Action.WAIT, "the shared state store cannot be reached to find the stream", TRY_AGAIN_LATER, 1
     ),
@@ -213,6 +216,10 @@ class StoreUnreachable(EngineError):
 
 class TooManyConnections(WireError):
     code = "too_many_connections"
+
+
+class TooManySubscribers(WireError):
+    code = "too_many_subscribers"
 
 
 def error_table() -> str:

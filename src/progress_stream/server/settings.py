@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         description="open connections at once (HTTP and WebSocket); past it 503 too_many_connections. Unset: "
         "the open-file limit (raised to its hard limit at start) less max(128, an eighth) for files and the store",
     )
+    board_max_subscribers: int = Field(
+        32, ge=1, description="clients of the live board (GET /v1/board/events) at once; past it 503"
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
     demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")
