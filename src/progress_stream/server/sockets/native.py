@@ -205,6 +205,8 @@ class NativeSocket(WSListener):
     def pause_writing(self) -> None:
         """The transport's buffer passed the high-water mark: stop reading (unless the messages sent ahead
         already stopped it) until it drains; drop the client if it does not within ``write_timeout``."""
+        if self.closed:
+            return
         self.writing_paused = True
         if len(self.ahead) < MAX_AHEAD:
             self.transport.underlying_transport.pause_reading()
