@@ -243,33 +243,6 @@ def test_an_error_reply_carries_only_an_excerpt_of_what_was_sent(planed):
     httpx.delete(f"{planed.url}/v1/streams/echo")
 
 
-# --- 9c, 9d. after a close ------------------------------------------------------------------------------
-
-
-def test_nothing_buffered_after_broken_framing_is_processed(planed):
-    message = orjson.dumps({"seq": 0, "embeddings": [[0.1] * 16]})
-    ws = RawSocket(planed.port, "after-close")
-    ws.send(
-        frame(TEXT, message[:20], fin=False),
-        frame(BINARY, b"\0" * 16),  # a new message inside a fragmented one: 1002
-        frame(CONTINUATION, message[20:]),
-    )
-    frames, close = ws.messages_until_close()
-    assert close_code(close) == 1002 and not frames
-    ws.close()
-    assert httpx.get(f"{planed.url}/v1/streams/after-close").json()["next_seq"] == 0
-    httpx.delete(f"{planed.url}/v1/streams/after-close")
-
-
-def test_a_close_without_a_code_is_not_answered_with_1005(planed):
-    ws = RawSocket(planed.port, "no-code")
-    ws.send(frame(CLOSE))
-    _, close = ws.messages_until_close()
-    assert close is not None and (close == b"" or close_code(close) == 1000), close
-    ws.close()
-    httpx.delete(f"{planed.url}/v1/streams/no-code")
-
-
 # --- 3. fragments -----------------------------------------------------------------------------------
 
 
@@ -393,3 +366,30 @@ def test_board_subscribers_share_one_computation_per_tick(edge):
 
     one, three = ticks_per_second(1), ticks_per_second(3)
     assert 0 < three < 2 * one  # one Watcher per tick, not one per subscriber (which would be 3x)
+
+
+# --- 9c, 9d. after a close ------------------------------------------------------------------------------
+
+
+def test_nothing_buffered_after_broken_framing_is_processed(planed):
+    message = orjson.dumps({"seq": 0, "embeddings": [[0.1] * 16]})
+    ws = RawSocket(planed.port, "after-close")
+    ws.send(
+        frame(TEXT, message[:20], fin=False),
+        frame(BINARY, b"\0" * 16),  # a new message inside a fragmented one: 1002
+        frame(CONTINUATION, message[20:]),
+    )
+    frames, close = ws.messages_until_close()
+    assert close_code(close) == 1002 and not frames
+    ws.close()
+    assert httpx.get(f"{planed.url}/v1/streams/after-close").json()["next_seq"] == 0
+    httpx.delete(f"{planed.url}/v1/streams/after-close")
+
+
+def test_a_close_without_a_code_is_answered_without_one_or_with_1000(planed):
+    ws = RawSocket(planed.port, "no-code")
+    ws.send(frame(CLOSE))
+    _, close = ws.messages_until_close()
+    assert close is not None and (close == b"" or close_code(close) == 1000), close
+    ws.close()
+    httpx.delete(f"{planed.url}/v1/streams/no-code")
