@@ -335,7 +335,16 @@ def subscribe(server: ServerProcess, n: int) -> list[Subscriber]:
     return subs
 
 
+def no_subscribers(server: ServerProcess) -> None:
+    """Wait for the board's subscribers to leave (each at its next event, at most a period later)."""
+    deadline = time.monotonic() + 10
+    while metric(server, "progress_board_subscribers") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_board_subscribers_past_the_cap_are_refused_with_503(edge):
+    no_subscribers(edge)
     subs = subscribe(edge, 3)
     assert [s.status for s in subs] == [200, 200, 200]
     with httpx.stream("GET", f"{edge.url}/v1/board/events", timeout=10) as res:
@@ -343,16 +352,14 @@ def test_board_subscribers_past_the_cap_are_refused_with_503(edge):
         assert "retry-after" in res.headers
     for sub in subs:
         sub.stop.set()
-    deadline = time.monotonic() + 10  # each leaves at its next event (at most a period later)
-    while metric(edge, "progress_board_subscribers") > 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    no_subscribers(edge)
     with httpx.stream("GET", f"{edge.url}/v1/board/events", timeout=10) as res:
         assert res.status_code == 200
 
 
 def test_board_subscribers_share_one_computation_per_tick(edge):
     def ticks_per_second(n: int) -> float:
+        no_subscribers(edge)
         subs = subscribe(edge, n)
         while any(len(s.events) < 2 for s in subs):  # every one has its snapshot and an update
             time.sleep(0.05)
