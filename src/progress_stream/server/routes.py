@@ -199,11 +199,16 @@ async def list_streams(
 @v1_router.get(
     "/board/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **error_responses("too_many_subscribers"),
+    },
     summary="Live board: a snapshot, then coalesced updates at most every 100 ms (Server-Sent Events)",
 )
-async def board_events(request: Request, services: ServicesDep) -> StreamingResponse:
-    return StreamingResponse(board.events(request, services), media_type="text/event-stream")
+async def board_events(services: ServicesDep) -> StreamingResponse:
+    queue = services.board.subscribe()
+    events = board.events(services.board, queue, lambda: services.stopping)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @v1_router.get("/model", response_model=ModelInfo, summary="The served model's metadata")

@@ -19,6 +19,7 @@ from progress_stream.engine.engine import Engine
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.answers import Answers
+from progress_stream.server.board import Board
 from progress_stream.server.edge import Admission
 from progress_stream.server.settings import Settings
 
@@ -36,6 +37,7 @@ class Services:
     engine: Engine
     admission: Admission
     answers: Answers
+    board: Board
     ready: bool = False
     stopping: bool = False
 
@@ -58,6 +60,7 @@ def build(settings: Settings) -> Services:
         engine=engine,
         admission=Admission(settings.api_key, settings.allowed_origins),
         answers=Answers(engine.metrics.errors),
+        board=Board(engine.table, settings.board_max_subscribers, engine.metrics.registry),
     )
 
 

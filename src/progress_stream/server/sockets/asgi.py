@@ -14,13 +14,30 @@ import asyncio
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 
-from progress_stream.contract.errors import SeqConflict, ServiceError
+from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.wire import STREAM_SOCKET
-from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 ws_router = APIRouter()
+
+
+class SocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O parser, uvicorn's ``ws="websockets-sansio"``)
+    with the native plane's bound on the frames of one message: past it, close 1009."""
+
+    def handle_cont(self, event: Frame) -> None:
+        if self.close_sent:
+            return
+        limit = max_fragments(self.config.ws_max_size)
+        if len(self.frames) >= limit:
+            self.conn.send_close(MESSAGE_TOO_BIG, f"message in more than {limit} frames")
+            self.handle_parser_exception()  # sends the close, tells the app, closes the transport
+            return
+        super().handle_cont(event)
 
 
 @ws_router.websocket(STREAM_SOCKET)
