@@ -112,12 +112,21 @@ class Engine:
             await self.shared.check()
             self._tasks.append(asyncio.create_task(self.shared.run(), name="store"))
 
-    async def stop(self) -> None:
-        """Stop accepting, finish every accepted frame, snapshot, stop the tasks."""
+    async def stop(self) -> bool:
+        """Stop accepting, finish every accepted frame, snapshot, stop the tasks; whether the state file (if
+        any) was written. A state file that cannot be written is logged and counted, and the shared store is
+        still written: the one failure must not lose both."""
         self.accepting = False
         await self.batcher.drain()
+        saved = True
         if self.config.state_file is not None:
-            await self.snapshot(Path(self.config.state_file))
+            path = Path(self.config.state_file)
+            try:
+                await self.snapshot(path)
+            except OSError as exc:
+                saved = False
+                self.metrics.snapshot_failures.inc()
+                log.error("final snapshot to %s failed: %s", path, exc)
         if self.shared is not None:  # every stream, so the next owner continues exactly
             try:
                 await self.shared.save(everything=True)
@@ -130,6 +139,7 @@ class Engine:
         self.batcher.close()
         if self.shared is not None:
             await self.shared.store.close()
+        return saved
 
     # --- streams -----------------------------------------------------------------------------
     def create(self, stream_id: str | None = None) -> tuple[Stream, bool]:
