@@ -104,10 +104,10 @@ async def gateway_socket(websocket: WebSocket) -> None:
             binary = message.get("bytes") is not None
             try:
                 reply = await gateway.answer(message["bytes"] if binary else message.get("text") or "", binary)
-            except ServiceError as exc:  # broken framing: the one kind of error that closes a gateway
+            except Exception as exc:  # broken framing (or a bug): the errors that close a gateway
                 answer = services.answers.error(exc)
                 await websocket.send_text(answer.socket_message(None).decode())
-                await websocket.close(answer.close or 1008, exc.message[:120])
+                await websocket.close(answer.close or 1008, answer.error.message[:120])
                 return
             if binary:
                 await websocket.send_bytes(reply)
