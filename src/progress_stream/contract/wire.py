@@ -142,7 +142,23 @@ class Wire:
     def parse_tick(self, body: bytes | str) -> list[tuple[str, int, np.ndarray, bool] | tuple[Any, Any, BadInput]]:
         """A JSON tick ``{"frames": [entries]}`` → per entry ``(stream_id, seq, frames, reset)``, or
         ``(stream_id?, seq?, BadInput)`` for an entry that is invalid (the others stand). A body that is
-        not such an object at all is a :class:`ProtocolViolation`."""
+        not such an object at all is a :class:`ProtocolViolation`. A valid message is validated whole (one
+        pass, in pydantic's core); only a message with an invalid entry is looked at entry by entry."""
+        try:
+            ticks = self.tick_request.model_validate_json(body).frames
+        except ValidationError:
+            return self._parse_tick_entries(body)
+        out: list[Any] = []
+        for entry in ticks:
+            try:
+                out.append(
+                    (entry.stream_id, entry.seq, check_values(np.array(entry.embeddings, np.float32)), entry.reset)
+                )
+            except BadInput as exc:
+                out.append((entry.stream_id, entry.seq, exc))
+        return out
+
+    def _parse_tick_entries(self, body: bytes | str) -> list[Any]:
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

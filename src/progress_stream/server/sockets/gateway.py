@@ -10,6 +10,7 @@ work per stream is the engine's acceptance alone.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, check_values
 from progress_stream.engine.streams import Stream
 from progress_stream.server.wiring import Services
 
+TICK = re.compile(r'\s*\{\s*"frames"\s*:')  # a JSON tick, told from attach and detach without parsing it twice
 STATUS = {code: i + 1 for i, code in enumerate(ERROR_CODES)}
 Entry = tuple[Stream, int, np.ndarray, bool] | BaseException
 
@@ -65,6 +67,8 @@ class GatewaySocket:
         return reply
 
     async def text(self, data: bytes | str) -> bytes:
+        if TICK.match(data[:32] if isinstance(data, str) else data[:32].decode("utf-8", "replace")):
+            return orjson.dumps(await self.json_tick(data), option=orjson.OPT_SERIALIZE_NUMPY)  # parsed once
         try:
             head = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
