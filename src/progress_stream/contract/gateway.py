@@ -29,7 +29,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from progress_stream.contract.binary import FLAG_RESET
-from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.replies import ErrorBody
 from progress_stream.contract.wire import MAX_TICK_ENTRIES, STREAM_ID
 
@@ -38,8 +37,35 @@ VERSION = 1
 MESSAGE_HEADER = struct.Struct("<II")
 ENTRY_HEADER = struct.Struct("<QIHH")
 REPLY_ENTRY_HEADER = struct.Struct("<QQIHH")
-#: Binary status codes: 0 success, else 1 + the index of the error's code here.
-ERROR_CODES: tuple[str, ...] = tuple(ERRORS)
+#: Binary status codes: 0 success, else 1 + the index of the error's code here. Append only: a client
+#: reads a status by its place (a test holds this list to the error table).
+ERROR_CODES: tuple[str, ...] = (
+    "invalid_input",
+    "empty",
+    "wrong_dimension",
+    "not_finite",
+    "too_many_frames",
+    "too_large",
+    "unsupported_media_type",
+    "unauthorized",
+    "forbidden_origin",
+    "not_found",
+    "method_not_allowed",
+    "request_timeout",
+    "headers_too_large",
+    "stream_not_found",
+    "seq_conflict",
+    "protocol_violation",
+    "inference_failed",
+    "too_many_streams",
+    "overloaded",
+    "shutting_down",
+    "too_many_connections",
+    "too_many_subscribers",
+    "store_unreachable",
+    "stream_unreadable",
+    "internal_error",
+)
 #: The most streams one connection attaches.
 MAX_ATTACHED = MAX_TICK_ENTRIES
 
