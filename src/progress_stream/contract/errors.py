@@ -51,6 +51,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "unsupported_media_type": ErrorSpec(415, Action.FIX, "a body that is not Content-Type application/json, or gzip"),
     "unauthorized": ErrorSpec(401, Action.FIX, "missing or wrong 'Authorization: Bearer <API key>'"),
     "forbidden_origin": ErrorSpec(403, Action.FIX, "a browser Origin not in PROGRESS_ALLOWED_ORIGINS"),
+    "wrong_host": ErrorSpec(
+        421, Action.FIX, "the request's Host is not a name this server answers (PROGRESS_ALLOWED_HOSTS)"
+    ),
     "not_found": ErrorSpec(404, Action.FIX, "no such route"),
     "method_not_allowed": ErrorSpec(405, Action.FIX, "the route does not take that method; see Allow"),
     "request_timeout": ErrorSpec(408, Action.RECONNECT, "the request's body did not arrive in time"),
@@ -128,6 +131,12 @@ class Unauthorized(WireError):
 
 class ForbiddenOrigin(WireError):
     code = "forbidden_origin"
+
+
+class WrongHost(WireError):
+    """The ``Host`` a request names is not one of the server's (a page rebound by DNS names its own)."""
+
+    code = "wrong_host"
 
 
 class RequestTimeout(WireError):

@@ -1,7 +1,8 @@
 """Guards at the edge: everything that can be refused without the body is refused before it is read.
 
-An ASGI middleware in front of every route and the WebSocket. In order: the ``Origin`` of a browser
-(a cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
+An ASGI middleware in front of every route and the WebSocket. In order: the ``Host`` the request names
+(a page whose name was rebound by DNS to this server names its own), the ``Origin`` of a browser (a
+cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
 request with a body its encoding and type, its declared length, and finally the body itself, read
 here with a byte count (chunked bodies included) and a deadline. A refusal is answered at once in
 the error shape with ``Connection: close``, so an unread body is never buffered. The handlers then
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +25,7 @@ from progress_stream.contract.errors import (
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
+    WrongHost,
 )
 from progress_stream.contract.wire import bearer_subprotocol
 from progress_stream.server.answers import Answers, ErrorAnswer
@@ -38,20 +41,50 @@ class Disconnected(Exception):
     """The client went away while its body was being read: nothing to answer."""
 
 
-class Admission:
-    """Who may use the API: a browser's ``Origin`` and the API key. The edge asks it of every request;
-    the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake."""
+#: A ``Host`` header: a name or an address (IPv6 in brackets), then perhaps a port.
+HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
 
-    def __init__(self, api_key: str | None, allowed_origins: str):
+
+def host_name(host: str) -> str | None:
+    """The name of a ``Host`` value or setting entry, lower-cased, without its port or a final dot; None if
+    it is not one."""
+    match = HOST.fullmatch(host.strip().lower())
+    return match.group(1).rstrip(".") if match else None
+
+
+class Admission:
+    """Who may use the API: the ``Host`` it names, a browser's ``Origin`` and the API key. The edge asks it
+    of every request; the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake.
+
+    ``allowed_hosts``: comma-separated names (any port); ``.example.com`` is it and its subdomains; ``*`` any.
+    """
+
+    def __init__(self, api_key: str | None, allowed_origins: str, allowed_hosts: str = "*"):
         self.api_key = f"Bearer {api_key}".encode() if api_key else None
         self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
+        entries = [h.strip().lower() for h in allowed_hosts.split(",") if h.strip()]
+        self.any_host = "*" in entries
+        self.hosts = {name for h in entries if not h.startswith(".") and (name := host_name(h))}
+        self.domains = tuple(h.rstrip(".") for h in entries if h.startswith(".") and len(h) > 1)
 
     def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> None:
         """Raise the refusal for a request with these (lower-cased) headers, if it is refused."""
+        self.check_host(headers)
         self.check_origin(headers)
         if path.startswith("/v1/"):
             self.check_key(headers, websocket)
+
+    def check_host(self, headers: dict[bytes, bytes]) -> None:
+        """The ``Host`` must be one of ``allowed_hosts`` (any port). A request without one (HTTP/1.0) passes:
+        a browser always sends it, and a browser is what a rebound name can drive."""
+        host = headers.get(b"host")
+        if self.any_host or host is None:
+            return
+        name = host_name(host.decode("latin-1"))
+        if name is not None and (name in self.hosts or any(name.endswith(d) or name == d[1:] for d in self.domains)):
+            return
+        raise WrongHost("this server does not answer for that Host: add it to PROGRESS_ALLOWED_HOSTS")
 
     def check_origin(self, headers: dict[bytes, bytes]) -> None:
         """A request without ``Origin`` (every non-browser client) passes; a browser's must be the

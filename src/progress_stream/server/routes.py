@@ -43,7 +43,14 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
 
 
 #: What every /v1 route can answer before its handler runs (the edge guards and the id check).
-EDGE_ERRORS = ("unauthorized", "forbidden_origin", "too_large", "unsupported_media_type", "request_timeout")
+EDGE_ERRORS = (
+    "wrong_host",
+    "unauthorized",
+    "forbidden_origin",
+    "too_large",
+    "unsupported_media_type",
+    "request_timeout",
+)
 BODY_ERRORS = ("invalid_input", "empty", "wrong_dimension", "not_finite", "too_many_frames")
 
 
@@ -206,7 +213,9 @@ async def model(engine: EngineDep) -> ModelInfo:
 #: The edge guards run in front of these too (a foreign Origin, a body sent to them).
 ops_router = APIRouter(
     tags=["operations"],
-    responses=error_responses("forbidden_origin", "too_large", "unsupported_media_type", "request_timeout"),
+    responses=error_responses(
+        "wrong_host", "forbidden_origin", "too_large", "unsupported_media_type", "request_timeout"
+    ),
 )
 
 

@@ -6,16 +6,30 @@ to it by :meth:`Settings.engine_config`; the rest belong to the web layer.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from progress_stream.engine.engine import EngineConfig
+from progress_stream.server.edge import host_name
 
 ENGINE = EngineConfig()
+#: The names a server bound to a loopback address answers by default (any port).
+LOOPBACK_HOSTS = "localhost,127.0.0.1,[::1]"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -47,6 +61,12 @@ class Settings(BaseSettings):
         description="comma-separated browser origins allowed besides the server's own ('*': any); "
         "a request or WebSocket whose Origin header is not allowed gets 403",
     )
+    allowed_hosts: str | None = Field(
+        None,
+        description="comma-separated Host names this server answers, any port ('.example.com': it and its "
+        "subdomains; '*': any); another Host gets 421. Unset: localhost,127.0.0.1,[::1] when PROGRESS_HOST is a "
+        "loopback address, else any (a proxy in front names the host: list it)",
+    )
     ws_plane: Literal["native", "asgi"] = Field(
         "native",
         description="what carries /v1/streams/{id}/ws: native (picows, on the same port and loop) or asgi "
@@ -76,6 +96,24 @@ class Settings(BaseSettings):
         elif self.state_url and not self.state_url.startswith(("redis://", "rediss://")):
             raise ValueError("state_url must start with redis://, rediss:// or file://")
         return self
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for entry in (e.strip() for e in value.split(",")):
+            if entry != "*" and host_name(entry.removeprefix(".")) is None:
+                raise ValueError(f"PROGRESS_ALLOWED_HOSTS: {entry[:40]!r} is not a host name, '.domain' or '*'")
+        return value
+
+    @property
+    def hosts(self) -> str:
+        """The Host names answered: ``allowed_hosts``, or by default the loopback names on a loopback
+        address and any name on another."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return LOOPBACK_HOSTS if is_loopback(self.host) else "*"
 
     @property
     def redis_url(self) -> str | None:

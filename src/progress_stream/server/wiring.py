@@ -56,7 +56,7 @@ def build(settings: Settings) -> Services:
         runtime=runtime,
         wire=Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless),
         engine=engine,
-        admission=Admission(settings.api_key, settings.allowed_origins),
+        admission=Admission(settings.api_key, settings.allowed_origins, settings.hosts),
         answers=Answers(engine.metrics.errors),
     )
 

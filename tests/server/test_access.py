@@ -1,0 +1,111 @@
+"""Who may talk to the server, against real servers (and a real ``redis-server`` where the store is involved).
+
+Items 6-9 of the access issue: the Host a request names (DNS rebinding), streams that belong to the key that
+made them, keys that cannot be empty, an Origin that is not a URL, ids that end in a newline.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import orjson
+import pytest
+
+from progress_stream.server.process import ServerProcess
+from tests.server.test_edge import raw_exchange, status_and_body
+
+FOREIGN = "evil.example"
+
+
+def handshake(server: ServerProcess, path: str, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, dict]:
+    """A WebSocket handshake sent byte by byte as a browser would (any Host, Origin, subprotocols): the
+    status and JSON body of its answer (0 and {} when none came within ``timeout``)."""
+    fields = {
+        "Host": f"127.0.0.1:{server.port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+        "Sec-WebSocket-Version": "13",
+        **headers,
+    }
+    head = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    answer, _ = raw_exchange(server.port, head.encode(), (), timeout=timeout)
+    if not answer:
+        return 0, {}
+    return status_and_body(answer)
+
+
+def first_event(url: str, headers: dict[str, str]) -> tuple[int, dict]:
+    """The status of ``GET /v1/board/events`` and its first event's data (its error body if refused)."""
+    with httpx.stream("GET", f"{url}/v1/board/events", headers=headers, timeout=10) as res:
+        if res.status_code != 200:
+            res.read()
+            return res.status_code, res.json()
+        buffer = b""
+        for chunk in res.iter_bytes():
+            buffer += chunk
+            if b"\n\n" in buffer:
+                break
+    data = next(line for line in buffer.split(b"\n") if line.startswith(b"data: "))
+    return 200, orjson.loads(data[6:])
+
+
+@pytest.fixture(scope="module")
+def loopback(plane, tiny_model, tmp_path_factory):
+    """A server on 127.0.0.1 with no key and no setting about hosts: the defaults."""
+    log = tmp_path_factory.mktemp("loopback") / "server.log"
+    with ServerProcess(tiny_model, log, ws_plane=plane, max_frames_per_message=16, retained_window=32) as srv:
+        yield srv
+
+
+# --- 6. DNS rebinding: the Host is checked -----------------------------------------------------------------
+
+
+def test_6_a_page_rebound_to_loopback_is_refused_everywhere(loopback):
+    """A page on evil.example that rebinds its name to 127.0.0.1 sends Host and Origin evil.example: its
+    Origin matches its Host, so only a check of the Host itself stops it."""
+    url, port = loopback.url, loopback.port
+    assert httpx.put(f"{url}/v1/streams/victim").status_code in (200, 201)
+    rebound = {"Host": f"{FOREIGN}:{port}", "Origin": f"http://{FOREIGN}:{port}"}
+    attempts = [
+        httpx.get(f"{url}/v1/streams", headers=rebound),
+        httpx.get(f"{url}/v1/streams/victim", headers=rebound),
+        httpx.delete(f"{url}/v1/streams/victim", headers=rebound),
+        httpx.post(f"{url}/v1/streams/victim/frames", headers=rebound, json={"seq": 0, "embeddings": [[0.1] * 16]}),
+        httpx.post(f"{url}/v1/streams", headers=rebound, json={}),
+        httpx.get(f"{url}/", headers=rebound),
+    ]
+    for res in attempts:
+        assert res.status_code == 421, (res.request.method, res.request.url, res.status_code)
+        assert res.json()["error"]["code"] == "wrong_host"
+    assert first_event(url, rebound)[0] == 421
+    status, body = handshake(loopback, "/v1/streams/victim/ws", rebound)
+    assert status == 421 and body["error"]["code"] == "wrong_host"
+    # nothing happened to the stream
+    assert httpx.get(f"{url}/v1/streams/victim").json()["next_seq"] == 0
+
+
+def test_6_the_loopback_names_pass_with_any_port(loopback):
+    for host in ("localhost", f"localhost:{loopback.port}", "127.0.0.1:1", f"[::1]:{loopback.port}", "[::1]"):
+        res = httpx.get(f"{loopback.url}/v1/streams", headers={"Host": host})
+        assert res.status_code == 200, host
+    status, _ = handshake(loopback, "/v1/streams/named/ws", {"Host": f"localhost:{loopback.port}"})
+    assert status == 101
+
+
+def test_6_allowed_hosts_names_the_hosts_a_proxy_forwards(tiny_model, tmp_path):
+    with ServerProcess(
+        tiny_model, tmp_path / "log", allowed_hosts="progress.example, .internal.example,127.0.0.1"
+    ) as srv:
+        assert httpx.get(f"{srv.url}/healthz", headers={"Host": "progress.example:443"}).status_code == 200
+        assert httpx.get(f"{srv.url}/healthz", headers={"Host": "a.internal.example"}).status_code == 200
+        assert httpx.get(f"{srv.url}/healthz", headers={"Host": "localhost"}).status_code == 421
+        assert httpx.get(f"{srv.url}/healthz", headers={"Host": "xinternal.example"}).status_code == 421
+
+
+def test_6_a_malformed_host_is_refused(loopback):
+    for host in ("[", "localhost:port:8000", "local host"):
+        res = httpx.get(f"{loopback.url}/v1/streams", headers={"Host": host})
+        assert res.status_code in (400, 421), host
+        assert res.json()["error"]["code"] == "wrong_host"
