@@ -7,6 +7,7 @@ made them, keys that cannot be empty, an Origin that is not a URL, ids that end 
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import orjson
@@ -109,3 +110,25 @@ def test_6_a_malformed_host_is_refused(loopback):
         res = httpx.get(f"{loopback.url}/v1/streams", headers={"Host": host})
         assert res.status_code in (400, 421), host
         assert res.json()["error"]["code"] == "wrong_host"
+
+
+# --- 9a. An Origin that is not a URL ---------------------------------------------------------------------
+
+
+NOT_URLS = ["http://[", "http://[::1", "http://a:b:c"]
+
+
+@pytest.mark.parametrize("origin", NOT_URLS)
+def test_9a_an_origin_that_is_not_a_url_is_refused_in_the_error_shape(loopback, origin):
+    res = httpx.get(f"{loopback.url}/v1/streams", headers={"Origin": origin})
+    assert res.status_code == 403
+    assert res.json()["error"]["code"] == "forbidden_origin"
+
+
+@pytest.mark.parametrize("origin", NOT_URLS)
+def test_9a_a_handshake_with_an_origin_that_is_not_a_url_is_refused_at_once(loopback, origin):
+    started = time.monotonic()
+    status, body = handshake(loopback, "/v1/streams/o/ws", {"Origin": origin}, timeout=5)
+    assert (status, body.get("error", {}).get("code")) == (403, "forbidden_origin")
+    assert time.monotonic() - started < 4  # answered, not left to picows' 10 s handshake timeout
+    assert "Task exception was never retrieved" not in loopback.log.read_text()

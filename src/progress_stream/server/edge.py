@@ -22,7 +22,6 @@ from progress_stream.contract.errors import (
     ForbiddenOrigin,
     PayloadTooLarge,
     RequestTimeout,
-    ServiceError,
     Unauthorized,
     UnsupportedMediaType,
     WrongHost,
@@ -50,6 +49,14 @@ def host_name(host: str) -> str | None:
     it is not one."""
     match = HOST.fullmatch(host.strip().lower())
     return match.group(1).rstrip(".") if match else None
+
+
+def netloc(origin: str) -> str | None:
+    """The host and port of an ``Origin``; None if it is not a URL (``http://[``: never the server's own)."""
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:
+        return None
 
 
 class Admission:
@@ -93,7 +100,7 @@ class Admission:
         if origin is None or "*" in self.origins:
             return
         text = origin.decode("latin-1").strip().rstrip("/").lower()
-        if text in self.origins or urlsplit(text).netloc == headers.get(b"host", b"").decode("latin-1").lower():
+        if text in self.origins or netloc(text) == headers.get(b"host", b"").decode("latin-1").lower():
             return
         raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
 
@@ -133,10 +140,10 @@ class EdgeGuard:
             self.admission.check(headers, scope["path"], scope["type"] == "websocket")
             if scope["type"] == "http":
                 receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
-        except ServiceError as exc:
-            await refuse(scope, send, self.answers.error(exc))
-            return
         except Disconnected:
+            return
+        except Exception as exc:  # a refusal, or a bug of the guards: answered in the error shape either way
+            await refuse(scope, send, self.answers.error(exc))
             return
         await self.app(scope, receive, send)
 
