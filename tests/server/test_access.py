@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from progress_stream.contract.wire import STREAM_ID_RULE
 from progress_stream.server.process import ServerProcess
 from tests.server.test_edge import raw_exchange, status_and_body
 
@@ -132,3 +133,33 @@ def test_9a_a_handshake_with_an_origin_that_is_not_a_url_is_refused_at_once(loop
     assert (status, body.get("error", {}).get("code")) == (403, "forbidden_origin")
     assert time.monotonic() - started < 4  # answered, not left to picows' 10 s handshake timeout
     assert "Task exception was never retrieved" not in loopback.log.read_text()
+
+
+# --- 9b. Ids that end in a newline -----------------------------------------------------------------------
+
+BAD_ID = {"error": {"code": "invalid_input", "message": f"stream_id must be {STREAM_ID_RULE}", "field": "stream_id"}}
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [("PUT", "", None), ("GET", "", None), ("DELETE", "", None), ("POST", "/frames", {"seq": 0, "embeddings": []})],
+)
+@pytest.mark.parametrize("encoded", ["victim%0A", "victim%0D%0A", "victim%0A%0A"])
+def test_9b_a_path_id_ending_in_a_newline_is_invalid(loopback, method, suffix, body, encoded):
+    res = httpx.request(method, f"{loopback.url}/v1/streams/{encoded}{suffix}", json=body)
+    assert res.status_code == 422 and res.json() == BAD_ID
+    listed = httpx.get(f"{loopback.url}/v1/streams", params={"prefix": "victim"}).json()["streams"]
+    assert all(row["stream_id"] == "victim" for row in listed)
+
+
+def test_9b_a_socket_id_ending_in_a_newline_is_invalid(loopback):
+    status, body = handshake(loopback, "/v1/streams/victim%0A/ws", {})
+    assert (status, body) == (422, BAD_ID)
+    assert "victim\n" not in [r["stream_id"] for r in httpx.get(f"{loopback.url}/v1/streams").json()["streams"]]
+
+
+def test_9b_a_body_id_or_a_prefix_ending_in_a_newline_is_invalid(loopback):
+    res = httpx.post(f"{loopback.url}/v1/streams", json={"stream_id": "victim\n"})
+    assert res.status_code == 422 and res.json()["error"]["field"] == "stream_id"
+    res = httpx.get(f"{loopback.url}/v1/streams", params={"prefix": "victim\n"})
+    assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_input"
