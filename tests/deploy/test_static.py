@@ -231,6 +231,19 @@ def test_compose_replicas_answer_only_the_names_they_are_reached_by():
     assert told["progress-a"]["environment"]["PROGRESS_ALLOWED_HOSTS"] == "progress.example"
 
 
+@needs["docker-compose"]
+def test_compose_publishes_its_ports_on_loopback_unless_told():
+    """No service has an API key by default: what compose publishes is reachable from this machine only,
+    unless PROGRESS_PUBLISH names another address."""
+    for env, address in (({}, "127.0.0.1"), ({"PROGRESS_PUBLISH": "0.0.0.0"}, "0.0.0.0")):
+        services = compose_config(env)["services"]
+        published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+        assert {"proxy", "prometheus"} <= set(published)
+        for name, ports in published.items():
+            hosts = [p["host_ip"] if isinstance(p, dict) else p.rsplit(":", 2)[0] for p in ports]
+            assert hosts == [address] * len(ports), (name, ports)
+
+
 @needs["nginx"]
 def test_nginx_template_renders_to_a_valid_config(tmp_path):
     site = string.Template((ROOT / "deploy" / "nginx" / "progress.conf.template").read_text()).safe_substitute(

@@ -7,6 +7,7 @@ made them, keys that cannot be empty, an Origin that is not a URL, ids that end 
 from __future__ import annotations
 
 import base64
+import subprocess
 import time
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 
 from progress_stream.contract.wire import STREAM_ID_RULE
 from progress_stream.server.process import ServerProcess
+from tests.engine.durability.test_state_files import serve_once
 from tests.server.test_edge import raw_exchange, status_and_body
 
 FOREIGN = "evil.example"
@@ -163,3 +165,35 @@ def test_9b_a_body_id_or_a_prefix_ending_in_a_newline_is_invalid(loopback):
     assert res.status_code == 422 and res.json()["error"]["field"] == "stream_id"
     res = httpx.get(f"{loopback.url}/v1/streams", params={"prefix": "victim\n"})
     assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_input"
+
+
+# --- 8. An empty key does not turn authentication off ----------------------------------------------------
+
+
+def assert_refused_naming(res: subprocess.CompletedProcess, setting: str) -> None:
+    """Exit code 2 and one line that names the setting; no traceback."""
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {setting}: "), lines[-1]
+    assert "s3cret" not in res.stderr
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_8_an_empty_api_key_refuses_to_start(tiny_model, empty):
+    assert_refused_naming(serve_once(tiny_model, api_key=empty), "PROGRESS_API_KEY")
+
+
+def test_8_a_malformed_setting_refuses_to_start_naming_it(tiny_model):
+    assert_refused_naming(serve_once(tiny_model, allowed_hosts="a b"), "PROGRESS_ALLOWED_HOSTS")
+    assert_refused_naming(serve_once(tiny_model, max_streams="many"), "PROGRESS_MAX_STREAMS")
+
+
+def test_8_a_server_on_every_interface_without_a_key_warns_at_start(tiny_model, tmp_path, loopback):
+    with ServerProcess(tiny_model, tmp_path / "log", host="0.0.0.0") as srv:
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+        warnings = [line for line in srv.log.read_text().splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "PROGRESS_API_KEY" in warnings[0], warnings
+    assert not [line for line in loopback.log.read_text().splitlines() if line.startswith("WARNING")]
+    with ServerProcess(tiny_model, tmp_path / "keyed.log", host="0.0.0.0", api_key="s3cret") as srv:
+        assert not [line for line in srv.log.read_text().splitlines() if "PROGRESS_API_KEY" in line]

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from progress_stream.engine.engine import EngineConfig
@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     retained_window: int = Field(ENGINE.retained_window, ge=1, description="outputs kept per stream for retries")
     max_frames_per_message: int = Field(ENGINE.max_frames_per_message, ge=1)
     max_frames_stateless: int = Field(8192, ge=1, description="frames of one action at POST /v1/progress")
-    api_key: str | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer KEY'")
+    api_key: str | None = Field(
+        None, description="when set, /v1/* needs 'Authorization: Bearer KEY'; empty refuses to start"
+    )
     allowed_origins: str = Field(
         "",
         description="comma-separated browser origins allowed besides the server's own ('*': any); "
@@ -97,6 +99,13 @@ class Settings(BaseSettings):
             raise ValueError("state_url must start with redis://, rediss:// or file://")
         return self
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty: unset it to serve without a key (then bind to loopback), or set a key")
+        return value
+
     @field_validator("allowed_hosts")
     @classmethod
     def _allowed_hosts(cls, value: str | None) -> str | None:
@@ -104,7 +113,7 @@ class Settings(BaseSettings):
             return None
         for entry in (e.strip() for e in value.split(",")):
             if entry != "*" and host_name(entry.removeprefix(".")) is None:
-                raise ValueError(f"PROGRESS_ALLOWED_HOSTS: {entry[:40]!r} is not a host name, '.domain' or '*'")
+                raise ValueError(f"{entry[:40]!r} is not a host name, '.domain' or '*'")
         return value
 
     @property
@@ -121,3 +130,12 @@ class Settings(BaseSettings):
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(EngineConfig)})
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line for settings that cannot be used: the first variable at fault and why (never its value)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    name = f"{Settings.model_config['env_prefix']}{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{name}: {first['msg'].removeprefix('Value error, ')}{more}"

@@ -20,7 +20,7 @@ from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.answers import Answers
 from progress_stream.server.edge import Admission
-from progress_stream.server.settings import Settings
+from progress_stream.server.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ class Services:
 def build(settings: Settings) -> Services:
     """Load the model (once), warm it up, restore the state file, reach the shared store; raises
     ``ModelError``, ``SnapshotError`` or ``StoreUnavailable`` for a start that must not go on."""
+    if not is_loopback(settings.host) and settings.api_key is None:
+        log.warning(
+            "serving on %s with no API key: anyone who can reach it may use every stream (set PROGRESS_API_KEY)",
+            settings.host,
+        )
     runtime = CellRuntime(settings.model_path, settings.providers, settings.threads)
     warm_up(runtime, settings.max_batch)
     store = make_store(settings, runtime)
