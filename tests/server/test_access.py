@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from progress_stream.contract.wire import STREAM_ID_RULE
+from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
 from progress_stream.server.process import ServerProcess
 from tests.engine.durability.test_state_files import serve_once
 from tests.server.test_edge import raw_exchange, status_and_body
@@ -197,3 +197,135 @@ def test_8_a_server_on_every_interface_without_a_key_warns_at_start(tiny_model, 
     assert not [line for line in loopback.log.read_text().splitlines() if line.startswith("WARNING")]
     with ServerProcess(tiny_model, tmp_path / "keyed.log", host="0.0.0.0", api_key="s3cret") as srv:
         assert not [line for line in srv.log.read_text().splitlines() if "PROGRESS_API_KEY" in line]
+
+
+# --- 7. A stream belongs to the key that created it ------------------------------------------------------
+
+KEYS = {"alice": "alice-key-1", "bob": "bob:key:2"}  # a key may hold ':' (a pair splits at its first)
+ADMIN_KEY = "root-key-0"
+TENANTS = {"api_keys": ",".join(f"{name}:{key}" for name, key in KEYS.items()), "admin_key": ADMIN_KEY}
+
+
+def as_(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY if who == 'admin' else KEYS[who]}"}
+
+
+def listed(url: str, who: str, **params: object) -> list[str]:
+    res = httpx.get(f"{url}/v1/streams", headers=as_(who), params={"limit": 1000, **params})
+    assert res.status_code == 200, res.text
+    page = res.json()
+    assert page["total"] == len(page["streams"])
+    return [row["stream_id"] for row in page["streams"]]
+
+
+def missing_body(url: str, who: str, stream_id: str) -> dict:
+    """What ``who`` is answered for ``stream_id`` if it did not exist: asked of an id that never did."""
+    never = "never-" + stream_id
+    res = httpx.get(f"{url}/v1/streams/{never}", headers=as_(who))
+    assert res.status_code == 404
+    body = res.json()
+    body["error"]["message"] = body["error"]["message"].replace(never, stream_id)
+    return body
+
+
+@pytest.fixture(scope="module")
+def tenants(plane, tiny_model, tmp_path_factory):
+    """alice, bob and the admin on one server."""
+    log = tmp_path_factory.mktemp("tenants") / "server.log"
+    with ServerProcess(
+        tiny_model, log, ws_plane=plane, max_frames_per_message=16, retained_window=32, **TENANTS
+    ) as srv:
+        for who in ("alice", "bob"):
+            assert httpx.put(f"{srv.url}/v1/streams/{who}-own", headers=as_(who)).status_code == 201
+        yield srv
+
+
+def test_7_another_key_finds_no_stream_where_there_is_one(tenants):
+    url = tenants.url
+    gone = missing_body(url, "bob", "alice-own")
+    body = {"seq": 0, "embeddings": [[0.1] * 16]}
+    for res in (
+        httpx.get(f"{url}/v1/streams/alice-own", headers=as_("bob")),
+        httpx.post(f"{url}/v1/streams/alice-own/frames", headers=as_("bob"), json=body),
+        httpx.delete(f"{url}/v1/streams/alice-own", headers=as_("bob")),
+    ):
+        assert (res.status_code, res.json()) == (404, gone), res.request
+    mine = httpx.get(f"{url}/v1/streams/alice-own", headers=as_("alice"))
+    assert mine.status_code == 200 and mine.json()["next_seq"] == 0  # bob's frames were not taken
+    assert httpx.get(f"{url}/v1/streams/alice-own", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_7_creating_an_id_another_key_holds_is_409_and_says_nothing_of_it(tenants):
+    url = tenants.url
+    frames_in = httpx.post(
+        f"{url}/v1/streams/alice-own/frames", headers=as_("alice"), json={"seq": 0, "embeddings": [[0.1] * 16]}
+    )
+    assert frames_in.status_code == 200 or frames_in.json()["error"]["code"] == "seq_conflict"
+    for res in (
+        httpx.put(f"{url}/v1/streams/alice-own", headers=as_("bob")),
+        httpx.post(f"{url}/v1/streams", headers=as_("bob"), json={"stream_id": "alice-own"}),
+    ):
+        assert res.status_code == 409
+        assert set(res.json()) == {"error"} and res.json()["error"]["code"] == "stream_id_taken"
+        assert "alice" not in res.text.replace("alice-own", "")
+    assert httpx.put(f"{url}/v1/streams/alice-own", headers=as_("alice")).status_code == 200  # still idempotent
+
+
+def test_7_each_key_lists_only_its_own_streams_and_the_admin_all(tenants):
+    url = tenants.url
+    assert "alice-own" in listed(url, "alice") and "bob-own" not in listed(url, "alice")
+    assert "bob-own" in listed(url, "bob") and "alice-own" not in listed(url, "bob")
+    assert listed(url, "bob", prefix="alice") == []
+    assert {"alice-own", "bob-own"} <= set(listed(url, "admin"))
+    status, snapshot = first_event(url, as_("alice"))
+    ids = {row["stream_id"] for row in snapshot["rows"]}
+    assert status == 200 and "alice-own" in ids and "bob-own" not in ids
+    status, snapshot = first_event(url, as_("admin"))
+    assert status == 200 and {"alice-own", "bob-own"} <= {row["stream_id"] for row in snapshot["rows"]}
+
+
+def test_7_the_admin_sees_and_deletes_every_stream(tenants):
+    url = tenants.url
+    assert httpx.put(f"{url}/v1/streams/bob-doomed", headers=as_("bob")).status_code == 201
+    assert httpx.get(f"{url}/v1/streams/bob-doomed", headers=as_("admin")).status_code == 200
+    assert httpx.delete(f"{url}/v1/streams/bob-doomed", headers=as_("admin")).status_code == 204
+    assert httpx.get(f"{url}/v1/streams/bob-doomed", headers=as_("bob")).status_code == 404
+
+
+def test_7_a_socket_of_another_key_is_refused_404_on_both_planes(tenants):
+    gone = missing_body(tenants.url, "bob", "alice-own")
+    by_header = handshake(tenants, "/v1/streams/alice-own/ws", as_("bob"))
+    bearer = f"progress.v1, {bearer_subprotocol(KEYS['bob'])}"  # as the web page offers its key
+    by_subprotocol = handshake(tenants, "/v1/streams/alice-own/ws", {"Sec-WebSocket-Protocol": bearer})
+    assert by_header == by_subprotocol == (404, gone)
+
+
+def test_7_a_socket_opened_with_the_pages_subprotocol_belongs_to_its_key(tenants):
+    url = tenants.url
+    bearer = f"progress.v1, {bearer_subprotocol(KEYS['alice'])}"
+    assert handshake(tenants, "/v1/streams/alice-socket/ws", {"Sec-WebSocket-Protocol": bearer})[0] == 101
+    assert httpx.get(f"{url}/v1/streams/alice-socket", headers=as_("alice")).status_code == 200
+    assert httpx.get(f"{url}/v1/streams/alice-socket", headers=as_("bob")).status_code == 404
+    assert handshake(tenants, "/v1/streams/alice-socket/ws", {"Sec-WebSocket-Protocol": bearer})[0] == 101
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"api_keys": ""}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice:"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice: "}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": ":s3cret"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "al ice:s3cret"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice:s3cret,"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice:s3cret,alice:other"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice:s3cret,bob:s3cret"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "admin:s3cret"}, "PROGRESS_API_KEYS"),
+        ({"api_keys": "alice:s3cret", "admin_key": "s3cret"}, "PROGRESS_API_KEYS"),
+        ({"api_key": "s3cret", "api_keys": "default:other"}, "PROGRESS_API_KEYS"),
+        ({"admin_key": ""}, "PROGRESS_ADMIN_KEY"),
+    ],
+)
+def test_8_an_empty_key_or_a_malformed_pair_refuses_to_start(tiny_model, settings, variable):
+    assert_refused_naming(serve_once(tiny_model, **settings), variable)

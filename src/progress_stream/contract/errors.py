@@ -60,6 +60,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "stream_not_found": ErrorSpec(
         404, Action.FIX, "no such stream (never created, deleted or evicted)", POLICY_VIOLATION
     ),
+    "stream_id_taken": ErrorSpec(
+        409, Action.FIX, "the id is in use by another API key's stream: create with another id (or none)"
+    ),
     "seq_conflict": ErrorSpec(409, Action.RESUME, "seq does not continue the stream, or is not the same chunk"),
     "protocol_violation": ErrorSpec(400, Action.FIX, "a WebSocket message breaks the framing", POLICY_VIOLATION),
     "inference_failed": ErrorSpec(500, Action.RESUME, "the model call failed; the frames were not processed"),
@@ -175,6 +178,12 @@ class ProtocolViolation(WireError):
 
 class StreamNotFound(EngineError):
     code = "stream_not_found"
+
+
+class StreamIdTaken(EngineError):
+    """A create names an id held by another tenant's stream (nothing of that stream is told)."""
+
+    code = "stream_id_taken"
 
 
 class SeqConflict(EngineError):

@@ -16,14 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from progress_stream.contract.errors import Overloaded, SeqConflict, ShuttingDown, StreamNotFound
+from progress_stream.contract.errors import Overloaded, SeqConflict, ShuttingDown, StreamIdTaken, StreamNotFound
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
 from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
 from progress_stream.engine.durability.takeover import SharedStreams
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
-from progress_stream.engine.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
+from progress_stream.engine.streams import (
+    OPEN,
+    SLOT_ARRAYS,
+    Chunk,
+    Stream,
+    StreamTable,
+    Tenant,
+    chunk_digest,
+    missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +139,18 @@ class Engine:
             await self.shared.store.close()
 
     # --- streams -----------------------------------------------------------------------------
-    def create(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+    # Every call by id takes the ``tenant`` asking: a stream another tenant owns is not found (it reads
+    # exactly as a missing one), and creating its id is StreamIdTaken. The check is made once, at the
+    # lookup; a socket holds its stream and is never checked again.
+    def create(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
         """``(stream, created)``: an existing id answers its stream (creation is idempotent)."""
         if stream_id is not None and stream_id in self.table.streams:
             stream = self.table.streams[stream_id]
+            if not tenant.owns(stream):
+                raise taken(stream_id)
             stream.last_seen = time.monotonic()
             return stream, False
-        return self.table.create(stream_id or secrets.token_hex(16)), True
+        return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name), True
 
     async def find(self, stream_id: str) -> Stream | None:
         """The stream held here, else taken over from the shared store; None if it is nowhere."""
@@ -145,31 +159,33 @@ class Engine:
             stream = await self.shared.take_over(stream_id)
         return stream
 
-    async def open(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+    async def open(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
         """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
         if stream_id is not None and (stream := await self.find(stream_id)) is not None:
+            if not tenant.owns(stream):
+                raise taken(stream_id)
             stream.last_seen = time.monotonic()
             return stream, False
-        if stream_id is not None and stream_id in self.table.streams:  # created by another request meanwhile
-            return self.table.streams[stream_id], False
-        stream, created = self.create(stream_id)
-        if self.shared is not None:
+        stream, created = self.create(stream_id, tenant)  # one created by another request meanwhile: returned
+        if created and self.shared is not None:
             await self.shared.created(stream)
         return stream, created
 
-    async def get(self, stream_id: str) -> Stream:
+    async def get(self, stream_id: str, tenant: Tenant = OPEN) -> Stream:
         stream = await self.find(stream_id)
-        if stream is None:
-            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+        if stream is None or not tenant.owns(stream):
+            raise missing(stream_id)
         return stream
 
-    async def delete(self, stream_id: str) -> None:
+    async def delete(self, stream_id: str, tenant: Tenant = OPEN) -> None:
         stream = self.table.streams.get(stream_id)
+        if stream is not None and not tenant.owns(stream):
+            raise missing(stream_id)
         if stream is not None:
             self.table.remove(stream)
         stored = self.shared is not None and await self.shared.forget(stream_id)
         if stream is None and not stored:
-            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+            raise missing(stream_id)
 
     async def resubmit(
         self, stream: Stream, conflict: SeqConflict, seq: int, frames: np.ndarray, reset: bool
@@ -233,9 +249,11 @@ class Engine:
             stream.next_seq,
         )
 
-    async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
+    async def frames(
+        self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False, tenant: Tenant = OPEN
+    ) -> tuple[np.ndarray, int]:
         """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
-        stream = await self.get(stream_id)
+        stream = await self.get(stream_id, tenant)
         try:
             future = self.submit(stream, seq, frames, reset)
         except SeqConflict as conflict:
@@ -307,3 +325,7 @@ class Engine:
             except OSError as exc:
                 self.metrics.snapshot_failures.inc()
                 log.error("snapshot to %s failed: %s", path, exc)
+
+
+def taken(stream_id: str) -> StreamIdTaken:
+    return StreamIdTaken(f"stream id {stream_id!r} is taken: create with another id, or with none for a random one")

@@ -18,7 +18,7 @@ import orjson
 from fastapi import Request
 
 from progress_stream.contract.replies import StreamRow
-from progress_stream.engine.streams import Stream, StreamTable
+from progress_stream.engine.streams import Stream, StreamTable, Tenant
 from progress_stream.server.wiring import Services
 
 PERIOD_S = 0.1  # the board's updates are coalesced to at most 10 a second
@@ -42,23 +42,28 @@ def rows(table: StreamTable, streams: list[Stream]) -> list[dict]:
     ]
 
 
-def listed(table: StreamTable, prefix: str = "") -> list[Stream]:
-    """The streams a client may see (not the temporary ones of stateless requests), sorted by id."""
-    return sorted((s for s in table.streams.values() if s.durable and s.id.startswith(prefix)), key=lambda s: s.id)
+def listed(table: StreamTable, tenant: Tenant, prefix: str = "") -> list[Stream]:
+    """The streams ``tenant`` may see (not the temporary ones of stateless requests), sorted by id."""
+    return sorted(
+        (s for s in table.streams.values() if s.durable and tenant.owns(s) and s.id.startswith(prefix)),
+        key=lambda s: s.id,
+    )
 
 
 @dataclass
 class Watcher:
-    """One board's memory of what it was last sent, so each update carries only what changed."""
+    """One board's memory of what it was last sent, so each update carries only what changed: of the
+    streams ``tenant`` may see."""
 
     table: StreamTable
+    tenant: Tenant
     sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # id → (processed_seq, when)
 
     def update(self) -> dict:
         """``{"rows": [changed or new rows, with fps], "removed": [ids]}`` since the last call. A stream
         that stopped is sent again about once a second (fps 0, idle time growing)."""
         now = time.monotonic()
-        streams = [s for s in self.table.streams.values() if s.durable]
+        streams = [s for s in self.table.streams.values() if s.durable and self.tenant.owns(s)]
         current = {s.id for s in streams}
         removed = [sid for sid in self.sent if sid not in current]
         for sid in removed:
@@ -78,12 +83,12 @@ class Watcher:
         return before is None or before[0] != stream.done_seq or now - before[1] > 1.0
 
 
-async def events(request: Request, services: Services) -> AsyncIterator[bytes]:
+async def events(request: Request, services: Services, tenant: Tenant) -> AsyncIterator[bytes]:
     """``snapshot`` with every row, then ``update`` events with what changed (each a
     :class:`~progress_stream.contract.replies.BoardUpdate`); ends when the client leaves or the server stops.
     Reads the table, never the frame path; with many streams (a tick reads all of them: about 0.25 ms per
     100 busy streams) the period grows to keep its share small."""
-    watcher = Watcher(services.engine.table)
+    watcher = Watcher(services.engine.table, tenant)
     started = time.perf_counter()
     yield sse("snapshot", watcher.update())
     spent = time.perf_counter() - started

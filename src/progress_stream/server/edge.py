@@ -27,7 +27,11 @@ from progress_stream.contract.errors import (
     WrongHost,
 )
 from progress_stream.contract.wire import bearer_subprotocol
+from progress_stream.engine.streams import OPEN, Tenant
 from progress_stream.server.answers import Answers, ErrorAnswer
+
+#: Where the edge leaves the tenant of a ``/v1`` request in its ASGI scope (routes read it).
+TENANT = "progress.tenant"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,27 +64,31 @@ def netloc(origin: str) -> str | None:
 
 
 class Admission:
-    """Who may use the API: the ``Host`` it names, a browser's ``Origin`` and the API key. The edge asks it
-    of every request; the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake.
+    """Who may use the API: the ``Host`` it names, a browser's ``Origin``, and on ``/v1`` the API key, which
+    says which tenant asks. The edge asks it of every request; the native WebSocket plane (which the ASGI
+    stack never sees) asks it of every handshake.
 
+    ``keys``: every key and its tenant (none: no key is asked for, and everyone is :data:`OPEN`).
     ``allowed_hosts``: comma-separated names (any port); ``.example.com`` is it and its subdomains; ``*`` any.
     """
 
-    def __init__(self, api_key: str | None, allowed_origins: str, allowed_hosts: str = "*"):
-        self.api_key = f"Bearer {api_key}".encode() if api_key else None
-        self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
+    def __init__(self, keys: list[tuple[str, Tenant]], allowed_origins: str, allowed_hosts: str = "*"):
+        self.bearers = [(f"Bearer {key}".encode(), tenant) for key, tenant in keys]
+        self.ws_tokens = [(bearer_subprotocol(key).encode(), tenant) for key, tenant in keys]
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
         entries = [h.strip().lower() for h in allowed_hosts.split(",") if h.strip()]
         self.any_host = "*" in entries
         self.hosts = {name for h in entries if not h.startswith(".") and (name := host_name(h))}
         self.domains = tuple(h.rstrip(".") for h in entries if h.startswith(".") and len(h) > 1)
 
-    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> None:
-        """Raise the refusal for a request with these (lower-cased) headers, if it is refused."""
+    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> Tenant | None:
+        """The tenant asking (None off ``/v1``, where no key is asked for); raises the refusal of a request
+        with these (lower-cased) headers, if it is refused. In order: host, origin, key."""
         self.check_host(headers)
         self.check_origin(headers)
         if path.startswith("/v1/"):
-            self.check_key(headers, websocket)
+            return self.tenant(headers, websocket)
+        return None
 
     def check_host(self, headers: dict[bytes, bytes]) -> None:
         """The ``Host`` must be one of ``allowed_hosts`` (any port). A request without one (HTTP/1.0) passes:
@@ -104,15 +112,26 @@ class Admission:
             return
         raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
 
-    def check_key(self, headers: dict[bytes, bytes], websocket: bool) -> None:
+    def tenant(self, headers: dict[bytes, bytes], websocket: bool) -> Tenant:
         """``Authorization: Bearer KEY``; a browser's WebSocket may offer the key as a subprotocol instead."""
-        if not self.api_key or hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
-            return
-        if websocket:
-            offered = (p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b","))
-            if any(hmac.compare_digest(p, self.ws_token) for p in offered):
-                return
-        raise Unauthorized("send 'Authorization: Bearer <API key>'")
+        if not self.bearers:
+            return OPEN
+        found = matching(headers.get(b"authorization", b""), self.bearers)
+        if found is None and websocket:
+            for offered in headers.get(b"sec-websocket-protocol", b"").split(b","):
+                found = found or matching(offered.strip(), self.ws_tokens)
+        if found is None:
+            raise Unauthorized("send 'Authorization: Bearer <API key>'")
+        return found
+
+
+def matching(value: bytes, tokens: list[tuple[bytes, Tenant]]) -> Tenant | None:
+    """The tenant whose token ``value`` is, each compared in constant time."""
+    found = None
+    for token, tenant in tokens:
+        if hmac.compare_digest(value, token):
+            found = tenant
+    return found
 
 
 class EdgeGuard:
@@ -137,7 +156,7 @@ class EdgeGuard:
             return
         headers = dict(scope["headers"])
         try:
-            self.admission.check(headers, scope["path"], scope["type"] == "websocket")
+            scope[TENANT] = self.admission.check(headers, scope["path"], scope["type"] == "websocket")
             if scope["type"] == "http":
                 receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
         except Disconnected:

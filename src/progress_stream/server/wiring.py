@@ -43,9 +43,10 @@ class Services:
 def build(settings: Settings) -> Services:
     """Load the model (once), warm it up, restore the state file, reach the shared store; raises
     ``ModelError``, ``SnapshotError`` or ``StoreUnavailable`` for a start that must not go on."""
-    if not is_loopback(settings.host) and settings.api_key is None:
+    if not is_loopback(settings.host) and not settings.tenants():
         log.warning(
-            "serving on %s with no API key: anyone who can reach it may use every stream (set PROGRESS_API_KEY)",
+            "serving on %s with no API key: anyone who can reach it may use every stream "
+            "(set PROGRESS_API_KEY or PROGRESS_API_KEYS)",
             settings.host,
         )
     runtime = CellRuntime(settings.model_path, settings.providers, settings.threads)
@@ -61,7 +62,7 @@ def build(settings: Settings) -> Services:
         runtime=runtime,
         wire=Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless),
         engine=engine,
-        admission=Admission(settings.api_key, settings.allowed_origins, settings.hosts),
+        admission=Admission(settings.tenants(), settings.allowed_origins, settings.hosts),
         answers=Answers(engine.metrics.errors),
     )
 

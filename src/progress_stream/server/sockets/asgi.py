@@ -16,6 +16,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from progress_stream.contract.errors import SeqConflict, ServiceError
 from progress_stream.contract.wire import STREAM_SOCKET
+from progress_stream.server.edge import TENANT
 from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
@@ -26,7 +27,7 @@ ws_router = APIRouter()
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     services: Services = websocket.app.state.services
     try:
-        session = await open_socket(services, stream_id)
+        session = await open_socket(services, stream_id, websocket.scope[TENANT])
     except ServiceError as exc:
         await websocket.send_denial_response(services.answers.error(exc).response())
         return
