@@ -7,15 +7,19 @@ made them, keys that cannot be empty, an Origin that is not a URL, ids that end 
 from __future__ import annotations
 
 import base64
+import json
+import signal
 import subprocess
 import time
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
 from progress_stream.server.process import ServerProcess
+from tests.conftest import frames
 from tests.engine.durability.test_state_files import serve_once
 from tests.server.test_edge import raw_exchange, status_and_body
 
@@ -329,3 +333,54 @@ def test_7_a_socket_opened_with_the_pages_subprotocol_belongs_to_its_key(tenants
 )
 def test_8_an_empty_key_or_a_malformed_pair_refuses_to_start(tiny_model, settings, variable):
     assert_refused_naming(serve_once(tiny_model, **settings), variable)
+
+
+# --- 7. ... and stays its owner's across restarts and replicas -------------------------------------------
+
+ALL_KEYS = [*KEYS.values(), ADMIN_KEY]
+
+
+def holds_no_key(data: bytes) -> bool:
+    """No key in ``data``, as UTF-8 or as numpy's UTF-32 strings."""
+    return not any(k.encode() in data or k.encode("utf-32-le") in data for k in ALL_KEYS)
+
+
+def test_7_ownership_survives_a_restart_from_the_state_file(tiny_model, tmp_path):
+    state = tmp_path / "streams.state"
+    settings = {**TENANTS, "state_file": state, "snapshot_interval_s": 60}
+    with ServerProcess(tiny_model, tmp_path / "a.log", **settings) as srv:
+        assert httpx.put(f"{srv.url}/v1/streams/alice-kept", headers=as_("alice")).status_code == 201
+        body = {"seq": 0, "embeddings": frames(np.random.default_rng(7), 3).tolist()}
+        assert httpx.post(f"{srv.url}/v1/streams/alice-kept/frames", headers=as_("alice"), json=body).is_success
+        assert httpx.put(f"{srv.url}/v1/streams/bob-kept", headers=as_("bob")).status_code == 201
+        assert srv.terminate() in (0, -signal.SIGTERM)
+    with np.load(state) as data:
+        assert dict(zip(data["ids"].tolist(), data["owners"].tolist(), strict=True)) == {
+            "alice-kept": "alice",
+            "bob-kept": "bob",
+        }
+    assert holds_no_key(state.read_bytes())
+    with ServerProcess(tiny_model, tmp_path / "b.log", **settings) as again:
+        assert httpx.get(f"{again.url}/v1/streams/alice-kept", headers=as_("alice")).json()["next_seq"] == 3
+        res = httpx.get(f"{again.url}/v1/streams/alice-kept", headers=as_("bob"))
+        assert (res.status_code, res.json()) == (404, missing_body(again.url, "bob", "alice-kept"))
+        assert listed(again.url, "bob") == ["bob-kept"]
+        assert listed(again.url, "admin") == ["alice-kept", "bob-kept"]
+
+
+def test_7_a_state_file_from_before_owners_restores_to_the_default_tenant(tiny_model, tmp_path):
+    """A version-2 file (no owners) is read, not refused: its streams are the tenant ``default``'s, the one
+    PROGRESS_API_KEY is (a server with no key sees them all)."""
+    state = tmp_path / "streams.state"
+    with ServerProcess(tiny_model, tmp_path / "a.log", state_file=state, snapshot_interval_s=60) as srv:
+        assert httpx.put(f"{srv.url}/v1/streams/older").status_code == 201
+        assert srv.terminate() in (0, -signal.SIGTERM)
+    with np.load(state) as data:
+        arrays = {k: data[k] for k in data.files if k not in ("meta", "owners")}
+        meta = {**json.loads(str(data["meta"])), "version": 2}
+    with open(state, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    keys = {"api_key": "s3cret", "api_keys": f"alice:{KEYS['alice']}", "state_file": state}
+    with ServerProcess(tiny_model, tmp_path / "b.log", **keys) as again:
+        assert httpx.get(f"{again.url}/v1/streams/older", headers={"Authorization": "Bearer s3cret"}).is_success
+        assert httpx.get(f"{again.url}/v1/streams/older", headers=as_("alice")).status_code == 404

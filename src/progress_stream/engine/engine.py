@@ -294,6 +294,7 @@ class Engine:
             streams = [s for s in self.table.streams.values() if s.durable]
             arrays = {
                 "ids": np.array([s.id for s in streams], dtype=str),
+                "owners": np.array([s.owner for s in streams], dtype=str),
                 "done_seq": np.array([s.done_seq for s in streams], np.int64),
                 "created_at": np.array([s.created_at for s in streams], np.float64),
                 **self.table.rows_of(streams),
@@ -313,7 +314,8 @@ class Engine:
         arrays, _ = loaded
         for i, stream_id in enumerate(arrays["ids"]):
             rows = {name: arrays[name][i] for name in SLOT_ARRAYS}
-            self.table.restore(str(stream_id), int(arrays["done_seq"][i]), float(arrays["created_at"][i]), rows)
+            done_seq, created_at = int(arrays["done_seq"][i]), float(arrays["created_at"][i])
+            self.table.restore(str(stream_id), done_seq, created_at, rows, str(arrays["owners"][i]))
         log.info("restored %d streams from %s", len(arrays["ids"]), path)
         return len(arrays["ids"])
 
