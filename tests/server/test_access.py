@@ -6,6 +6,7 @@ made them, keys that cannot be empty, an Origin that is not a URL, ids that end 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
@@ -16,9 +17,12 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import redis
 
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
-from progress_stream.server.process import ServerProcess
+from progress_stream.engine.durability.store import PREFIX, RedisStore, StreamState
+from progress_stream.engine.streams import StreamTable
+from progress_stream.server.process import RedisProcess, ServerProcess
 from tests.conftest import frames
 from tests.engine.durability.test_state_files import serve_once
 from tests.server.test_edge import raw_exchange, status_and_body
@@ -384,3 +388,63 @@ def test_7_a_state_file_from_before_owners_restores_to_the_default_tenant(tiny_m
     with ServerProcess(tiny_model, tmp_path / "b.log", **keys) as again:
         assert httpx.get(f"{again.url}/v1/streams/older", headers={"Authorization": "Bearer s3cret"}).is_success
         assert httpx.get(f"{again.url}/v1/streams/older", headers=as_("alice")).status_code == 404
+
+
+@pytest.fixture
+def store():
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+def test_7_ownership_survives_a_takeover_through_the_store(tiny_model, tmp_path, store):
+    settings = {**TENANTS, "state_url": store.url, "snapshot_interval_s": 0.2}
+    with ServerProcess(tiny_model, tmp_path / "a.log", **settings) as a:
+        for sid in ("alice-moved", "alice-stored"):
+            assert httpx.put(f"{a.url}/v1/streams/{sid}", headers=as_("alice")).status_code == 201
+        body = {"seq": 0, "embeddings": frames(np.random.default_rng(8), 3).tolist()}
+        assert httpx.post(f"{a.url}/v1/streams/alice-moved/frames", headers=as_("alice"), json=body).is_success
+        assert a.terminate() in (0, -signal.SIGTERM)  # its final write: every stream, in the store
+    client = redis.Redis(port=store.port)
+    stored = client.hgetall(PREFIX + "alice-moved")
+    assert stored[b"owner"] == b"alice" and stored[b"seq"] == b"3"
+    assert all(holds_no_key(value) for value in stored.values())
+    with ServerProcess(tiny_model, tmp_path / "b.log", **settings) as b:
+        gone = missing_body(b.url, "bob", "alice-stored")
+        res = httpx.delete(f"{b.url}/v1/streams/alice-stored", headers=as_("bob"))  # held nowhere but the store
+        assert (res.status_code, res.json()) == (404, gone)
+        assert client.exists(PREFIX + "alice-stored")
+        res = httpx.get(f"{b.url}/v1/streams/alice-moved", headers=as_("bob"))  # taken over, and not bob's
+        assert (res.status_code, res.json()) == (404, missing_body(b.url, "bob", "alice-moved"))
+        assert httpx.put(f"{b.url}/v1/streams/alice-moved", headers=as_("bob")).status_code == 409
+        assert handshake(b, "/v1/streams/alice-stored/ws", as_("bob"))[0] == 404
+        assert httpx.get(f"{b.url}/v1/streams/alice-moved", headers=as_("alice")).json()["next_seq"] == 3
+        assert listed(b.url, "bob") == []
+        assert httpx.delete(f"{b.url}/v1/streams/alice-stored", headers=as_("admin")).status_code == 204
+        assert not client.exists(PREFIX + "alice-stored")
+
+
+def test_7_the_store_never_hands_a_stream_to_another_owner(runtime, store):
+    """A write for another owner (two replicas racing to create one id for two keys) is refused by the
+    store itself, whatever its seq; a hash from before owners is the tenant 'default''s."""
+    layout = StreamTable.layout(runtime.hidden_dim, 32)
+    rows = {name: np.zeros(items, dtype) for name, (dtype, items) in layout.items()}
+    client = redis.Redis(port=store.port)
+
+    async def main() -> list[int]:
+        writer = RedisStore(store.url, None, runtime.checkpoint, layout, 60)
+        try:
+            written = [
+                await writer.save([StreamState("contested", 0, 0.0, rows, owner="alice")]),
+                await writer.save([StreamState("contested", 9, 0.0, rows, owner="bob")]),
+                await writer.save([StreamState("contested", 4, 0.0, rows, owner="alice")]),
+            ]
+            client.hdel(PREFIX + "contested", "owner")  # as an older replica wrote it
+            written.append(await writer.save([StreamState("contested", 5, 0.0, rows, owner="alice")]))
+            written.append(await writer.save([StreamState("contested", 6, 0.0, rows)]))
+            assert (await writer.load("contested")).owner == "default"
+            return written
+        finally:
+            await writer.close()
+
+    assert asyncio.run(main()) == [1, 0, 1, 0, 1]

@@ -183,7 +183,8 @@ class Engine:
             raise missing(stream_id)
         if stream is not None:
             self.table.remove(stream)
-        stored = self.shared is not None and await self.shared.forget(stream_id)
+        owner = None if tenant.admin else tenant.name  # the store deletes only the caller's
+        stored = self.shared is not None and await self.shared.forget(stream_id, owner)
         if stream is None and not stored:
             raise missing(stream_id)
 

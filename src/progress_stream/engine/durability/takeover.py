@@ -64,7 +64,7 @@ class SharedStreams:
                 ]
             rows = self.table.rows_of(streams)
             states = [
-                StreamState(s.id, s.done_seq, s.created_at, {name: r[i] for name, r in rows.items()})
+                StreamState(s.id, s.done_seq, s.created_at, {name: r[i] for name, r in rows.items()}, s.owner)
                 for i, s in enumerate(streams)
             ]
         try:
@@ -104,7 +104,7 @@ class SharedStreams:
             return self.table.streams[stream_id]
         if state is None:
             return None
-        stream = self.table.restore(stream_id, state.done_seq, state.created_at, state.rows)
+        stream = self.table.restore(stream_id, state.done_seq, state.created_at, state.rows, state.owner)
         self.metrics.store_restores.inc()
         log.info("took stream %r over from the store at seq %d", stream_id, state.done_seq)
         return stream
@@ -124,10 +124,10 @@ class SharedStreams:
         self.metrics.store_restores.inc()
         return True
 
-    async def forget(self, stream_id: str) -> bool:
-        """Delete the stream from the store; whether it was there."""
+    async def forget(self, stream_id: str, owner: str | None = None) -> bool:
+        """Delete the stream from the store if it is ``owner``'s (None: anyone's); whether it was there."""
         try:
-            return await self.store.delete(stream_id)
+            return await self.store.delete(stream_id, owner)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             raise StoreUnreachable(f"{exc}: the stream was not deleted from the store; retry") from None
