@@ -25,9 +25,12 @@ from progress_stream.engine.streams import StreamTable
 from progress_stream.server.process import RedisProcess, ServerProcess
 from tests.conftest import frames
 from tests.engine.durability.test_state_files import serve_once
+from tests.server import test_page
 from tests.server.test_edge import raw_exchange, status_and_body
+from tests.server.test_page import Watched
 
 FOREIGN = "evil.example"
+browser, demo_dir = test_page.browser, test_page.demo_dir  # the page tests' fixtures: Chromium, a demo pack
 
 
 def handshake(server: ServerProcess, path: str, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, dict]:
@@ -448,3 +451,30 @@ def test_7_the_store_never_hands_a_stream_to_another_owner(runtime, store):
             await writer.close()
 
     assert asyncio.run(main()) == [1, 0, 1, 0, 1]
+
+
+def test_7_the_page_with_a_tenants_key_shows_its_streams_and_streams_its_demo(browser, tiny_model, demo_dir, tmp_path):
+    """The page as it is (server/web/*.js): the key typed in goes over fetch as Authorization and over the
+    WebSocket as the bearer subprotocol; the board shows that key's streams only."""
+    with ServerProcess(tiny_model, tmp_path / "log", demo_dir=demo_dir, **TENANTS) as srv:
+        assert httpx.put(f"{srv.url}/v1/streams/bob-hidden", headers=as_("bob")).status_code == 201
+        assert httpx.put(f"{srv.url}/v1/streams/alice-shown", headers=as_("alice")).status_code == 201
+        watched = Watched(browser, srv)
+        page = watched.page
+        page.wait_for_selector("#key-form:not([hidden])")
+        page.fill("#key", KEYS["alice"])
+        page.click("#key-form button")
+        page.wait_for_selector("#status:has-text('live')")
+        page.wait_for_function("() => window.progressBoard.rows.has('alice-shown')", timeout=10_000)
+        page.fill("#fps", "240")
+        page.click("#start")
+        page.wait_for_function(
+            "() => window.progressDemo.state.done || window.progressDemo.state.error", timeout=20_000
+        )
+        assert page.evaluate("() => window.progressDemo.state.error") is None
+        shown = set(page.evaluate("() => [...window.progressBoard.rows.keys()]"))
+        assert "alice-shown" in shown and "bob-hidden" not in shown
+        assert set(listed(srv.url, "alice")) - {"alice-shown"}  # the demo's stream, alice's
+        assert listed(srv.url, "bob") == ["bob-hidden"]
+        assert [p for p in watched.problems if "401" not in p] == []
+        watched.close()
