@@ -26,9 +26,11 @@ from picows import (
     WSUpgradeResponseWithListener,
     ws_create_server,
 )
+from prometheus_client import CollectorRegistry, Counter
 
 from progress_stream.contract.binary import binary_reply
 from progress_stream.contract.wire import Wire
+from progress_stream.server.answers import Answers
 from progress_stream.server.serve import uvicorn_config
 from progress_stream.server.settings import Settings
 
@@ -105,7 +107,8 @@ def main() -> None:
         uvloop.run(serve_native(wire, settings.host, args.port))
     else:
         max_size = wire.max_body_bytes(settings.max_frames_per_message)
-        uvicorn.Server(uvicorn_config(bare_app(wire), settings, max_size, log_level="warning")).run()
+        answers = Answers(Counter("errors", "refusals at the edge", ["code"], registry=CollectorRegistry()))
+        uvicorn.Server(uvicorn_config(bare_app(wire), settings, max_size, answers, log_level="warning")).run()
 
 
 if __name__ == "__main__":

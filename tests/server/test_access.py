@@ -20,7 +20,15 @@ import pytest
 import redis
 
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
-from progress_stream.engine.durability.store import PREFIX, RedisStore, StreamState
+from progress_stream.engine.durability.store import (
+    BAD_KEY,
+    FURTHER_ALONG,
+    NOT_OWNER,
+    PREFIX,
+    WRITTEN,
+    RedisStore,
+    StreamState,
+)
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.process import RedisProcess, ServerProcess
 from tests.conftest import frames
@@ -429,28 +437,51 @@ def test_7_ownership_survives_a_takeover_through_the_store(tiny_model, tmp_path,
 
 def test_7_the_store_never_hands_a_stream_to_another_owner(runtime, store):
     """A write for another owner (two replicas racing to create one id for two keys) is refused by the
-    store itself, whatever its seq; a hash from before owners is the tenant 'default''s."""
+    store itself, whatever its seq, with its own outcome; a hash from before owners is the tenant
+    'default''s; a bad key is still skipped as one, whoever writes."""
     layout = StreamTable.layout(runtime.hidden_dim, 32)
     rows = {name: np.zeros(items, dtype) for name, (dtype, items) in layout.items()}
     client = redis.Redis(port=store.port)
 
-    async def main() -> list[int]:
+    async def main() -> list[list[int]]:
         writer = RedisStore(store.url, None, runtime.checkpoint, layout, 60)
         try:
             written = [
                 await writer.save([StreamState("contested", 0, 0.0, rows, owner="alice")]),
                 await writer.save([StreamState("contested", 9, 0.0, rows, owner="bob")]),
                 await writer.save([StreamState("contested", 4, 0.0, rows, owner="alice")]),
+                await writer.save([StreamState("contested", 2, 0.0, rows, owner="alice")]),  # backwards
             ]
             client.hdel(PREFIX + "contested", "owner")  # as an older replica wrote it
             written.append(await writer.save([StreamState("contested", 5, 0.0, rows, owner="alice")]))
             written.append(await writer.save([StreamState("contested", 6, 0.0, rows)]))
             assert (await writer.load("contested")).owner == "default"
+            client.hset(PREFIX + "garbled", mapping={"seq": "three", "owner": "alice"})
+            client.set(PREFIX + "typed", "not a hash")
+            written.append(
+                await writer.save(
+                    [
+                        StreamState("garbled", 7, 0.0, rows, owner="bob"),  # bad before not-owned
+                        StreamState("typed", 7, 0.0, rows, owner="alice"),
+                        StreamState("fresh", 1, 0.0, rows, owner="bob"),  # the round's others land
+                    ]
+                )
+            )
             return written
         finally:
             await writer.close()
 
-    assert asyncio.run(main()) == [1, 0, 1, 0, 1]
+    assert asyncio.run(main()) == [
+        [WRITTEN],
+        [NOT_OWNER],
+        [WRITTEN],
+        [FURTHER_ALONG],
+        [NOT_OWNER],
+        [WRITTEN],
+        [BAD_KEY, BAD_KEY, WRITTEN],
+    ]
+    assert client.hget(PREFIX + "fresh", "owner") == b"bob"
+    assert client.hget(PREFIX + "garbled", "seq") == b"three" and client.get(PREFIX + "typed") == b"not a hash"
 
 
 def test_7_the_page_with_a_tenants_key_shows_its_streams_and_streams_its_demo(browser, tiny_model, demo_dir, tmp_path):

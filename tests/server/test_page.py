@@ -6,6 +6,7 @@ Screenshots go to ``test-artifacts/web/`` (not committed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +16,10 @@ import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from progress_stream.client import StreamSession
+from progress_stream.contract.replies import ErrorReply
 from progress_stream.server.process import ServerProcess
 from progress_stream.training.demo_pack import write_demo_pack
 
@@ -51,7 +54,7 @@ def browser() -> Iterator[Browser]:
 class Watched:
     """A page with every console error, page error, failed request and foreign request recorded."""
 
-    def __init__(self, browser: Browser, server: ServerProcess):
+    def __init__(self, browser: Browser, server: ServerProcess, path: str = "/"):
         self.page: Page = browser.new_page(viewport={"width": 1280, "height": 720})
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
@@ -61,7 +64,7 @@ class Watched:
             "request",
             lambda r: r.url.startswith((server.url, server.ws_url, "data:")) or self.problems.append(f"left: {r.url}"),
         )
-        self.page.goto(f"{server.url}/")
+        self.page.goto(f"{server.url}{path}")
 
     def shot(self, name: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -205,3 +208,133 @@ def test_with_an_api_key_the_page_asks_for_it_and_refuses_a_wrong_one(browser, t
         # the refused key's 401 answers are expected console noise; nothing else may fail
         assert [p for p in watched.problems if "401" not in p] == []
         watched.close()
+
+
+#: The ids of the rows a user sees on the board (rendered and not hidden), top to bottom.
+SHOWN_ROWS = """() => [...document.querySelectorAll('#rows .row')]
+    .filter((el) => el.checkVisibility())
+    .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top))
+    .map((el) => el.dataset.id)"""
+
+
+def test_the_board_shows_the_servers_streams_after_deletes_and_re_creations(browser, tiny_model, demo_dir, tmp_path):
+    # a server of its own: the module's server holds the 10,000 streams above, which slow its board down
+    with ServerProcess(tiny_model, tmp_path / "log", demo_dir=demo_dir) as web_server:
+        watched = Watched(browser, web_server)
+        page = watched.page
+        page.wait_for_selector("#status:has-text('live')")
+        page.fill("#filter", "round-")
+        rounds = [
+            ({"round-a", "round-b", "round-c", "round-d", "round-e"}, set()),
+            (set(), {"round-c"}),
+            ({"round-c"}, {"round-a", "round-e"}),  # a deleted id comes back
+            ({"round-f"}, {"round-c", "round-b"}),
+            ({"round-a", "round-b"}, {"round-d"}),
+            (set(), {"round-a", "round-b", "round-f"}),
+        ]
+        for create, delete in rounds:
+            for sid in sorted(create):
+                assert httpx.put(f"{web_server.url}/v1/streams/{sid}").status_code in (200, 201)
+            for sid in sorted(delete):
+                assert httpx.delete(f"{web_server.url}/v1/streams/{sid}").status_code == 204
+            listed = httpx.get(f"{web_server.url}/v1/streams", params={"prefix": "round-"}).json()
+            expected = sorted(s["stream_id"] for s in listed["streams"])
+            same = f"ids => JSON.stringify(({SHOWN_ROWS})()) === JSON.stringify(ids)"
+            with contextlib.suppress(PlaywrightTimeout):  # the assertion below says what differs
+                page.wait_for_function(same, arg=expected, timeout=5000)
+            assert page.evaluate(SHOWN_ROWS) == expected, f"after creating {create} and deleting {delete}"
+            assert page.inner_text("#count") == str(listed["total"])
+        watched.shot("board-after-deletes")
+        assert watched.problems == []
+        watched.close()
+
+
+@pytest.mark.parametrize("pack", ["missing", "empty"])
+def test_without_a_demo_pack_the_page_says_so_and_dropped_files_still_stream(browser, tiny_model, tmp_path, pack):
+    demo = tmp_path / "demo"
+    if pack == "empty":
+        demo.mkdir()
+    with ServerProcess(tiny_model, tmp_path / "log", demo_dir=demo) as srv:
+        for path in ("/demo/index.json", "/demo/action-0.npy", "/demo/"):
+            res = httpx.get(f"{srv.url}{path}")
+            assert res.status_code == 404, path
+            assert ErrorReply.model_validate_json(res.content).error.code == "not_found"
+            assert "demo pack" in res.json()["error"]["message"]
+        watched = Watched(browser, srv)
+        page = watched.page
+        page.wait_for_selector("#status:has-text('live')")
+        page.wait_for_selector("#demo-status:has-text('not available for this model')")
+        assert page.is_disabled("#start")
+        frames = np.random.default_rng(3).standard_normal((5, DIM)).astype(np.float32)
+        np.save(tmp_path / "mine.npy", frames)
+        page.set_input_files("#file", str(tmp_path / "mine.npy"))
+        page.wait_for_function("() => window.progressDemo.state.done || window.progressDemo.state.error")
+        np.testing.assert_allclose(page.evaluate("() => window.progressDemo.state.predicted"), stateless(srv, frames))
+        watched.shot(f"demo-pack-{pack}")
+        assert watched.problems == []
+        watched.close()
+
+
+def csp(res: httpx.Response) -> dict[str, list[str]]:
+    """The Content-Security-Policy header as directive → sources."""
+    parts = (d.split() for d in res.headers["content-security-policy"].split(";") if d.strip())
+    return {name: sources for name, *sources in parts}
+
+
+def test_the_page_and_its_files_carry_a_strict_csp_and_nosniff(web_server):
+    for path in ("/", "/static/app.js", "/static/style.css", "/demo/index.json"):
+        res = httpx.get(f"{web_server.url}{path}")
+        assert res.status_code == 200, path
+        assert res.headers["x-content-type-options"] == "nosniff", path
+        policy = csp(res)
+        assert policy["default-src"] == ["'none'"] and policy["frame-ancestors"] == ["'self'"], path
+        assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"], path
+        assert policy["connect-src"] == ["'self'"], path  # fetch, the event stream and ws: to this host
+
+
+def test_the_page_works_under_its_csp_and_the_csp_holds(watched, web_server):
+    page = watched.page
+    page.wait_for_selector("#status:has-text('live')")  # the event stream (fetch) under connect-src 'self'
+    assert page.evaluate(  # a WebSocket to the same host under connect-src 'self'
+        """() => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/v1/streams/csp-check/ws`, ["progress.v1"]);
+            ws.onopen = () => { ws.close(); resolve(true); };
+            ws.onerror = () => resolve(false);
+        })"""
+    )
+    assert watched.problems == []
+    blocked = page.evaluate(
+        """() => new Promise((resolve) => {
+            document.addEventListener("securitypolicyviolation", (e) => resolve(e.violatedDirective));
+            setTimeout(() => resolve("no violation"), 5000);
+            const script = document.createElement("script");
+            script.textContent = "window.injected = true";
+            document.head.append(script);
+        })"""
+    )
+    assert blocked.startswith("script-src"), blocked
+    assert page.evaluate("() => window.injected") is None
+    assert all("Content Security Policy" in p for p in watched.problems)  # only the refused inline script
+
+
+def test_the_api_docs_render_from_this_server_alone(browser, web_server):
+    """/docs is Swagger UI from the package (swagger-ui-bundle), not from a CDN: it works offline, and
+    no foreign script runs on this origin."""
+    watched = Watched(browser, web_server, "/docs")
+    page = watched.page
+    page.wait_for_selector(".opblock-summary-path[data-path='/v1/streams']", timeout=10_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map((el) => el.dataset.path)")
+    assert {"/v1/streams", "/v1/streams/{stream_id}", "/v1/progress"} <= set(paths)
+    page.click(".opblock-summary-path[data-path='/healthz']")  # "Try it out" calls the API under the policy
+    page.click(".opblock.is-open .try-out__btn")
+    page.click(".opblock.is-open .execute")
+    page.wait_for_selector(".opblock.is-open .live-responses-table .response-col_status:has-text('200')")
+    watched.shot("docs")
+    assert watched.problems == []
+    watched.close()
+    res = httpx.get(f"{web_server.url}/docs")
+    assert res.headers["x-content-type-options"] == "nosniff"
+    policy = csp(res)
+    assert policy["frame-ancestors"] == ["'self'"] and "'unsafe-inline'" not in policy["script-src"]
+    assert not any(source.startswith(("http:", "https:")) for sources in policy.values() for source in sources)
+    assert httpx.get(f"{web_server.url}/redoc").status_code == 404  # ReDoc would come from a CDN: not served

@@ -57,6 +57,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "not_found": ErrorSpec(404, Action.FIX, "no such route"),
     "method_not_allowed": ErrorSpec(405, Action.FIX, "the route does not take that method; see Allow"),
     "request_timeout": ErrorSpec(408, Action.RECONNECT, "the request's body did not arrive in time"),
+    "headers_too_large": ErrorSpec(
+        431, Action.FIX, "request headers past 8 KB a line, 32 KB in all or 100 fields (the connection is closed)"
+    ),
     "stream_not_found": ErrorSpec(
         404, Action.FIX, "no such stream (never created, deleted or evicted)", POLICY_VIOLATION
     ),
@@ -69,8 +72,21 @@ ERRORS: dict[str, ErrorSpec] = {
     "too_many_streams": ErrorSpec(503, Action.WAIT, "the server holds max_streams streams", TRY_AGAIN_LATER, 5),
     "overloaded": ErrorSpec(503, Action.WAIT, "too many frames wait for inference", TRY_AGAIN_LATER, 1),
     "shutting_down": ErrorSpec(503, Action.RECONNECT, "the server is stopping", SERVICE_RESTART, 1),
+    "too_many_connections": ErrorSpec(
+        503, Action.WAIT, "the server holds max_connections open connections", TRY_AGAIN_LATER, 1
+    ),
+    "too_many_subscribers": ErrorSpec(
+        503, Action.WAIT, "the live board has board_max_subscribers subscribers", TRY_AGAIN_LATER, 5
+    ),
     "store_unreachable": ErrorSpec(
         503, Action.WAIT, "the shared state store cannot be reached to find the stream", TRY_AGAIN_LATER, 1
+    ),
+    "stream_unreadable": ErrorSpec(
+        500,
+        Action.FIX,
+        "the stream's state in the shared store cannot be read (a corrupt key, logged); "
+        "DELETE the stream to start it anew",
+        INTERNAL_ERROR,
     ),
     "internal_error": ErrorSpec(
         500, Action.RECONNECT, "an unexpected server error (logged by the server, not described)", INTERNAL_ERROR
@@ -146,6 +162,10 @@ class RequestTimeout(WireError):
     code = "request_timeout"
 
 
+class HeadersTooLarge(WireError):
+    code = "headers_too_large"
+
+
 class RouteNotFound(WireError):
     code = "not_found"
 
@@ -217,6 +237,18 @@ class ShuttingDown(EngineError):
 
 class StoreUnreachable(EngineError):
     code = "store_unreachable"
+
+
+class StreamUnreadable(EngineError):
+    code = "stream_unreadable"
+
+
+class TooManyConnections(WireError):
+    code = "too_many_connections"
+
+
+class TooManySubscribers(WireError):
+    code = "too_many_subscribers"
 
 
 def error_table() -> str:

@@ -158,8 +158,13 @@ class Readiness(BaseModel):
     model_config = REPLY
     ready: bool
     durability: str = Field(
-        description="none (no shared store), ok, or degraded (the store cannot be written: a lost replica "
-        "would lose its streams)"
+        description="none (no shared store), ok, partial (the store refuses some streams' writes: a lost replica "
+        "would lose those), or degraded (the store cannot be written: a lost replica would lose its streams)"
+    )
+    unstored_streams: int = Field(
+        0,
+        description="streams held here whose state the store does not hold because it refused their writes "
+        "(their key holds a later seq, or cannot be read); 0 without a shared store",
     )
 
 

@@ -72,9 +72,20 @@ def check_stream_id(stream_id: str) -> str:
     return stream_id
 
 
+#: The most characters of a key the client sent that an error names (an unknown key of 800 KB was
+#: echoed back twice, in ``field`` and in ``message``).
+EXCERPT_CHARS = 32
+
+
+def excerpt(text: str) -> str:
+    """``text``, or its first :data:`EXCERPT_CHARS` characters and an ellipsis."""
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
 def field_name(loc: tuple[str | int, ...]) -> str:
-    """``('embeddings', 3, 1)`` → ``embeddings[3][1]``; the body itself is ``body``."""
-    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    """``('embeddings', 3, 1)`` → ``embeddings[3][1]``; the body itself is ``body``. A key the client
+    sent is named by an :func:`excerpt`."""
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{excerpt(p)}" for p in loc).lstrip(".")
     return name or "body"
 
 

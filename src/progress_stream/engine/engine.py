@@ -11,12 +11,20 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from progress_stream.contract.errors import Overloaded, SeqConflict, ShuttingDown, StreamIdTaken, StreamNotFound
+from progress_stream.contract.errors import (
+    EngineError,
+    Overloaded,
+    SeqConflict,
+    ShuttingDown,
+    StreamIdTaken,
+    StreamNotFound,
+)
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
 from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
@@ -119,12 +127,21 @@ class Engine:
             await self.shared.check()
             self._tasks.append(asyncio.create_task(self.shared.run(), name="store"))
 
-    async def stop(self) -> None:
-        """Stop accepting, finish every accepted frame, snapshot, stop the tasks."""
+    async def stop(self) -> bool:
+        """Stop accepting, finish every accepted frame, snapshot, stop the tasks; whether the state file (if
+        any) was written. A state file that cannot be written is logged and counted, and the shared store is
+        still written: the one failure must not lose both."""
         self.accepting = False
         await self.batcher.drain()
+        saved = True
         if self.config.state_file is not None:
-            await self.snapshot(Path(self.config.state_file))
+            path = Path(self.config.state_file)
+            try:
+                await self.snapshot(path)
+            except OSError as exc:
+                saved = False
+                self.metrics.snapshot_failures.inc()
+                log.error("final snapshot to %s failed: %s", path, exc)
         if self.shared is not None:  # every stream, so the next owner continues exactly
             try:
                 await self.shared.save(everything=True)
@@ -137,6 +154,7 @@ class Engine:
         self.batcher.close()
         if self.shared is not None:
             await self.shared.store.close()
+        return saved
 
     # --- streams -----------------------------------------------------------------------------
     # Every call by id takes the ``tenant`` asking: a stream another tenant owns is not found (it reads
@@ -152,16 +170,19 @@ class Engine:
             return stream, False
         return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name), True
 
-    async def find(self, stream_id: str) -> Stream | None:
-        """The stream held here, else taken over from the shared store; None if it is nowhere."""
+    async def find(
+        self, stream_id: str, tenant: Tenant = OPEN, foreign: Callable[[str], EngineError] = missing
+    ) -> Stream | None:
+        """The stream held here, else taken over from the shared store; None if it is nowhere. A stored
+        key that cannot be read is ``stream_unreadable`` to its owner, ``foreign(stream_id)`` to others."""
         stream = self.table.streams.get(stream_id)
         if stream is None and self.shared is not None:
-            stream = await self.shared.take_over(stream_id)
+            stream = await self.shared.take_over(stream_id, tenant, foreign)
         return stream
 
     async def open(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
         """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
-        if stream_id is not None and (stream := await self.find(stream_id)) is not None:
+        if stream_id is not None and (stream := await self.find(stream_id, tenant, taken)) is not None:
             if not tenant.owns(stream):
                 raise taken(stream_id)
             stream.last_seen = time.monotonic()
@@ -172,7 +193,7 @@ class Engine:
         return stream, created
 
     async def get(self, stream_id: str, tenant: Tenant = OPEN) -> Stream:
-        stream = await self.find(stream_id)
+        stream = await self.find(stream_id, tenant)
         if stream is None or not tenant.owns(stream):
             raise missing(stream_id)
         return stream

@@ -80,6 +80,18 @@ class Metrics:
             "progress_snapshot_failures", "Periodic state-file snapshots that could not be written", registry=r
         )
         self.store_writes = Counter("progress_store_writes", "Stream states written to the shared store", registry=r)
+        self.store_refused = Counter(
+            "progress_store_refused_writes",
+            "Stream writes the shared store refused (its key holds a later seq, or is another owner's stream); "
+            "the stream stays unstored",
+            registry=r,
+        )
+        self.store_bad_keys = Counter(
+            "progress_store_bad_keys",
+            "Stream keys met in the shared store that cannot be read (the wrong type, a field that is not a "
+            "number, a blob of the wrong length): skipped, never the whole round",
+            registry=r,
+        )
         self.store_errors = Counter("progress_store_errors", "Shared-store calls that failed", registry=r)
         self.store_restores = Counter("progress_store_restores", "Streams taken over from the shared store", registry=r)
         self.snapshot_lag = Gauge(

@@ -49,7 +49,11 @@ class Tenant:
     admin: bool = False
 
     def owns(self, stream: Stream) -> bool:
-        return self.admin or stream.owner == self.name
+        return self.is_owner(stream.owner)
+
+    def is_owner(self, owner: str) -> bool:
+        """Whether a stream owned by ``owner`` (a key's name) is this tenant's."""
+        return self.admin or owner == self.name
 
 
 #: The caller of a server without keys: no one owns anything apart from anyone else.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from fastapi.responses import Response
 from prometheus_client import Counter
@@ -37,6 +38,13 @@ class ErrorAnswer:
         """The headers as ASGI and picows take them (with the body's type and length)."""
         fields = {"content-type": JSON, "content-length": str(len(self.body)), **self.headers}
         return [(k.lower().encode(), v.encode("latin-1")) for k, v in fields.items()]
+
+    def http_closing(self) -> bytes:
+        """The whole HTTP/1.1 answer, for a connection closed after it (written before any ASGI app runs)."""
+        head = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}".encode()]
+        head += [name + b": " + value for name, value in self.raw_headers()]
+        head.append(b"connection: close")
+        return b"\r\n".join(head) + b"\r\n\r\n" + self.body
 
     def socket_message(self, seq: int | None) -> bytes:
         """The error as a stream socket's message (:class:`SocketErrorReply`) for the message ``seq``."""

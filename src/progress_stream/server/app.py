@@ -13,14 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from progress_stream.contract.errors import BadInput, MethodNotAllowed, RouteNotFound, ServiceError
 from progress_stream.contract.wire import CreateStream, Wire
+from progress_stream.server.docs import SWAGGER_UI_DIR, SWAGGER_UI_URL, docs_router
 from progress_stream.server.edge import EdgeGuard
-from progress_stream.server.page import PAGE_DIR, page_router
+from progress_stream.server.page import PAGE_DIR, DemoFiles, PageFiles, page_router
 from progress_stream.server.routes import ops_router, v1_router
 from progress_stream.server.sockets.asgi import ws_router
 from progress_stream.server.wiring import Services
@@ -95,14 +95,18 @@ def create_app(services: Services) -> FastAPI:
             yield
         finally:
             services.ready = False
-            await services.engine.stop()
-            log.info("stopped: every accepted frame processed%s", ", state saved" if settings.state_file else "")
+            saved = await services.engine.stop()
+            log.info(
+                "stopped: every accepted frame processed%s", ", state saved" if settings.state_file and saved else ""
+            )
 
     app = FastAPI(
         title="progress-stream",
         version="1",
         summary="Online, causal action progress from streamed per-frame embeddings.",
         lifespan=lifespan,
+        docs_url=None,  # docs.py serves /docs from the package's Swagger UI, not from a CDN
+        redoc_url=None,  # ReDoc would load from a CDN: not served
     )
     app.state.services = services
     app.add_middleware(
@@ -128,8 +132,10 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(ws_router)
     app.include_router(ops_router)
     app.include_router(page_router)
-    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
-    app.mount("/demo", StaticFiles(directory=settings.demo_dir, check_dir=False), name="demo")
+    app.include_router(docs_router)
+    app.mount("/static", PageFiles(directory=PAGE_DIR), name="static")
+    app.mount(SWAGGER_UI_URL, PageFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
+    app.mount("/demo", DemoFiles(settings.demo_dir), name="demo")
     schema = openapi_schema(app, services.wire)
     app.openapi = lambda: schema  # type: ignore[method-assign]
     return app

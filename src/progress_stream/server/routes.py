@@ -54,6 +54,8 @@ EDGE_ERRORS = (
     "request_timeout",
 )
 BODY_ERRORS = ("invalid_input", "empty", "wrong_dimension", "not_finite", "too_many_frames")
+#: What a route that may look a stream up in the shared store can answer besides.
+STORE_ERRORS = ("store_unreachable", "stream_unreadable")
 
 
 def get_services(request: Request) -> Services:
@@ -109,7 +111,7 @@ v1_router = APIRouter(prefix="/v1", responses=error_responses(*EDGE_ERRORS), tag
 CREATED = {
     201: {"model": StreamCreated, "description": "created"},
     200: {"model": StreamCreated, "description": "the stream already exists: its state"},
-    **error_responses("invalid_input", "stream_id_taken", "too_many_streams"),
+    **error_responses("invalid_input", "stream_id_taken", "too_many_streams", *STORE_ERRORS),
 }
 
 
@@ -141,7 +143,13 @@ async def put_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) 
     responses={
         200: {"description": "each frame's progress"},
         **error_responses(
-            *BODY_ERRORS, "stream_not_found", "seq_conflict", "overloaded", "shutting_down", "inference_failed"
+            *BODY_ERRORS,
+            "stream_not_found",
+            "seq_conflict",
+            "overloaded",
+            "shutting_down",
+            "inference_failed",
+            *STORE_ERRORS,
         ),
     },
     openapi_extra=json_body("FramesRequest"),
@@ -160,7 +168,7 @@ async def post_frames(
 @v1_router.get(
     "/streams/{stream_id}",
     response_model=StreamInfo,
-    responses=error_responses("invalid_input", "stream_not_found"),
+    responses=error_responses("invalid_input", "stream_not_found", *STORE_ERRORS),
     summary="A stream's state",
 )
 async def get_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) -> StreamInfo:
@@ -211,11 +219,16 @@ async def list_streams(
 @v1_router.get(
     "/board/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **error_responses("too_many_subscribers"),
+    },
     summary="Live board: a snapshot, then coalesced updates at most every 100 ms (Server-Sent Events)",
 )
-async def board_events(request: Request, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
-    return StreamingResponse(board.events(request, services, tenant), media_type="text/event-stream")
+async def board_events(services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+    queue = services.board.subscribe(tenant)
+    events = board.events(services.board, queue, lambda: services.stopping)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @v1_router.get("/model", response_model=ModelInfo, summary="The served model's metadata")
@@ -244,11 +257,16 @@ async def healthz() -> Health:
     summary="Model loaded and warmed up",
 )
 async def readyz(services: ServicesDep) -> Response:
-    """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, or ``degraded`` (the
-    store cannot be written: streams are served but a lost replica would lose them)."""
+    """Ready, and how durable the streams are: ``none`` (no shared store), ``ok``, ``partial`` (the store
+    refuses some streams' writes: ``unstored_streams`` counts them) or ``degraded`` (the store cannot be
+    written: streams are served but a lost replica would lose them)."""
     shared = services.engine.shared
-    durability = "none" if shared is None else ("degraded" if shared.degraded else "ok")
-    return json_response(Readiness(ready=services.ready, durability=durability), 200 if services.ready else 503)
+    reply = (
+        Readiness(ready=services.ready, durability="none", unstored_streams=0)
+        if shared is None
+        else Readiness(ready=services.ready, durability=shared.durability, unstored_streams=shared.unstored_count)
+    )
+    return json_response(reply, 200 if services.ready else 503)
 
 
 @ops_router.get(

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from progress_stream.engine.durability.store import DEFAULT_PREFIX
 from progress_stream.engine.engine import EngineConfig
 from progress_stream.engine.streams import DEFAULT_OWNER, Tenant
 from progress_stream.server.edge import host_name
@@ -108,6 +109,26 @@ class Settings(BaseSettings):
         description="what carries /v1/streams/{id}/ws: native (picows, on the same port and loop) or asgi "
         "(the FastAPI route); both speak the same protocol",
     )
+    ws_ping_interval_s: float = Field(
+        20.0,
+        gt=0,
+        description="a WebSocket is pinged this often (native plane: after this long with nothing from its client)",
+    )
+    ws_ping_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="a WebSocket whose client does not answer a ping within this, or (native plane) leaves "
+        "over 64 KB of replies unread this long, is closed (≤ the interval)",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="open connections at once (HTTP and WebSocket); past it 503 too_many_connections. Unset: "
+        "the open-file limit (raised to its hard limit at start) less max(128, an eighth) for files and the store",
+    )
+    board_max_subscribers: int = Field(
+        32, ge=1, description="clients of the live board (GET /v1/board/events) at once; past it 503"
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers take longer is closed")
     body_timeout_s: float = Field(10.0, gt=0, description="a request whose body takes longer gets 408")
     demo_dir: Path = Field(Path("models/demo"), description="the web page's demo pack (progress demo-pack)")
@@ -118,12 +139,24 @@ class Settings(BaseSettings):
         "file:///path is the same as PROGRESS_STATE_FILE",
     )
     state_password: str | None = Field(None, description="the state store's password (else from the URL)")
+    state_prefix: str = Field(
+        DEFAULT_PREFIX,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$",
+        description="the state store's keys are PREFIX:stream:ID; deployments that share a database each "
+        "need their own (1-40 characters of A-Z a-z 0-9 _ . : -, the first a letter or digit)",
+    )
     state_required: bool = Field(True, description="an unreachable state store at start fails the start")
     state_on_mismatch: Literal["fail", "discard"] = Field(
         ENGINE.state_on_mismatch,
         description="a state file this server cannot restore: fail the start, or move it aside and start empty",
     )
     snapshot_interval_s: float = Field(ENGINE.snapshot_interval_s, gt=0)
+
+    @model_validator(mode="after")
+    def _ping(self) -> Settings:
+        if self.ws_ping_timeout_s > self.ws_ping_interval_s:
+            raise ValueError("ws_ping_timeout_s must not exceed ws_ping_interval_s")
+        return self
 
     @model_validator(mode="after")
     def _state_url(self) -> Settings:

@@ -19,6 +19,7 @@ from progress_stream.engine.engine import Engine
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.answers import Answers
+from progress_stream.server.board import Board
 from progress_stream.server.edge import Admission
 from progress_stream.server.settings import Settings, is_loopback
 
@@ -36,6 +37,7 @@ class Services:
     engine: Engine
     admission: Admission
     answers: Answers
+    board: Board
     ready: bool = False
     stopping: bool = False
 
@@ -64,6 +66,7 @@ def build(settings: Settings) -> Services:
         engine=engine,
         admission=Admission(settings.tenants(), settings.allowed_origins, settings.hosts),
         answers=Answers(engine.metrics.errors),
+        board=Board(engine.table, settings.board_max_subscribers, engine.metrics.registry),
     )
 
 
@@ -72,7 +75,14 @@ def make_store(settings: Settings, runtime: CellRuntime) -> RedisStore | None:
     if settings.redis_url is None:
         return None
     layout = StreamTable.layout(runtime.hidden_dim, settings.retained_window)
-    return RedisStore(settings.redis_url, settings.state_password, runtime.checkpoint, layout, settings.idle_ttl_s)
+    return RedisStore(
+        settings.redis_url,
+        settings.state_password,
+        runtime.checkpoint,
+        layout,
+        settings.idle_ttl_s,
+        settings.state_prefix,
+    )
 
 
 def reach(store: RedisStore, required: bool) -> None:

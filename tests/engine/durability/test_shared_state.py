@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from progress_stream.engine.durability.store import PREFIX, RedisStore, StreamState
+from progress_stream.engine.durability.store import FURTHER_ALONG, PREFIX, RedisStore, StreamState
 from progress_stream.engine.streams import StreamTable
 from progress_stream.server.process import RedisProcess, ServerProcess, free_port
 from tests.conftest import frames, offline
@@ -112,7 +112,7 @@ def test_a_stale_copy_never_answers_and_the_store_only_moves_forward(tiny_model,
             finally:
                 await stale.close()
 
-        assert asyncio.run(write_old()) == 0 and store.stored_seq("moving") == 30
+        assert asyncio.run(write_old()) == [FURTHER_ALONG] and store.stored_seq("moving") == 30
     np.testing.assert_allclose(out, offline(runtime, x), atol=1e-5)
 
 
@@ -179,5 +179,6 @@ def test_an_unreachable_store_stops_the_start_unless_not_required(tiny_model, tm
     assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr
     assert "unreachable" in errors[0] and url.removeprefix("redis://") in errors[0]
     with ServerProcess(tiny_model, tmp_path / "log", state_url=url, state_required="false") as srv:
-        assert httpx.get(f"{srv.url}/readyz").json() == {"ready": True, "durability": "degraded"}
+        readyz = httpx.get(f"{srv.url}/readyz").json()
+        assert readyz == {"ready": True, "durability": "degraded", "unstored_streams": 0}
         assert httpx.put(f"{srv.url}/v1/streams/x").status_code == 503  # cannot tell if it exists elsewhere

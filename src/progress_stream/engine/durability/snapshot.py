@@ -4,6 +4,10 @@ A snapshot is written to a temporary file, fsynced, renamed over the old one, an
 At start a state file is either restored, or refused with one line naming the file and what is wrong
 (the start fails and the file is left untouched), or, with ``on_mismatch="discard"``, moved aside to
 ``NAME.rejected-<UTC time>``: the server never overwrites a state file it did not load.
+
+A server killed while writing a snapshot leaves its temporary file (``.NAME.xxxxxxxx``) beside the state
+file; the next start removes such files, and only those: a name write_snapshot makes, a plain file.
+One state file belongs to one server, so at start no other writer can own them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -38,6 +43,32 @@ class SnapshotError(RuntimeError):
 def identity(checkpoint_sha256: str, window: int) -> dict:
     """What a snapshot must match to be restored: the model it was written for and the retained window."""
     return {"checkpoint_sha256": checkpoint_sha256, "window": window}
+
+
+def temp_name(path: Path) -> re.Pattern:
+    """The names of :func:`write_snapshot`'s temporary files for ``path``: ``tempfile.mkstemp`` with the
+    prefix ``.NAME.`` adds 8 characters of ``[a-z0-9_]``."""
+    return re.compile(rf"\.{re.escape(Path(path).name)}\.[a-z0-9_]{{8}}")
+
+
+def remove_stale_temp_files(path: Path) -> int:
+    """Remove the temporary files that snapshots of ``path`` left when killed mid-write (only names
+    :func:`write_snapshot` makes, only plain files); how many. One that cannot be removed is logged."""
+    path, pattern, removed = Path(path), temp_name(path), 0
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:  # no folder yet (or not one): nothing left there; check_writable judges the path
+        return 0
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError as exc:
+                log.warning("%s: cannot remove a temporary file left by a snapshot: %s", path, exc)
+    if removed:
+        log.info("%s: removed %d temporary files left by an interrupted snapshot", path, removed)
+    return removed
 
 
 def write_snapshot(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -101,11 +132,13 @@ def load_state(
 
     A corrupt file, one written for another model or window (``expected``, see :func:`identity`), or
     one with more streams than ``max_streams`` raises :class:`SnapshotError` and is left untouched,
-    unless ``on_mismatch`` is ``discard``: then it is renamed ``NAME.rejected-<UTC time>``.
+    unless ``on_mismatch`` is ``discard``: then it is renamed ``NAME.rejected-<UTC time>``. Temporary
+    files a killed snapshot left are removed first (:func:`remove_stale_temp_files`).
     """
     path = Path(path)
     if on_mismatch not in ON_MISMATCH:
         raise SnapshotError(f"state_on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
+    remove_stale_temp_files(path)
     check_writable(path)
     if not path.exists():
         return None

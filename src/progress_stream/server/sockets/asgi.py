@@ -4,7 +4,8 @@ The default plane is the native one (:mod:`.native`); both speak :mod:`.session`
 (bad id, full table; the edge refuses a bad key or Origin) is answered like an HTTP request: the status,
 ``Retry-After`` and JSON body of the error table. After the accept every error is an error message; the
 codes whose table entry has a close code then close the socket with it (1009 for an oversized message
-comes from the server's ``ws_max_size``).
+comes from the server's ``ws_max_size``); an unexpected error answers ``internal_error`` and closes 1011,
+as on the native plane.
 """
 
 from __future__ import annotations
@@ -13,14 +14,31 @@ import asyncio
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 
-from progress_stream.contract.errors import SeqConflict, ServiceError
+from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.wire import STREAM_SOCKET
 from progress_stream.server.edge import TENANT
-from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 ws_router = APIRouter()
+
+
+class SocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O parser, uvicorn's ``ws="websockets-sansio"``)
+    with the native plane's bound on the frames of one message: past it, close 1009."""
+
+    def handle_cont(self, event: Frame) -> None:
+        if self.close_sent:
+            return
+        limit = max_fragments(self.config.ws_max_size)
+        if len(self.frames) >= limit:
+            self.conn.send_close(MESSAGE_TOO_BIG, f"message in more than {limit} frames")
+            self.handle_parser_exception()  # sends the close, tells the app, closes the transport
+            return
+        super().handle_cont(event)
 
 
 @ws_router.websocket(STREAM_SOCKET)
@@ -52,11 +70,12 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                 except SeqConflict as conflict:
                     future = await session.resubmit(conflict)
                 progress = await future
-            except ServiceError as exc:
+            except Exception as exc:  # a bug too is answered (internal_error, 1011), never a silent socket
                 text, close = session.error(exc)
                 await websocket.send_text(text.decode())
                 if close is not None:
-                    await websocket.close(close, exc.message[:120])
+                    reason = exc.message if isinstance(exc, ServiceError) else "internal error"
+                    await websocket.close(close, reason[:120])
                     return
                 continue
             if binary:

@@ -35,7 +35,7 @@ from picows.picows import WSProtocol
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.wire import socket_stream_id
 from progress_stream.server.answers import ErrorAnswer
-from progress_stream.server.sockets.session import StreamSocket, open_socket, subprotocol
+from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 #: picows logs each connection at INFO; a server of thousands of sockets keeps only its warnings
@@ -44,6 +44,9 @@ PICOWS_LOG.setLevel(logging.WARNING)
 
 #: Messages a client may send ahead of its answers before its socket stops being read (backpressure).
 MAX_AHEAD = 64
+#: Bytes of replies a client has not taken yet past which its socket stops being read (the transport's
+#: high-water mark); it is read again once they drain below a quarter of this.
+WRITE_HIGH_WATER = 64 * 1024
 #: A handshake that admission has passed must complete within this (picows then disconnects).
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -54,7 +57,18 @@ class NativePlane:
     def __init__(self, services: Services, max_size: int):
         self.services = services
         self.max_size = max_size
+        # the ASGI plane's settings (uvicorn's ws_ping_interval and ws_ping_timeout): a dead peer is
+        # noticed on either plane, and its stream and read buffer let go
+        self.ping_interval = services.settings.ws_ping_interval_s
+        self.ping_timeout = services.settings.ws_ping_timeout_s
+        # a client that leaves its replies unread this long is as good as one that does not answer a ping
+        self.write_timeout = services.settings.ws_ping_timeout_s
         self._admitting: set[asyncio.Task] = set()
+
+    @property
+    def admitting(self) -> int:
+        """Handshakes under way (each holds a connection that no protocol counts yet)."""
+        return len(self._admitting)
 
     def claims(self, path: str) -> bool:
         return socket_stream_id(path) is not None
@@ -78,9 +92,9 @@ class NativePlane:
             PICOWS_LOG,
             True,  # disconnect on an exception in a callback
             HANDSHAKE_TIMEOUT_S,
-            False,  # no pings of our own: clients and proxies keep their connections alive
-            20.0,
-            20.0,
+            True,  # ping a client silent for the interval; close it if no pong comes within the timeout
+            self.ping_interval,
+            self.ping_timeout,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # answer pings
             self.max_size,
@@ -114,7 +128,7 @@ class NativePlane:
             outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:
             chosen = subprotocol(headers.get(b"sec-websocket-protocol", b"").decode("latin-1"))
-            listener = NativeSocket(session, connections, self.max_size)
+            listener = NativeSocket(session, connections, self.max_size, self.write_timeout)
             extra = {"Sec-WebSocket-Protocol": chosen} if chosen else None
             outcome.append(WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener))
         if transport.is_closing():  # the client left meanwhile
@@ -140,14 +154,30 @@ def feed(protocol: WSProtocol, data: bytes) -> None:
         view = view[n:]
 
 
+def echoed(code: WSCloseCode) -> WSCloseCode:
+    """The code that answers a client's close: its own where RFC 6455 lets an endpoint send it, else
+    1000 (a close without a code reads as picows' NO_INFO; 1005, 1006 and 1015 must never be sent)."""
+    value = code.value
+    return code if 1000 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999 else WSCloseCode.OK
+
+
 class NativeSocket(WSListener):
     """One stream socket on picows: each message submitted, its answer written from the future's
-    callback, strictly in order (messages sent ahead wait here, up to :data:`MAX_AHEAD`)."""
+    callback, strictly in order (messages sent ahead wait here, up to :data:`MAX_AHEAD`).
 
-    def __init__(self, session: StreamSocket, connections: set, max_size: int):
+    The socket stops being read for either of two reasons, and is read again only once neither holds:
+    :data:`MAX_AHEAD` messages wait, or more than :data:`WRITE_HIGH_WATER` bytes of replies wait for
+    the client to take them. A client whose replies stay there ``write_timeout`` seconds is dropped
+    (its buffer cannot drain, so no close frame would reach it)."""
+
+    def __init__(self, session: StreamSocket, connections: set, max_size: int, write_timeout: float):
         self.session = session
         self.connections = connections
         self.max_size = max_size
+        self.write_timeout = write_timeout
+        self.writing_paused = False  # replies above the high-water mark
+        self.stalled: asyncio.TimerHandle | None = None
+        self.max_fragments = max_fragments(max_size)
         self.transport: WSTransport | None = None
         self.closed = False
         self.busy = False  # a message is being answered
@@ -163,13 +193,42 @@ class NativeSocket(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.connections.add(self)
+        transport.underlying_transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
         self.ahead.clear()
         self.connections.discard(self)
+        if self.stalled is not None:
+            self.stalled.cancel()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high-water mark: stop reading (unless the messages sent ahead
+        already stopped it) until it drains; drop the client if it does not within ``write_timeout``."""
+        if self.closed:
+            return
+        self.writing_paused = True
+        if len(self.ahead) < MAX_AHEAD:
+            self.transport.underlying_transport.pause_reading()
+        self.stalled = asyncio.get_running_loop().call_later(self.write_timeout, self.unread)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        if len(self.ahead) < MAX_AHEAD and not self.closed:
+            self.transport.underlying_transport.resume_reading()
+
+    def unread(self) -> None:
+        self.stalled = None
+        self.closed = True
+        self.ahead.clear()
+        self.transport.disconnect(graceful=False)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closed:  # picows goes on with the frames of a read after a close: none is processed
+            return
         kind = frame.msg_type
         if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
             binary = kind is WSMsgType.BINARY
@@ -185,7 +244,8 @@ class NativeSocket(WSListener):
         elif kind is WSMsgType.CONTINUATION:
             self.continued(frame)
         elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            self.closed = True
+            transport.send_close(echoed(frame.get_close_code()))
             transport.disconnect()
 
     def shutdown(self) -> None:
@@ -202,6 +262,8 @@ class NativeSocket(WSListener):
         self.fragments_size += frame.payload_size
         if self.fragments_size > self.max_size:
             self.close(WSCloseCode(MESSAGE_TOO_BIG), f"message exceeds {self.max_size} bytes")
+        elif len(self.fragments) > self.max_fragments:
+            self.close(WSCloseCode(MESSAGE_TOO_BIG), f"message in more than {self.max_fragments} frames")
         elif frame.fin:
             data, self.fragments = b"".join(self.fragments), []
             self.take(data, True) if self.binary_parts else self.take_text(data)
@@ -217,7 +279,7 @@ class NativeSocket(WSListener):
             self.handle(data, binary)
             return
         self.ahead.append((data, binary))
-        if len(self.ahead) == MAX_AHEAD:
+        if len(self.ahead) == MAX_AHEAD and not self.writing_paused:  # else reading stopped already
             self.transport.underlying_transport.pause_reading()
 
     def handle(self, data: bytes | str, binary: bool) -> None:
@@ -269,12 +331,13 @@ class NativeSocket(WSListener):
     def next(self) -> None:
         self.busy = False
         if self.ahead:
-            if len(self.ahead) == MAX_AHEAD:
+            if len(self.ahead) == MAX_AHEAD and not self.writing_paused:  # else it stays stopped for that
                 self.transport.underlying_transport.resume_reading()
             self.handle(*self.ahead.popleft())
 
     def close(self, code: WSCloseCode, reason: str) -> None:
         self.closed = True
         self.ahead.clear()
+        self.fragments = []
         self.transport.send_close(code, reason[:120].encode())
         self.transport.disconnect()

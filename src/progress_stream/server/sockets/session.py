@@ -20,6 +20,18 @@ from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
 from progress_stream.engine.streams import Stream, Tenant, missing
 from progress_stream.server.wiring import Services
 
+#: The most frames one message may come in: each is an allocation and a callback, and an empty
+#: continuation frame is 6 bytes on the wire (they appended without end).
+MAX_FRAGMENTS = 1024
+#: What a fragment costs besides its payload (its bytes object and list slot), counted against the
+#: message limit: a small limit allows fewer fragments.
+FRAGMENT_OVERHEAD = 64
+
+
+def max_fragments(max_size: int) -> int:
+    """The most frames a message of at most ``max_size`` bytes may come in (both planes close 1009 past it)."""
+    return max(2, min(MAX_FRAGMENTS, max_size // FRAGMENT_OVERHEAD))
+
 
 async def open_socket(services: Services, stream_id: str, tenant: Tenant) -> StreamSocket:
     """A stream socket's handshake, on either plane, once admission has passed (it told the ``tenant``): the

@@ -46,7 +46,7 @@ async function start() {
   $("key-form").hidden = true;
   const dim = Number(model.embedding_dim);
   $("model").textContent = `model: D=${dim}, ${model.position_encoding} position, on ${[model.providers].flat().join(", ")}`;
-  await demo.load(dim);
+  await demo.load(dim, document.body.dataset.demo !== "absent");
   follow();
 }
 

@@ -23,14 +23,19 @@ export class Demo {
     });
   }
 
-  async load(dim) {
+  // `available` is false when the page was served without a demo pack: it then never asks for one.
+  async load(dim, available = true) {
     this.dim = dim;
+    const absent = "The demo is not available for this model: this server has no demo pack (progress demo-pack writes one). You can still drop a .npy file.";
+    if (!available) {
+      this.say(absent);
+      this.start.disabled = true;
+      return;
+    }
     try {
       this.pack = await getJSON("/demo/index.json");
     } catch (err) {
-      this.say(err instanceof ApiError && err.status === 404
-        ? "No demo pack on this server (make serve builds it); you can still drop a .npy file."
-        : `Could not load the demo pack: ${err.message}`, true);
+      this.say(err instanceof ApiError && err.status === 404 ? absent : `Could not load the demo pack: ${err.message}`, true);
       this.start.disabled = true;
       return;
     }
