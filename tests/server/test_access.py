@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
 from progress_stream.engine.durability.store import (
@@ -29,12 +30,15 @@ from progress_stream.engine.durability.store import (
     RedisStore,
     StreamState,
 )
-from progress_stream.engine.streams import StreamTable
+from progress_stream.engine.streams import StreamTable, Tenant
+from progress_stream.server.board import Board
 from progress_stream.server.process import RedisProcess, ServerProcess
 from tests.conftest import frames
 from tests.engine.durability.test_state_files import serve_once
+from tests.engine.durability.test_store_faults import stored_fields
 from tests.server import test_page
 from tests.server.test_edge import raw_exchange, status_and_body
+from tests.server.test_operations import scrape
 from tests.server.test_page import Watched
 
 FOREIGN = "evil.example"
@@ -482,6 +486,138 @@ def test_7_the_store_never_hands_a_stream_to_another_owner(runtime, store):
     ]
     assert client.hget(PREFIX + "fresh", "owner") == b"bob"
     assert client.hget(PREFIX + "garbled", "seq") == b"three" and client.get(PREFIX + "typed") == b"not a hash"
+
+
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what}"
+        time.sleep(0.05)
+
+
+def readiness(url: str) -> dict:
+    return httpx.get(f"{url}/readyz").json()
+
+
+def refused_writes(url: str) -> float:
+    return scrape(url).get("progress_store_refused_writes_total", 0.0)
+
+
+def test_7_a_write_refused_for_another_owner_is_counted_and_never_caught_up(tiny_model, tmp_path, store, runtime):
+    """bob's copy of an id whose key became alice's (a race between replicas, or another deployment's key):
+    its writes are refused like those of a copy behind, counted, and readyz says partial; the copy held
+    is never caught up from alice's state, however far along it is; deleting it leaves alice's key."""
+    settings = {**TENANTS, "state_url": store.url, "snapshot_interval_s": 0.2}
+    client = redis.Redis(port=store.port)
+    with ServerProcess(tiny_model, tmp_path / "a.log", **settings) as a:
+        assert httpx.put(f"{a.url}/v1/streams/raced", headers=as_("bob")).status_code == 201
+        wait_until(lambda: client.hget(PREFIX + "raced", "owner") == b"bob", "bob's key written")
+        before = refused_writes(a.url)
+        client.hset(PREFIX + "raced", mapping={**stored_fields(runtime, 50), "owner": "alice"})  # alice won it
+        body = {"seq": 60, "embeddings": frames(np.random.default_rng(9), 2).tolist()}
+        res = httpx.post(f"{a.url}/v1/streams/raced/frames", headers=as_("bob"), json=body)  # past the copy held
+        assert res.status_code == 409 and res.json()["error"]["expected_seq"] == 0, res.text  # not alice's 50
+        body["seq"] = 0
+        assert httpx.post(f"{a.url}/v1/streams/raced/frames", headers=as_("bob"), json=body).status_code == 200
+        unstored = {"ready": True, "durability": "partial", "unstored_streams": 1}
+        wait_until(lambda: readiness(a.url) == unstored, f"{unstored} (readyz: {readiness(a.url)})")
+        assert refused_writes(a.url) > before
+        assert client.hget(PREFIX + "raced", "owner") == b"alice" and client.hget(PREFIX + "raced", "seq") == b"50"
+        assert httpx.delete(f"{a.url}/v1/streams/raced", headers=as_("bob")).status_code == 204  # its own copy
+        assert client.hget(PREFIX + "raced", "owner") == b"alice"  # not its to delete in the store
+        ok = {"ready": True, "durability": "ok", "unstored_streams": 0}
+        wait_until(lambda: readiness(a.url) == ok, f"{ok} (readyz: {readiness(a.url)})")
+    assert "another owner's" in (tmp_path / "a.log").read_text()
+
+
+def test_7_an_unreadable_key_is_unreadable_to_its_owner_only(tiny_model, tmp_path, store, runtime):
+    """A key that cannot be read answers stream_unreadable to its owner (as far as the key tells) and the
+    admin; to another key it answers as any stream not its own, and that key cannot delete it. A key
+    that is not a hash has no owner field: it is the tenant 'default''s, so here the admin's to clear."""
+    client = redis.Redis(port=store.port)
+    client.hset(PREFIX + "alice-garbled", mapping={**stored_fields(runtime, "seven"), "owner": "alice"})
+    client.set(PREFIX + "typed", "not a hash")
+    settings = {**TENANTS, "state_url": store.url}
+    with ServerProcess(tiny_model, tmp_path / "a.log", **settings) as a:
+        gone = missing_body(a.url, "bob", "alice-garbled")
+        for res in (
+            httpx.get(f"{a.url}/v1/streams/alice-garbled", headers=as_("bob")),
+            httpx.post(
+                f"{a.url}/v1/streams/alice-garbled/frames",
+                headers=as_("bob"),
+                json={"seq": 0, "embeddings": [[0.1] * 16]},
+            ),
+            httpx.delete(f"{a.url}/v1/streams/alice-garbled", headers=as_("bob")),
+        ):
+            assert (res.status_code, res.json()) == (404, gone), res.text
+        assert httpx.put(f"{a.url}/v1/streams/alice-garbled", headers=as_("bob")).status_code == 409
+        assert handshake(a, "/v1/streams/alice-garbled/ws", as_("bob"))[0] == 404
+        assert client.hget(PREFIX + "alice-garbled", "seq") == b"seven"  # bob deleted nothing
+        for who in ("alice", "admin"):
+            res = httpx.get(f"{a.url}/v1/streams/alice-garbled", headers=as_(who))
+            assert res.status_code == 500 and res.json()["error"]["code"] == "stream_unreadable", res.text
+        assert httpx.delete(f"{a.url}/v1/streams/alice-garbled", headers=as_("alice")).status_code == 204
+        assert not client.exists(PREFIX + "alice-garbled")
+        assert httpx.put(f"{a.url}/v1/streams/alice-garbled", headers=as_("alice")).status_code == 201
+
+        assert httpx.get(f"{a.url}/v1/streams/typed", headers=as_("alice")).status_code == 404
+        assert httpx.delete(f"{a.url}/v1/streams/typed", headers=as_("alice")).status_code == 404
+        res = httpx.get(f"{a.url}/v1/streams/typed", headers=as_("admin"))
+        assert res.status_code == 500 and res.json()["error"]["code"] == "stream_unreadable"
+        assert httpx.delete(f"{a.url}/v1/streams/typed", headers=as_("admin")).status_code == 204
+        assert not client.exists(PREFIX + "typed")
+
+
+def test_7_the_shared_board_sends_each_subscriber_its_own_streams():
+    """One board, one computation a tick: alice, bob and the admin subscribed at once each get their
+    own streams' rows (the admin every row), the ids of their own rows taken away, and nothing of the
+    others' (not even a removed id); an id deleted and created again by another key leaves the first
+    owner's board and joins the second's."""
+    table = StreamTable(8, 4, 32)
+    alice, bob = Tenant("alice"), Tenant("bob")
+    admin = Tenant("admin", admin=True)
+
+    def read(queue: asyncio.Queue) -> list[tuple[str, dict]]:
+        out = []
+        while not queue.empty():
+            head, data = queue.get_nowait().decode().strip().split("\n")
+            out.append((head.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+        return out
+
+    def ids(events: list[tuple[str, dict]]) -> tuple[set[str], set[str]]:
+        return {r["stream_id"] for _, d in events for r in d["rows"]}, {i for _, d in events for i in d["removed"]}
+
+    async def main() -> None:
+        board = Board(table, 8, CollectorRegistry())
+        table.create("a1", owner="alice")
+        table.create("b1", owner="bob")
+        queues = {who: board.subscribe(who) for who in (alice, bob, admin)}
+        await asyncio.sleep(0.25)
+        seen = {who: read(q) for who, q in queues.items()}
+        assert all(events[0][0] == "snapshot" for events in seen.values())
+        assert ids(seen[alice])[0] == {"a1"} and ids(seen[bob])[0] == {"b1"}
+        assert ids(seen[admin])[0] == {"a1", "b1"}
+        ticks = board.ticks._value.get()
+
+        table.remove(table.streams["a1"])
+        table.create("a2", owner="alice")
+        table.remove(table.streams["b1"])
+        table.create("b1", owner="alice")  # bob's id, deleted, created again by alice
+        await asyncio.sleep(0.25)
+        seen = {who: read(q) for who, q in queues.items()}
+        assert ids(seen[alice]) == ({"a2", "b1"}, {"a1"})
+        assert ids(seen[bob]) == (set(), {"b1"})
+        assert ids(seen[admin]) == ({"a2", "b1"}, {"a1"})
+        assert board.ticks._value.get() - ticks <= 4  # one a tick, not one a subscriber
+
+        late = board.subscribe(bob)
+        await asyncio.sleep(0.15)
+        assert read(late)[0] == ("snapshot", {"rows": [], "removed": []})
+        for queue in (*queues.values(), late):
+            board.unsubscribe(queue)
+        assert not board.tenants
+
+    asyncio.run(main())
 
 
 def test_7_the_page_with_a_tenants_key_shows_its_streams_and_streams_its_demo(browser, tiny_model, demo_dir, tmp_path):
