@@ -46,7 +46,7 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     services: Services = websocket.app.state.services
     try:
         session = await open_socket(services, stream_id, websocket.scope[TENANT])
-    except ServiceError as exc:
+    except Exception as exc:  # a refusal, or a bug: answered in the error shape either way, as on the native plane
         await websocket.send_denial_response(services.answers.error(exc).response())
         return
     await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
