@@ -50,6 +50,7 @@ EXTRA_MODULES: dict[str, frozenset[str]] = {
             "prometheus_client",
             "redis",
             "picows",
+            "swagger_ui_bundle",
         }
     ),
     "loadtest": frozenset({"picows", "uvloop"}),
