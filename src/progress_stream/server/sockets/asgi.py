@@ -19,6 +19,7 @@ from websockets.frames import Frame
 
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.wire import STREAM_SOCKET
+from progress_stream.server.edge import TENANT
 from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
@@ -44,8 +45,8 @@ class SocketProtocol(WebSocketsSansIOProtocol):
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     services: Services = websocket.app.state.services
     try:
-        session = await open_socket(services, stream_id)
-    except ServiceError as exc:
+        session = await open_socket(services, stream_id, websocket.scope[TENANT])
+    except Exception as exc:  # a refusal, or a bug: answered in the error shape either way, as on the native plane
         await websocket.send_denial_response(services.answers.error(exc).response())
         return
     await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
