@@ -22,7 +22,7 @@ from progress_stream.engine.durability.takeover import SharedStreams
 from progress_stream.engine.engine import EngineConfig
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
-from progress_stream.engine.streams import StreamTable
+from progress_stream.engine.streams import OPEN, StreamTable
 from progress_stream.server.board import CPU_SHARE, PERIOD_S, Watcher, sse
 from progress_stream.server.process import RedisProcess
 
@@ -41,7 +41,7 @@ def advance(table: StreamTable) -> None:
 
 def board_ms(runtime: CellRuntime, n: int) -> float:
     table = busy_table(runtime, n)
-    watcher = Watcher(table)
+    watcher = Watcher(table, OPEN)
     watcher.update()
     times = []
     for _ in range(5):

@@ -205,6 +205,45 @@ def test_compose_files_validate(files):
     assert services["trainer"]["volumes"] in (["models:/models:rw"], ["models:/models"])
 
 
+def compose_config(env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@needs["docker-compose"]
+def test_compose_replicas_answer_only_the_names_they_are_reached_by():
+    """The replicas bind 0.0.0.0 in their containers, where any Host would pass: compose names the hosts
+    (the published port on this machine, the proxy, Prometheus' targets), so a page rebound by DNS to
+    127.0.0.1 gets 421."""
+    services = compose_config()["services"]
+    for replica in ("progress-a", "progress-b"):
+        hosts = services[replica]["environment"]["PROGRESS_ALLOWED_HOSTS"].split(",")
+        assert {"localhost", "127.0.0.1", "[::1]", "proxy", "progress-a", "progress-b"} <= set(hosts)
+        assert "*" not in hosts
+    told = compose_config({"PROGRESS_ALLOWED_HOSTS": "progress.example"})["services"]
+    assert told["progress-a"]["environment"]["PROGRESS_ALLOWED_HOSTS"] == "progress.example"
+
+
+@needs["docker-compose"]
+def test_compose_publishes_its_ports_on_loopback_unless_told():
+    """No service has an API key by default: what compose publishes is reachable from this machine only,
+    unless PROGRESS_PUBLISH names another address."""
+    for env, address in (({}, "127.0.0.1"), ({"PROGRESS_PUBLISH": "0.0.0.0"}, "0.0.0.0")):
+        services = compose_config(env)["services"]
+        published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+        assert {"proxy", "prometheus"} <= set(published)
+        for name, ports in published.items():
+            hosts = [p["host_ip"] if isinstance(p, dict) else p.rsplit(":", 2)[0] for p in ports]
+            assert hosts == [address] * len(ports), (name, ports)
+
+
 @needs["nginx"]
 def test_nginx_template_renders_to_a_valid_config(tmp_path):
     site = string.Template((ROOT / "deploy" / "nginx" / "progress.conf.template").read_text()).safe_substitute(

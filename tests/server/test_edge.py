@@ -122,7 +122,8 @@ def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed, unchanged):
     pid = keyed.proc.pid
     before = memory_kb(pid, "VmRSS")
     head = (
-        b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
     )
     answer, sent = raw_exchange(keyed.port, head, (b"x" * MB for _ in range(300)))
     status, body = status_and_body(answer)
@@ -133,7 +134,7 @@ def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed, unchanged):
 
 def test_d1_a_declared_oversized_body_is_refused_before_reading(keyed, unchanged):
     head = (
-        b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+        b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n"
         b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
     )
     status, body = status_and_body(raw_exchange(keyed.port, head, ())[0])
@@ -146,7 +147,7 @@ def test_d2_a_chunked_body_is_counted_while_it_is_read(keyed, unchanged):
     stream = httpx.put(f"{keyed.url}/v1/streams/chunky", headers={"Authorization": "Bearer s3cret"})
     assert stream.status_code in (200, 201)
     head = (
-        b"POST /v1/streams/chunky/frames HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+        b"POST /v1/streams/chunky/frames HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b"%x\r\n%s\r\n" % (MB, b" " * MB)
@@ -172,7 +173,7 @@ def test_d11_slow_headers_are_closed_and_a_slow_body_gets_408(keyed, unchanged):
     for s in socks:
         s.close()
     head = (
-        b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+        b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     )
     status, body = status_and_body(raw_exchange(keyed.port, head, ())[0])
@@ -183,7 +184,7 @@ def test_d11_an_unfinished_body_does_not_hold_sigterm(tiny_model, tmp_path):
     srv = ServerProcess(tiny_model, tmp_path / "log", body_timeout_s=2).start()
     sock = socket.create_connection(("127.0.0.1", srv.port))
     sock.sendall(
-        b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+        b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
     )
     time.sleep(0.3)
     started = time.monotonic()

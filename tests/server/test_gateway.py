@@ -185,3 +185,20 @@ def test_after_a_kill_9_and_a_restore_every_stream_is_exact(tiny_model, tmp_path
         np.testing.assert_allclose(np.concatenate(got[sid]), offline(runtime, x[sid]), atol=1e-5)
     assert "progress_store_restores_total 8.0" in restores  # every stream taken over from the store
     assert replayed >= 0
+
+
+def test_a_gateway_attaches_only_its_own_keys_streams(tiny_model, tmp_path, runtime):
+    x = frames(np.random.default_rng(12), 1)
+    with ServerProcess(tiny_model, tmp_path / "tenants.log", api_keys="alice:ka,bob:kb") as srv:
+        with SyncGateway(srv.ws_url, api_key="ka") as alice:
+            np.testing.assert_allclose(alice.tick({"cam-a": x})["cam-a"], offline(runtime, x), atol=1e-5)
+        with SyncGateway(srv.ws_url, api_key="kb") as bob:
+            bob.conn.send(orjson.dumps({"attach": ["cam-a", "cam-b"]}).decode())
+            attached = orjson.loads(bob.conn.recv())["attached"]
+        body = {"frames": [{"stream_id": "cam-a", "seq": 1, "embeddings": x.tolist()}]}
+        stolen = httpx.post(f"{srv.url}/v1/frames", json=body, headers={"Authorization": "Bearer kb"})
+        mine = httpx.get(f"{srv.url}/v1/streams/cam-a", headers={"Authorization": "Bearer ka"}).json()
+    assert attached[0]["error"]["code"] == "stream_id_taken" and "handle" not in attached[0]
+    assert attached[1]["handle"] == 0 and attached[1]["next_seq"] == 0
+    assert stolen.json()["results"][0]["error"]["code"] == "stream_not_found"
+    assert mine["next_seq"] == 1  # bob changed nothing

@@ -51,6 +51,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "unsupported_media_type": ErrorSpec(415, Action.FIX, "a body that is not Content-Type application/json, or gzip"),
     "unauthorized": ErrorSpec(401, Action.FIX, "missing or wrong 'Authorization: Bearer <API key>'"),
     "forbidden_origin": ErrorSpec(403, Action.FIX, "a browser Origin not in PROGRESS_ALLOWED_ORIGINS"),
+    "wrong_host": ErrorSpec(
+        421, Action.FIX, "the request's Host is not a name this server answers (PROGRESS_ALLOWED_HOSTS)"
+    ),
     "not_found": ErrorSpec(404, Action.FIX, "no such route"),
     "method_not_allowed": ErrorSpec(405, Action.FIX, "the route does not take that method; see Allow"),
     "request_timeout": ErrorSpec(408, Action.RECONNECT, "the request's body did not arrive in time"),
@@ -59,6 +62,9 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
     "stream_not_found": ErrorSpec(
         404, Action.FIX, "no such stream (never created, deleted or evicted)", POLICY_VIOLATION
+    ),
+    "stream_id_taken": ErrorSpec(
+        409, Action.FIX, "the id is in use by another API key's stream: create with another id (or none)"
     ),
     "seq_conflict": ErrorSpec(409, Action.RESUME, "seq does not continue the stream, or is not the same chunk"),
     "protocol_violation": ErrorSpec(400, Action.FIX, "a WebSocket message breaks the framing", POLICY_VIOLATION),
@@ -146,6 +152,12 @@ class ForbiddenOrigin(WireError):
     code = "forbidden_origin"
 
 
+class WrongHost(WireError):
+    """The ``Host`` a request names is not one of the server's (a page rebound by DNS names its own)."""
+
+    code = "wrong_host"
+
+
 class RequestTimeout(WireError):
     code = "request_timeout"
 
@@ -186,6 +198,12 @@ class ProtocolViolation(WireError):
 
 class StreamNotFound(EngineError):
     code = "stream_not_found"
+
+
+class StreamIdTaken(EngineError):
+    """A create names an id held by another tenant's stream (nothing of that stream is told)."""
+
+    code = "stream_id_taken"
 
 
 class SeqConflict(EngineError):

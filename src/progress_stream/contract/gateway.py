@@ -65,6 +65,8 @@ ERROR_CODES: tuple[str, ...] = (
     "store_unreachable",
     "stream_unreadable",
     "internal_error",
+    "wrong_host",
+    "stream_id_taken",
 )
 #: The most streams one connection attaches.
 MAX_ATTACHED = MAX_TICK_ENTRIES

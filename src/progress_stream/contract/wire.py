@@ -21,6 +21,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from progress_stream.contract.binary import FLAG_RESET, KNOWN_FLAGS, REQUEST_HEADER
 from progress_stream.contract.errors import BadInput, ProtocolViolation, TooManyFrames
 
+#: Checked with ``fullmatch``: Python's ``$`` also matches before a final newline (``"id\n"``). The pattern
+#: keeps its anchors for the JSON schema (and pydantic's regex engine, whose ``$`` is the end of the text).
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STREAM_ID_RULE = "1-64 characters of [A-Za-z0-9_-]"
 #: A stream's WebSocket; the id is checked like every other (:func:`check_stream_id`).
@@ -62,13 +64,13 @@ class CreateStream(BaseModel):
 
 def socket_stream_id(path: str) -> str | None:
     """The (unchecked) stream id of a stream socket's path, None for any other path."""
-    match = _STREAM_SOCKET.match(path)
+    match = _STREAM_SOCKET.fullmatch(path)
     return match.group(1) if match else None
 
 
 def check_stream_id(stream_id: str) -> str:
     """The one stream-id check of every route and the WebSocket; the message never echoes the id."""
-    if not STREAM_ID.match(stream_id):
+    if not STREAM_ID.fullmatch(stream_id):
         raise BadInput("stream_id", f"stream_id must be {STREAM_ID_RULE}")
     return stream_id
 

@@ -11,20 +11,38 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from progress_stream.contract.errors import Overloaded, SeqConflict, ServiceError, ShuttingDown, StreamNotFound
+from progress_stream.contract.errors import (
+    EngineError,
+    Overloaded,
+    SeqConflict,
+    ServiceError,
+    ShuttingDown,
+    StreamIdTaken,
+    StreamNotFound,
+)
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
 from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
 from progress_stream.engine.durability.takeover import SharedStreams
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
-from progress_stream.engine.streams import SLOT_ARRAYS, Chunk, Stream, StreamTable, chunk_digest
+from progress_stream.engine.streams import (
+    OPEN,
+    SLOT_ARRAYS,
+    Chunk,
+    Stream,
+    StreamTable,
+    Tenant,
+    chunk_digest,
+    missing,
+)
 from progress_stream.engine.ticks import Part, Tick
 
 log = logging.getLogger(__name__)
@@ -142,46 +160,57 @@ class Engine:
         return saved
 
     # --- streams -----------------------------------------------------------------------------
-    def create(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+    # Every call by id takes the ``tenant`` asking: a stream another tenant owns is not found (it reads
+    # exactly as a missing one), and creating its id is StreamIdTaken. The check is made once, at the
+    # lookup; a socket holds its stream and is never checked again.
+    def create(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
         """``(stream, created)``: an existing id answers its stream (creation is idempotent)."""
         if stream_id is not None and stream_id in self.table.streams:
             stream = self.table.streams[stream_id]
+            if not tenant.owns(stream):
+                raise taken(stream_id)
             stream.last_seen = time.monotonic()
             return stream, False
-        return self.table.create(stream_id or secrets.token_hex(16)), True
+        return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name), True
 
-    async def find(self, stream_id: str) -> Stream | None:
-        """The stream held here, else taken over from the shared store; None if it is nowhere."""
+    async def find(
+        self, stream_id: str, tenant: Tenant = OPEN, foreign: Callable[[str], EngineError] = missing
+    ) -> Stream | None:
+        """The stream held here, else taken over from the shared store; None if it is nowhere. A stored
+        key that cannot be read is ``stream_unreadable`` to its owner, ``foreign(stream_id)`` to others."""
         stream = self.table.streams.get(stream_id)
         if stream is None and self.shared is not None:
-            stream = await self.shared.take_over(stream_id)
+            stream = await self.shared.take_over(stream_id, tenant, foreign)
         return stream
 
-    async def open(self, stream_id: str | None = None) -> tuple[Stream, bool]:
+    async def open(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
         """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
-        if stream_id is not None and (stream := await self.find(stream_id)) is not None:
+        if stream_id is not None and (stream := await self.find(stream_id, tenant, taken)) is not None:
+            if not tenant.owns(stream):
+                raise taken(stream_id)
             stream.last_seen = time.monotonic()
             return stream, False
-        if stream_id is not None and stream_id in self.table.streams:  # created by another request meanwhile
-            return self.table.streams[stream_id], False
-        stream, created = self.create(stream_id)
-        if self.shared is not None:
+        stream, created = self.create(stream_id, tenant)  # one created by another request meanwhile: returned
+        if created and self.shared is not None:
             await self.shared.created(stream)
         return stream, created
 
-    async def get(self, stream_id: str) -> Stream:
-        stream = await self.find(stream_id)
-        if stream is None:
-            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+    async def get(self, stream_id: str, tenant: Tenant = OPEN) -> Stream:
+        stream = await self.find(stream_id, tenant)
+        if stream is None or not tenant.owns(stream):
+            raise missing(stream_id)
         return stream
 
-    async def delete(self, stream_id: str) -> None:
+    async def delete(self, stream_id: str, tenant: Tenant = OPEN) -> None:
         stream = self.table.streams.get(stream_id)
+        if stream is not None and not tenant.owns(stream):
+            raise missing(stream_id)
         if stream is not None:
             self.table.remove(stream)
-        stored = self.shared is not None and await self.shared.forget(stream_id)
+        owner = None if tenant.admin else tenant.name  # the store deletes only the caller's
+        stored = self.shared is not None and await self.shared.forget(stream_id, owner)
         if stream is None and not stored:
-            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+            raise missing(stream_id)
 
     async def resubmit(
         self, stream: Stream, conflict: SeqConflict, seq: int, frames: np.ndarray, reset: bool
@@ -300,9 +329,11 @@ class Engine:
         else:
             tick.follow(i, answer)
 
-    async def frames(self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False) -> tuple[np.ndarray, int]:
+    async def frames(
+        self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False, tenant: Tenant = OPEN
+    ) -> tuple[np.ndarray, int]:
         """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
-        stream = await self.get(stream_id)
+        stream = await self.get(stream_id, tenant)
         try:
             future = self.submit(stream, seq, frames, reset)
         except SeqConflict as conflict:
@@ -343,6 +374,7 @@ class Engine:
             streams = [s for s in self.table.streams.values() if s.durable]
             arrays = {
                 "ids": np.array([s.id for s in streams], dtype=str),
+                "owners": np.array([s.owner for s in streams], dtype=str),
                 "done_seq": np.array([s.done_seq for s in streams], np.int64),
                 "created_at": np.array([s.created_at for s in streams], np.float64),
                 **self.table.rows_of(streams),
@@ -362,7 +394,8 @@ class Engine:
         arrays, _ = loaded
         for i, stream_id in enumerate(arrays["ids"]):
             rows = {name: arrays[name][i] for name in SLOT_ARRAYS}
-            self.table.restore(str(stream_id), int(arrays["done_seq"][i]), float(arrays["created_at"][i]), rows)
+            done_seq, created_at = int(arrays["done_seq"][i]), float(arrays["created_at"][i])
+            self.table.restore(str(stream_id), done_seq, created_at, rows, str(arrays["owners"][i]))
         log.info("restored %d streams from %s", len(arrays["ids"]), path)
         return len(arrays["ids"])
 
@@ -374,6 +407,10 @@ class Engine:
             except OSError as exc:
                 self.metrics.snapshot_failures.inc()
                 log.error("snapshot to %s failed: %s", path, exc)
+
+
+def taken(stream_id: str) -> StreamIdTaken:
+    return StreamIdTaken(f"stream id {stream_id!r} is taken: create with another id, or with none for a random one")
 
 
 def settle(future: asyncio.Future, value: np.ndarray | BaseException) -> None:

@@ -82,7 +82,8 @@ class Metrics:
         self.store_writes = Counter("progress_store_writes", "Stream states written to the shared store", registry=r)
         self.store_refused = Counter(
             "progress_store_refused_writes",
-            "Stream writes the shared store refused (its key holds a later seq); the stream stays unstored",
+            "Stream writes the shared store refused (its key holds a later seq, or is another owner's stream); "
+            "the stream stays unstored",
             registry=r,
         )
         self.store_bad_keys = Counter(

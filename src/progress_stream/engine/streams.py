@@ -31,10 +31,41 @@ class Chunk:
     out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
 
 
+#: The owner of a stream made without a key, with the single ``PROGRESS_API_KEY``, or stored before streams
+#: had owners (a version-2 state file, a store hash without ``owner``).
+DEFAULT_OWNER = "default"
+
+
+def missing(stream_id: str) -> StreamNotFound:
+    """The one answer for a stream that is not there, or not the caller's: the two read the same."""
+    return StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """Who asks: the name of an API key (stored as a stream's owner, never the key). ``admin`` sees and
+    may delete every stream; so does everyone when the server has no key at all (:data:`OPEN`)."""
+
+    name: str
+    admin: bool = False
+
+    def owns(self, stream: Stream) -> bool:
+        return self.is_owner(stream.owner)
+
+    def is_owner(self, owner: str) -> bool:
+        """Whether a stream owned by ``owner`` (a key's name) is this tenant's."""
+        return self.admin or owner == self.name
+
+
+#: The caller of a server without keys: no one owns anything apart from anyone else.
+OPEN = Tenant(DEFAULT_OWNER, admin=True)
+
+
 @dataclass(eq=False, slots=True)
 class Stream:
     id: str
     slot: int
+    owner: str = DEFAULT_OWNER  # the name of the key that created it
     next_seq: int = 0  # frames accepted
     done_seq: int = 0  # frames processed (their outputs are in the table)
     created_at: float = field(default_factory=time.time)
@@ -123,14 +154,14 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def create(self, stream_id: str, durable: bool = True) -> Stream:
+    def create(self, stream_id: str, durable: bool = True, owner: str = DEFAULT_OWNER) -> Stream:
         if not self._free:
             raise TooManyStreams(f"the server holds its maximum of {self.capacity} streams; retry later")
         slot = self._free.pop()
         self.state[slot] = 0.0
         self.step[slot] = 0
         self.chunk_seq[slot] = 0
-        stream = Stream(stream_id, slot, durable=durable)
+        stream = Stream(stream_id, slot, owner, durable=durable)
         self.streams[stream_id] = stream
         return stream
 
@@ -138,7 +169,7 @@ class StreamTable:
         try:
             return self.streams[stream_id]
         except KeyError:
-            raise StreamNotFound(f"no stream {stream_id!r} (never created, deleted or evicted)") from None
+            raise missing(stream_id) from None
 
     def remove(self, stream: Stream) -> None:
         """Forget ``stream``; its waiting chunks fail, its slot is freed once no batch holds it."""
@@ -244,9 +275,11 @@ class StreamTable:
             stream.pending.clear()
             stream.next_seq = stream.done_seq
 
-    def restore(self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray]) -> Stream:
-        """A stream from a snapshot: its counters and its row of every slot array."""
-        stream = self.create(stream_id)
+    def restore(
+        self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray], owner: str = DEFAULT_OWNER
+    ) -> Stream:
+        """A stream from a snapshot: its owner, its counters and its row of every slot array."""
+        stream = self.create(stream_id, owner=owner)
         stream.created_at = created_at
         self.overwrite(stream, done_seq, rows)
         return stream

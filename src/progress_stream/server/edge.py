@@ -1,7 +1,8 @@
 """Guards at the edge: everything that can be refused without the body is refused before it is read.
 
-An ASGI middleware in front of every route and the WebSocket. In order: the ``Origin`` of a browser
-(a cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
+An ASGI middleware in front of every route and the WebSocket. In order: the ``Host`` the request names
+(a page whose name was rebound by DNS to this server names its own), the ``Origin`` of a browser (a
+cross-site page must not drive the API on a user's machine), the API key on ``/v1``, then for a
 request with a body its encoding and type, its declared length, and finally the body itself, read
 here with a byte count (chunked bodies included) and a deadline. A refusal is answered at once in
 the error shape with ``Connection: close``, so an unread body is never buffered. The handlers then
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,12 +22,16 @@ from progress_stream.contract.errors import (
     ForbiddenOrigin,
     PayloadTooLarge,
     RequestTimeout,
-    ServiceError,
     Unauthorized,
     UnsupportedMediaType,
+    WrongHost,
 )
 from progress_stream.contract.wire import bearer_subprotocol
+from progress_stream.engine.streams import OPEN, Tenant
 from progress_stream.server.answers import Answers, ErrorAnswer
+
+#: Where the edge leaves the tenant of a ``/v1`` request in its ASGI scope (routes read it).
+TENANT = "progress.tenant"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,20 +44,62 @@ class Disconnected(Exception):
     """The client went away while its body was being read: nothing to answer."""
 
 
+#: A ``Host`` header: a name or an address (IPv6 in brackets), then perhaps a port.
+HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+
+
+def host_name(host: str) -> str | None:
+    """The name of a ``Host`` value or setting entry, lower-cased, without its port or a final dot; None if
+    it is not one."""
+    match = HOST.fullmatch(host.strip().lower())
+    return match.group(1).rstrip(".") if match else None
+
+
+def netloc(origin: str) -> str | None:
+    """The host and port of an ``Origin``; None if it is not a URL (``http://[``: never the server's own)."""
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:
+        return None
+
+
 class Admission:
-    """Who may use the API: a browser's ``Origin`` and the API key. The edge asks it of every request;
-    the native WebSocket plane (which the ASGI stack never sees) asks it of every handshake."""
+    """Who may use the API: the ``Host`` it names, a browser's ``Origin``, and on ``/v1`` the API key, which
+    says which tenant asks. The edge asks it of every request; the native WebSocket plane (which the ASGI
+    stack never sees) asks it of every handshake.
 
-    def __init__(self, api_key: str | None, allowed_origins: str):
-        self.api_key = f"Bearer {api_key}".encode() if api_key else None
-        self.ws_token = bearer_subprotocol(api_key).encode() if api_key else None
+    ``keys``: every key and its tenant (none: no key is asked for, and everyone is :data:`OPEN`).
+    ``allowed_hosts``: comma-separated names (any port); ``.example.com`` is it and its subdomains; ``*`` any.
+    """
+
+    def __init__(self, keys: list[tuple[str, Tenant]], allowed_origins: str, allowed_hosts: str = "*"):
+        self.bearers = [(f"Bearer {key}".encode(), tenant) for key, tenant in keys]
+        self.ws_tokens = [(bearer_subprotocol(key).encode(), tenant) for key, tenant in keys]
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins.split(",") if o.strip()}
+        entries = [h.strip().lower() for h in allowed_hosts.split(",") if h.strip()]
+        self.any_host = "*" in entries
+        self.hosts = {name for h in entries if not h.startswith(".") and (name := host_name(h))}
+        self.domains = tuple(h.rstrip(".") for h in entries if h.startswith(".") and len(h) > 1)
 
-    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> None:
-        """Raise the refusal for a request with these (lower-cased) headers, if it is refused."""
+    def check(self, headers: dict[bytes, bytes], path: str, websocket: bool) -> Tenant | None:
+        """The tenant asking (None off ``/v1``, where no key is asked for); raises the refusal of a request
+        with these (lower-cased) headers, if it is refused. In order: host, origin, key."""
+        self.check_host(headers)
         self.check_origin(headers)
         if path.startswith("/v1/"):
-            self.check_key(headers, websocket)
+            return self.tenant(headers, websocket)
+        return None
+
+    def check_host(self, headers: dict[bytes, bytes]) -> None:
+        """The ``Host`` must be one of ``allowed_hosts`` (any port). A request without one (HTTP/1.0) passes:
+        a browser always sends it, and a browser is what a rebound name can drive."""
+        host = headers.get(b"host")
+        if self.any_host or host is None:
+            return
+        name = host_name(host.decode("latin-1"))
+        if name is not None and (name in self.hosts or any(name.endswith(d) or name == d[1:] for d in self.domains)):
+            return
+        raise WrongHost("this server does not answer for that Host: add it to PROGRESS_ALLOWED_HOSTS")
 
     def check_origin(self, headers: dict[bytes, bytes]) -> None:
         """A request without ``Origin`` (every non-browser client) passes; a browser's must be the
@@ -60,19 +108,30 @@ class Admission:
         if origin is None or "*" in self.origins:
             return
         text = origin.decode("latin-1").strip().rstrip("/").lower()
-        if text in self.origins or urlsplit(text).netloc == headers.get(b"host", b"").decode("latin-1").lower():
+        if text in self.origins or netloc(text) == headers.get(b"host", b"").decode("latin-1").lower():
             return
         raise ForbiddenOrigin("this Origin may not use the API: add it to PROGRESS_ALLOWED_ORIGINS")
 
-    def check_key(self, headers: dict[bytes, bytes], websocket: bool) -> None:
+    def tenant(self, headers: dict[bytes, bytes], websocket: bool) -> Tenant:
         """``Authorization: Bearer KEY``; a browser's WebSocket may offer the key as a subprotocol instead."""
-        if not self.api_key or hmac.compare_digest(headers.get(b"authorization", b""), self.api_key):
-            return
-        if websocket:
-            offered = (p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b","))
-            if any(hmac.compare_digest(p, self.ws_token) for p in offered):
-                return
-        raise Unauthorized("send 'Authorization: Bearer <API key>'")
+        if not self.bearers:
+            return OPEN
+        found = matching(headers.get(b"authorization", b""), self.bearers)
+        if found is None and websocket:
+            for offered in headers.get(b"sec-websocket-protocol", b"").split(b","):
+                found = found or matching(offered.strip(), self.ws_tokens)
+        if found is None:
+            raise Unauthorized("send 'Authorization: Bearer <API key>'")
+        return found
+
+
+def matching(value: bytes, tokens: list[tuple[bytes, Tenant]]) -> Tenant | None:
+    """The tenant whose token ``value`` is, each compared in constant time."""
+    found = None
+    for token, tenant in tokens:
+        if hmac.compare_digest(value, token):
+            found = tenant
+    return found
 
 
 class EdgeGuard:
@@ -97,13 +156,13 @@ class EdgeGuard:
             return
         headers = dict(scope["headers"])
         try:
-            self.admission.check(headers, scope["path"], scope["type"] == "websocket")
+            scope[TENANT] = self.admission.check(headers, scope["path"], scope["type"] == "websocket")
             if scope["type"] == "http":
                 receive = await self.read_body(headers, receive, self.body_limit(scope["path"]))
-        except ServiceError as exc:
-            await refuse(scope, send, self.answers.error(exc))
-            return
         except Disconnected:
+            return
+        except Exception as exc:  # a refusal, or a bug of the guards: answered in the error shape either way
+            await refuse(scope, send, self.answers.error(exc))
             return
         await self.app(scope, receive, send)
 

@@ -27,7 +27,9 @@ from progress_stream.contract.replies import (
 )
 from progress_stream.contract.wire import STREAM_ID, STREAM_ID_RULE, Wire, check_stream_id
 from progress_stream.engine.engine import Engine
+from progress_stream.engine.streams import Tenant
 from progress_stream.server import board
+from progress_stream.server.edge import TENANT
 from progress_stream.server.sockets.gateway import GatewaySocket
 from progress_stream.server.wiring import Services
 
@@ -46,7 +48,14 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
 
 
 #: What every /v1 route can answer before its handler runs (the edge guards and the id check).
-EDGE_ERRORS = ("unauthorized", "forbidden_origin", "too_large", "unsupported_media_type", "request_timeout")
+EDGE_ERRORS = (
+    "wrong_host",
+    "unauthorized",
+    "forbidden_origin",
+    "too_large",
+    "unsupported_media_type",
+    "request_timeout",
+)
 BODY_ERRORS = ("invalid_input", "empty", "wrong_dimension", "not_finite", "too_many_frames")
 #: What a route that may look a stream up in the shared store can answer besides.
 STORE_ERRORS = ("store_unreachable", "stream_unreadable")
@@ -67,8 +76,14 @@ def get_wire(services: ServicesDep) -> Wire:
     return services.wire
 
 
+def get_tenant(request: Request) -> Tenant:
+    """Who asks: the edge has checked the key of every /v1 request and left its tenant in the scope."""
+    return request.scope[TENANT]
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 WireDep = Annotated[Wire, Depends(get_wire)]
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
 
 
 def stream_id_param(
@@ -99,12 +114,12 @@ v1_router = APIRouter(prefix="/v1", responses=error_responses(*EDGE_ERRORS), tag
 CREATED = {
     201: {"model": StreamCreated, "description": "created"},
     200: {"model": StreamCreated, "description": "the stream already exists: its state"},
-    **error_responses("invalid_input", "too_many_streams", *STORE_ERRORS),
+    **error_responses("invalid_input", "stream_id_taken", "too_many_streams", *STORE_ERRORS),
 }
 
 
-async def created(engine: Engine, stream_id: str | None) -> Response:
-    stream, new = await engine.open(stream_id)
+async def created(engine: Engine, stream_id: str | None, tenant: Tenant) -> Response:
+    stream, new = await engine.open(stream_id, tenant)
     reply = StreamCreated(stream_id=stream.id, next_seq=stream.next_seq, model=ModelSummary(**engine.model_summary()))
     return json_response(reply, 201 if new else 200)
 
@@ -115,14 +130,14 @@ async def created(engine: Engine, stream_id: str | None) -> Response:
     openapi_extra=json_body("CreateStream", required=False),
     summary="Create a stream (idempotent with an id)",
 )
-async def create_stream(request: Request, engine: EngineDep) -> Response:
-    return await created(engine, Wire.parse_create(await request.body()))
+async def create_stream(request: Request, engine: EngineDep, tenant: TenantDep) -> Response:
+    return await created(engine, Wire.parse_create(await request.body()), tenant)
 
 
 @v1_router.put("/streams/{stream_id}", responses=CREATED, summary="Create a stream with this id (idempotent)")
-async def put_stream(stream_id: StreamId, engine: EngineDep) -> Response:
+async def put_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) -> Response:
     """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
-    return await created(engine, stream_id)
+    return await created(engine, stream_id, tenant)
 
 
 @v1_router.post(
@@ -143,10 +158,12 @@ async def put_stream(stream_id: StreamId, engine: EngineDep) -> Response:
     openapi_extra=json_body("FramesRequest"),
     summary="Send frames seq.. of a stream; get each frame's progress",
 )
-async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, wire: WireDep) -> Response:
+async def post_frames(
+    stream_id: StreamId, request: Request, engine: EngineDep, wire: WireDep, tenant: TenantDep
+) -> Response:
     started = time.perf_counter()
     seq, frames, reset = wire.parse_frames(await request.body())
-    progress, next_seq = await engine.frames(stream_id, seq, frames, reset)
+    progress, next_seq = await engine.frames(stream_id, seq, frames, reset, tenant)
     engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
     return Response(FramesReply.encode(stream_id, seq, progress, next_seq), media_type=JSON)
 
@@ -161,11 +178,12 @@ async def post_frames(stream_id: StreamId, request: Request, engine: EngineDep, 
     openapi_extra=json_body("TickRequest"),
     summary="Frames of many streams in one request; each entry answered on its own",
 )
-async def post_tick(request: Request, services: ServicesDep) -> Response:
+async def post_tick(request: Request, services: ServicesDep, tenant: TenantDep) -> Response:
     """The gateway's tick over HTTP: entries name their streams (no attach); an entry's error (a seq
     conflict, an unknown stream, a bad value) is its own, the other entries are processed as if it were absent."""
     started = time.perf_counter()
-    reply = await GatewaySocket(services).json_tick(await request.body(), lookup=services.engine.get)
+    gateway = GatewaySocket(services, tenant)
+    reply = await gateway.json_tick(await request.body(), lookup=lambda sid: services.engine.get(sid, tenant))
     services.engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
     return Response(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
@@ -176,8 +194,8 @@ async def post_tick(request: Request, services: ServicesDep) -> Response:
     responses=error_responses("invalid_input", "stream_not_found", *STORE_ERRORS),
     summary="A stream's state",
 )
-async def get_stream(stream_id: StreamId, engine: EngineDep) -> StreamInfo:
-    return StreamInfo(**engine.describe(await engine.get(stream_id)))
+async def get_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) -> StreamInfo:
+    return StreamInfo(**engine.describe(await engine.get(stream_id, tenant)))
 
 
 @v1_router.delete(
@@ -186,8 +204,8 @@ async def get_stream(stream_id: StreamId, engine: EngineDep) -> StreamInfo:
     responses=error_responses("invalid_input", "stream_not_found"),
     summary="Delete a stream",
 )
-async def delete_stream(stream_id: StreamId, engine: EngineDep) -> Response:
-    await engine.delete(stream_id)
+async def delete_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) -> Response:
+    await engine.delete(stream_id, tenant)
     return Response(status_code=204)
 
 
@@ -206,14 +224,17 @@ async def progress(request: Request, engine: EngineDep, wire: WireDep) -> Respon
     return Response(ProgressReply.encode(await engine.progress_once(frames)), media_type=JSON)
 
 
-@v1_router.get("/streams", response_model=StreamPage, summary="Every stream, a page at a time (sorted by id)")
+@v1_router.get(
+    "/streams", response_model=StreamPage, summary="The caller's streams (the admin key: all), a page at a time"
+)
 async def list_streams(
     engine: EngineDep,
+    tenant: TenantDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     prefix: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = "",
 ) -> StreamPage:
-    streams = board.listed(engine.table, prefix)
+    streams = board.listed(engine.table, tenant, prefix)
     page = [StreamRow(**row) for row in board.rows(engine.table, streams[offset : offset + limit])]
     return StreamPage(total=len(streams), offset=offset, limit=limit, streams=page)
 
@@ -227,8 +248,8 @@ async def list_streams(
     },
     summary="Live board: a snapshot, then coalesced updates at most every 100 ms (Server-Sent Events)",
 )
-async def board_events(services: ServicesDep) -> StreamingResponse:
-    queue = services.board.subscribe()
+async def board_events(services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+    queue = services.board.subscribe(tenant)
     events = board.events(services.board, queue, lambda: services.stopping)
     return StreamingResponse(events, media_type="text/event-stream")
 
@@ -241,7 +262,9 @@ async def model(engine: EngineDep) -> ModelInfo:
 #: The edge guards run in front of these too (a foreign Origin, a body sent to them).
 ops_router = APIRouter(
     tags=["operations"],
-    responses=error_responses("forbidden_origin", "too_large", "unsupported_media_type", "request_timeout"),
+    responses=error_responses(
+        "wrong_host", "forbidden_origin", "too_large", "unsupported_media_type", "request_timeout"
+    ),
 )
 
 

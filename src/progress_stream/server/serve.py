@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn._types import ASGIApplication
 
 from progress_stream.engine.durability.snapshot import SnapshotError
@@ -25,7 +26,7 @@ from progress_stream.engine.runtime import ModelError
 from progress_stream.server.answers import Answers
 from progress_stream.server.app import create_app
 from progress_stream.server.http_protocol import http_protocol
-from progress_stream.server.settings import Settings
+from progress_stream.server.settings import Settings, settings_error
 from progress_stream.server.sockets.asgi import SocketProtocol
 from progress_stream.server.sockets.native import NativePlane
 from progress_stream.server.wiring import Services, build
@@ -67,9 +68,13 @@ def uvicorn_config(
 
 
 def run(model: Path | None = None, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
-    """Serve; a model, state file or store that cannot be used exits with code 2 and one line naming it."""
+    """Serve; a setting, model, state file or store that cannot be used exits with code 2 and one line naming it."""
     overrides = {k: v for k, v in {"model_path": model, "host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        sys.stderr.write(f"error: {settings_error(exc)}\n")
+        raise SystemExit(2) from None
     max_connections = connection_cap(settings.max_connections)
     try:
         services = build(settings)

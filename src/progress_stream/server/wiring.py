@@ -21,7 +21,7 @@ from progress_stream.engine.streams import StreamTable
 from progress_stream.server.answers import Answers
 from progress_stream.server.board import Board
 from progress_stream.server.edge import Admission
-from progress_stream.server.settings import Settings
+from progress_stream.server.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ class Services:
 def build(settings: Settings) -> Services:
     """Load the model (once), warm it up, restore the state file, reach the shared store; raises
     ``ModelError``, ``SnapshotError`` or ``StoreUnavailable`` for a start that must not go on."""
+    if not is_loopback(settings.host) and not settings.tenants():
+        log.warning(
+            "serving on %s with no API key: anyone who can reach it may use every stream "
+            "(set PROGRESS_API_KEY or PROGRESS_API_KEYS)",
+            settings.host,
+        )
     runtime = CellRuntime(settings.model_path, settings.providers, settings.threads)
     warm_up(runtime, settings.max_batch)
     store = make_store(settings, runtime)
@@ -63,7 +69,7 @@ def build(settings: Settings) -> Services:
             settings.max_frames_per_tick,
         ),
         engine=engine,
-        admission=Admission(settings.api_key, settings.allowed_origins),
+        admission=Admission(settings.tenants(), settings.allowed_origins, settings.hosts),
         answers=Answers(engine.metrics.errors),
         board=Board(engine.table, settings.board_max_subscribers, engine.metrics.registry),
     )

@@ -3,10 +3,13 @@ or (``discard``) is moved aside; the server never overwrites a file it did not l
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -65,9 +68,16 @@ def corrupt(kind: str, good: bytes) -> bytes:
         return good[: len(good) // 2]
     if kind == "random":
         return np.random.default_rng(0).bytes(len(good))
-    flipped = bytearray(good)  # one byte of the stream state's data
-    flipped[len(good) // 2] ^= 0x40
+    flipped = bytearray(good)  # one byte of the stream state's data (the zip's CRC covers it)
+    flipped[data_middle(good, "state.npy")] ^= 0x40
     return bytes(flipped)
+
+
+def data_middle(archive: bytes, member: str) -> int:
+    """The offset of the middle byte of ``member``'s data in an uncompressed zip (an ``.npz``)."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(member)
+    name_length, extra_length = struct.unpack_from("<HH", archive, info.header_offset + 26)  # the local header's
+    return info.header_offset + 30 + name_length + extra_length + info.compress_size // 2
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "random", "one byte flipped"])

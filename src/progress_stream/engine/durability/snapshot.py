@@ -23,13 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from progress_stream.engine.streams import SLOT_ARRAYS
+from progress_stream.engine.streams import DEFAULT_OWNER, SLOT_ARRAYS
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 2  # 2: the accepted chunks' records (retries are checked against them)
-#: The arrays of a snapshot, one row per stream.
-ARRAYS = ("ids", "done_seq", "created_at", *SLOT_ARRAYS)
+SNAPSHOT_VERSION = 3  # 2: the accepted chunks' records (retries are checked against them); 3: owners
+#: The arrays of a snapshot, one row per stream: ``owners`` holds the name of the key that created each
+#: (never a key).
+ARRAYS = ("ids", "owners", "done_seq", "created_at", *SLOT_ARRAYS)
+#: Versions still read: a version-2 file has no owners, and its streams are the default tenant's.
+READS = {2: ("owners",), SNAPSHOT_VERSION: ()}
 ON_MISMATCH = ("fail", "discard")
 
 
@@ -94,13 +97,16 @@ def read_snapshot(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            arrays = {k: data[k] for k in ARRAYS}
+            version = meta.get("version") if isinstance(meta, dict) else meta
+            if not isinstance(version, int) or version not in READS:
+                readable = " or ".join(str(v) for v in READS)
+                raise SnapshotError(f"{path}: state file version {version!r}, this server reads version {readable}")
+            arrays = {k: data[k] for k in ARRAYS if k not in READS[version]}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SnapshotError(f"{path}: not a readable state file ({reason[:200]})") from exc
-    if not isinstance(meta, dict) or meta.get("version") != SNAPSHOT_VERSION:
-        found = meta.get("version") if isinstance(meta, dict) else meta
-        raise SnapshotError(f"{path}: state file version {found!r}, this server reads version {SNAPSHOT_VERSION}")
+    if "owners" not in arrays:
+        arrays["owners"] = np.full(len(arrays["ids"]), DEFAULT_OWNER)
     rows = {k: len(v) for k, v in arrays.items()}
     if len(set(rows.values())) != 1:
         raise SnapshotError(f"{path}: state file arrays disagree on the number of streams: {rows}")

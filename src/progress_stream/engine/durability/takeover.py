@@ -8,11 +8,13 @@
   retried with backoff (up to 30 s); meanwhile ``/readyz`` reports durability as degraded and the
   streams held keep being served.
 * A write the store refuses (its key holds a later seq: another replica went further, or another
-  model's deployment left it) or skips (its key cannot be read) leaves that stream unstored: it is
-  counted, logged once, retried every round, and ``/readyz`` reports durability as partial with the
-  number of such streams. One stream's bad key never fails the round of the others.
-* A stream whose key cannot be read is not taken over: its requests answer ``stream_unreadable``
-  until it is deleted. A copy held here is not caught up from such a key: the conflict stands.
+  model's deployment left it; or its key is another owner's: a replica created the same id for
+  another API key) or skips (its key cannot be read) leaves that stream unstored: it is counted,
+  logged once, retried every round, and ``/readyz`` reports durability as partial with the number of
+  such streams. One stream's bad key never fails the round of the others.
+* A stream whose key cannot be read is not taken over: its owner's requests (the admin's) answer
+  ``stream_unreadable`` until it is deleted; another tenant's read as for any stream not theirs. A
+  copy held here is not caught up from such a key, nor from another owner's: the conflict stands.
 * A request for a stream this replica does not hold looks it up (one round trip, never for streams
   it holds) and restores it: the client then resumes as after a restart (409 with ``expected_seq``).
 * A copy held here that is behind what a client sends (the stream moved away and back) is reloaded
@@ -24,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
-from progress_stream.contract.errors import StoreUnreachable, StreamUnreadable
+from progress_stream.contract.errors import EngineError, StoreUnreachable, StreamUnreadable
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.store import (
     BAD_KEY,
+    NOT_OWNER,
     WRITTEN,
     BadKey,
     RedisStore,
@@ -36,7 +40,7 @@ from progress_stream.engine.durability.store import (
     StreamState,
 )
 from progress_stream.engine.metrics import Metrics
-from progress_stream.engine.streams import Stream, StreamTable
+from progress_stream.engine.streams import OPEN, Stream, StreamTable, Tenant, missing
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ class SharedStreams:
                 ]
             rows = self.table.rows_of(streams)
             states = [
-                StreamState(s.id, s.done_seq, s.created_at, {name: r[i] for name, r in rows.items()})
+                StreamState(s.id, s.done_seq, s.created_at, {name: r[i] for name, r in rows.items()}, s.owner)
                 for i, s in enumerate(streams)
             ]
         try:
@@ -132,6 +136,9 @@ class SharedStreams:
         if outcome == BAD_KEY:
             self.metrics.store_bad_keys.inc()
             why = "its key cannot be read (the wrong type, or a seq that is not a number)"
+        elif outcome == NOT_OWNER:
+            self.metrics.store_refused.inc()
+            why = "its key is another owner's stream (a replica created the same id for another API key)"
         else:
             self.metrics.store_refused.inc()
             why = "its key holds a later seq (another replica went further, or another deployment left it)"
@@ -150,9 +157,12 @@ class SharedStreams:
                 delay = min(MAX_BACKOFF_S, delay * 2)
                 log.error("%s; retrying in %.0f s (the streams held are still served)", exc, delay)
 
-    async def take_over(self, stream_id: str) -> Stream | None:
+    async def take_over(
+        self, stream_id: str, tenant: Tenant = OPEN, foreign: Callable[[str], EngineError] = missing
+    ) -> Stream | None:
         """The stream restored from the store, or None if it is nowhere; 503 if the store cannot be asked,
-        ``stream_unreadable`` if its key cannot be read."""
+        ``stream_unreadable`` if its key cannot be read and is ``tenant``'s, else ``foreign(stream_id)``
+        (what the caller answers for another tenant's stream: the key's existence is not told)."""
         try:
             state = await self.store.load(stream_id)
         except StoreUnavailable as exc:
@@ -161,12 +171,14 @@ class SharedStreams:
             raise StoreUnreachable(f"{exc}: cannot tell whether stream {stream_id!r} exists; retry") from None
         except BadKey as exc:
             self.bad_key(exc)
+            if not tenant.is_owner(exc.owner):
+                raise foreign(stream_id) from None
             raise StreamUnreadable(f"{exc}; DELETE the stream to start it anew") from None
         if stream_id in self.table.streams:  # restored or created by another request meanwhile
             return self.table.streams[stream_id]
         if state is None:
             return None
-        stream = self.table.restore(stream_id, state.done_seq, state.created_at, state.rows)
+        stream = self.table.restore(stream_id, state.done_seq, state.created_at, state.rows, state.owner)
         self.metrics.store_restores.inc()
         log.info("took stream %r over from the store at seq %d", stream_id, state.done_seq)
         return stream
@@ -185,6 +197,9 @@ class SharedStreams:
             return False
         if state is None or state.done_seq <= stream.done_seq or stream.busy or stream.pending or stream.closed:
             return False
+        if state.owner != stream.owner:  # another key's stream under the same id: never this one's state
+            log.warning("stream %r in the store is another owner's; the copy held here is not caught up", stream.id)
+            return False
         self.table.overwrite(stream, state.done_seq, state.rows)
         self.stored(stream)
         self.metrics.store_restores.inc()
@@ -194,10 +209,10 @@ class SharedStreams:
         self.metrics.store_bad_keys.inc()
         log.warning("%s; left as it is", exc)
 
-    async def forget(self, stream_id: str) -> bool:
-        """Delete the stream from the store; whether it was there."""
+    async def forget(self, stream_id: str, owner: str | None = None) -> bool:
+        """Delete the stream from the store if it is ``owner``'s (None: anyone's); whether it was there."""
         try:
-            return await self.store.delete(stream_id)
+            return await self.store.delete(stream_id, owner)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             raise StoreUnreachable(f"{exc}: the stream was not deleted from the store; retry") from None

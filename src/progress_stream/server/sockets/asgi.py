@@ -20,6 +20,7 @@ from websockets.frames import Frame
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.gateway import GATEWAY_SOCKET
 from progress_stream.contract.wire import STREAM_SOCKET
+from progress_stream.server.edge import TENANT
 from progress_stream.server.sockets.gateway import GatewaySocket
 from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
@@ -47,8 +48,8 @@ class SocketProtocol(WebSocketsSansIOProtocol):
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     services: Services = websocket.app.state.services
     try:
-        session = await open_socket(services, stream_id)
-    except ServiceError as exc:
+        session = await open_socket(services, stream_id, websocket.scope[TENANT])
+    except Exception as exc:  # a refusal, or a bug: answered in the error shape either way, as on the native plane
         await websocket.send_denial_response(services.answers.error(exc).response())
         return
     await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
@@ -95,7 +96,7 @@ async def gateway_socket(websocket: WebSocket) -> None:
     """Many streams on one socket (the edge already admitted it): each message answered in order."""
     services: Services = websocket.app.state.services
     await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
-    gateway = GatewaySocket(services)
+    gateway = GatewaySocket(services, websocket.scope[TENANT])
     try:
         while True:
             message = await websocket.receive()

@@ -34,7 +34,7 @@ from progress_stream.contract.gateway import (
 )
 from progress_stream.contract.replies import ErrorReply
 from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, check_values
-from progress_stream.engine.streams import Stream
+from progress_stream.engine.streams import Stream, Tenant
 from progress_stream.server.wiring import Services
 
 TICK = re.compile(r'\s*\{\s*"frames"\s*:')  # a JSON tick, told from attach and detach without parsing it twice
@@ -45,8 +45,9 @@ Entry = tuple[Stream, int, np.ndarray, bool] | BaseException
 class GatewaySocket:
     """One gateway connection: its attached streams by handle, and each message's answer."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, tenant: Tenant):
         self.services = services
+        self.tenant = tenant  # a connection attaches only its key's streams (another's are not found)
         self.engine = services.engine
         self.answers = services.answers
         self.dim = services.wire.embedding_dim
@@ -98,7 +99,7 @@ class GatewaySocket:
             try:
                 if stream_id not in self.handles and len(self.handles) >= MAX_ATTACHED:
                     raise BadInput("attach", f"a connection attaches at most {MAX_ATTACHED} streams")
-                stream, _ = await self.engine.open(stream_id)
+                stream, _ = await self.engine.open(stream_id, self.tenant)
             except ServiceError as exc:
                 out.append({"stream_id": stream_id, **ErrorReply.of(self.answers.error(exc).error)})
                 continue

@@ -122,9 +122,9 @@ class NativePlane:
     ) -> None:
         services = self.services
         try:
-            services.admission.check(headers, path, websocket=True)
-            session = await open_socket(services, socket_stream_id(path) or "")
-        except ServiceError as exc:
+            tenant = services.admission.check(headers, path, websocket=True)
+            session = await open_socket(services, socket_stream_id(path) or "", tenant)
+        except Exception as exc:  # a refusal, or a bug: answered either way, never left to the handshake timeout
             outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:
             chosen = subprotocol(headers.get(b"sec-websocket-protocol", b"").decode("latin-1"))

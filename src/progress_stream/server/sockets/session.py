@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 
 from progress_stream.contract.binary import REQUEST_HEADER, binary_reply
-from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict
+from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict, StreamIdTaken
 from progress_stream.contract.replies import SocketReply
 from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
-from progress_stream.engine.streams import Stream
+from progress_stream.engine.streams import Stream, Tenant, missing
 from progress_stream.server.wiring import Services
 
 #: The most frames one message may come in: each is an allocation and a callback, and an empty
@@ -33,10 +33,14 @@ def max_fragments(max_size: int) -> int:
     return max(2, min(MAX_FRAGMENTS, max_size // FRAGMENT_OVERHEAD))
 
 
-async def open_socket(services: Services, stream_id: str) -> StreamSocket:
-    """A stream socket's handshake, on either plane, once admission has passed: the id checked, the stream
-    created or taken over; raises the :class:`ServiceError` that refuses the handshake."""
-    stream, _ = await services.engine.open(check_stream_id(stream_id))
+async def open_socket(services: Services, stream_id: str, tenant: Tenant) -> StreamSocket:
+    """A stream socket's handshake, on either plane, once admission has passed (it told the ``tenant``): the
+    id checked, the stream created or taken over; raises the :class:`ServiceError` that refuses the
+    handshake. A socket attaches to a stream: one of another tenant is not found, as it is over HTTP."""
+    try:
+        stream, _ = await services.engine.open(check_stream_id(stream_id), tenant)
+    except StreamIdTaken:
+        raise missing(stream_id) from None
     return StreamSocket(services, stream)
 
 
