@@ -75,6 +75,37 @@ async def measured_run(server: ServerProcess, spec: LoadSpec) -> tuple[LoadResul
     return result, server_cpu * 1e6 / max(result.messages, 1), generator_cpu / spec.duration
 
 
+def gateway_table(server: ServerProcess, args: argparse.Namespace, dim: int) -> None:
+    """The shipped server with K streams per socket (the gateway, /v1/ws): one tick carries a frame of
+    each; the server's CPU per frame and per message."""
+    print("\n# the gateway: K streams per socket, one frame of each per message (served, as shipped)\n")
+    print("| streams | per socket | format | frames/s | server CPU µs per frame | per message | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for streams in args.streams:
+        for per in args.per_socket:
+            for binary in (False, True):
+                spec = LoadSpec(
+                    server.ws_url,
+                    streams,
+                    1,
+                    "ws",
+                    binary,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    dim=dim,
+                    streams_per_socket=per,
+                )
+                runs = [uvloop.run(measured_run(server, spec)) for _ in range(args.repeats)]
+                result, per_message, _ = median_run(runs)
+                per_frame = per_message * result.messages / max(result.frames, 1)
+                fmt = "binary" if binary else "JSON"
+                print(
+                    f"| {streams} | {per} | {fmt} | {result.frames_per_s:,.0f} | {per_frame:.1f} | {per_message:.0f} "
+                    f"| {result.p99_ms:.0f} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/progress_head.onnx")
@@ -88,6 +119,9 @@ def main() -> None:
     parser.add_argument("--store", action="store_true", help="also measure a server sharing state through Redis")
     parser.add_argument(
         "--pin", action=argparse.BooleanOptionalAction, default=True, help="servers core 0, load core 1"
+    )
+    parser.add_argument(
+        "--per-socket", type=int, nargs="*", default=[100], help="gateway rows: streams sharing each socket"
     )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -158,6 +192,8 @@ def main() -> None:
                     print(
                         f"| {streams} | {frames} | {fmt} | " + " | ".join(cells) + f" | {generator:.0%} |", flush=True
                     )
+        if args.per_socket:
+            gateway_table(shipped, args, dim)
     finally:
         for server in {id(s): s for _, s, _ in variants}.values():
             server.terminate()

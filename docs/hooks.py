@@ -4,6 +4,7 @@ A line that is exactly one of these placeholders is replaced by what the code sa
 
 * ``<!-- generated: errors -->``: the error table, ``progress_stream.contract.errors.error_table()``;
 * ``<!-- generated: settings -->``: every ``PROGRESS_*`` setting of ``progress_stream.server.settings.Settings``;
+* ``<!-- generated: gateway-status -->``: the gateway's binary status codes (``contract.gateway.ERROR_CODES``);
 * ``<!-- generated: recipe -->``: the default training recipe, ``progress_stream.training.config.TrainConfig()``,
   as a TOML block.
 
@@ -23,13 +24,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-PLACEHOLDER = re.compile(r"^<!-- generated: (\w+) -->$")
+PLACEHOLDER = re.compile(r"^<!-- generated: ([\w-]+) -->$")
 
 
 def errors_table() -> str:
     from progress_stream.contract.errors import error_table
 
     return error_table()
+
+
+def gateway_status_table() -> str:
+    from progress_stream.contract.gateway import ERROR_CODES
+
+    rows = ["| status | code |", "|---|---|", "| 0 | answered |"]
+    rows += [f"| {i} | `{code}` |" for i, code in enumerate(ERROR_CODES, start=1)]
+    return "\n".join(rows)
 
 
 def _type_name(annotation: Any) -> str:
@@ -108,6 +117,7 @@ def recipe_block() -> str:
 
 GENERATORS: dict[str, Callable[[], str]] = {
     "errors": errors_table,
+    "gateway-status": gateway_status_table,
     "settings": settings_table,
     "recipe": recipe_block,
 }

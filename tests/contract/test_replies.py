@@ -62,3 +62,13 @@ def test_error_replies_carry_only_what_applies(error, body):
     assert orjson.loads(socket) == {"seq": 3, "error": body}
     SocketErrorReply.model_validate_json(socket)
     assert orjson.loads(SocketErrorReply.encode_at(error, None))["seq"] is None
+
+
+def test_the_gateway_status_codes_name_every_error_once():
+    """The binary status of an entry is its code's place in this list: every code of the error table is
+    there, once (a new code is appended, so a client's table of statuses never shifts)."""
+    from progress_stream.contract.errors import ERRORS
+    from progress_stream.contract.gateway import ERROR_CODES
+
+    assert sorted(ERROR_CODES) == sorted(ERRORS)
+    assert ERROR_CODES[:4] == ("invalid_input", "empty", "wrong_dimension", "not_finite")

@@ -341,6 +341,9 @@ def loadtest(
     streams: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
     fps: Annotated[float, typer.Option(min=0, help="Frames/s per stream (0: closed loop, as fast as replies).")] = 0,
     frames_per_message: Annotated[int, typer.Option("--frames-per-message", "--frames", "-k", min=1)] = 16,
+    streams_per_socket: Annotated[
+        int, typer.Option(min=1, max=4096, help="Streams sharing each WebSocket through the gateway (/v1/ws).")
+    ] = 1,
     transport: Annotated[str, typer.Option(help="ws or http.")] = "ws",
     binary: Annotated[
         bool | None, typer.Option("--binary/--no-binary", help="WebSocket message format (default: binary).")
@@ -364,6 +367,7 @@ def loadtest(
         url=url,
         streams=streams,
         frames_per_message=frames_per_message,
+        streams_per_socket=streams_per_socket,
         transport=transport,
         binary=transport == "ws" if binary is None else binary,
         fps=fps,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from progress_stream.contract.binary import FLAG_RESET, KNOWN_FLAGS, REQUEST_HEADER
@@ -38,6 +39,8 @@ def bearer_subprotocol(api_key: str) -> str:
     return BEARER_SUBPROTOCOL + base64.urlsafe_b64encode(api_key.encode()).rstrip(b"=").decode()
 
 
+#: The most entries (streams) one multiplexed message carries.
+MAX_TICK_ENTRIES = 4096
 #: The largest seq: the binary header's uint64, held in an int64 table (JSON takes the same bound).
 MAX_SEQ = 2**62
 
@@ -96,12 +99,18 @@ class Wire:
     embedding_dim: int
     max_frames_per_message: int
     max_frames_stateless: int
+    max_frames_per_tick: int = 1024
     frames_request: type[BaseModel] = field(init=False)
     progress_request: type[BaseModel] = field(init=False)
+    tick_entry: type[BaseModel] = field(init=False)
+    tick_request: type[BaseModel] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frames_request", self._frames_model("FramesRequest", self.max_frames_per_message))
         object.__setattr__(self, "progress_request", self._frames_model("ProgressRequest", self.max_frames_stateless))
+        object.__setattr__(self, "tick_entry", self._frames_model("TickEntry", self.max_frames_per_message))
+        entries = Annotated[list[self.tick_entry], Field(min_length=1, max_length=MAX_TICK_ENTRIES)]  # type: ignore[name-defined]
+        object.__setattr__(self, "tick_request", create_model("TickRequest", __config__=STRICT, frames=(entries, ...)))
 
     def _frames_model(self, name: str, max_frames: int) -> type[BaseModel]:
         number = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, allow_inf_nan=False)]
@@ -111,7 +120,9 @@ class Wire:
         ]
         frames = Annotated[list[row], Field(min_length=1, max_length=max_frames, description="frames, in order")]
         fields: dict[str, Any] = {"embeddings": (frames, ...)}
-        if name == "FramesRequest":
+        if name == "TickEntry":
+            fields["stream_id"] = (str, Field(..., pattern=STREAM_ID.pattern, description=STREAM_ID_RULE))
+        if name in ("FramesRequest", "TickEntry"):
             seq = Annotated[int, BeforeValidator(integral)]
             fields["seq"] = (seq, Field(..., ge=0, le=MAX_SEQ, description="stream-wide index of the first frame"))
             fields["reset"] = (bool, Field(False, description="start a new action at the chunk's first frame"))
@@ -129,6 +140,48 @@ class Wire:
 
     def parse_progress(self, body: bytes | str) -> np.ndarray:
         return check_values(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
+
+    def parse_tick(self, body: bytes | str) -> list[tuple[str, int, np.ndarray, bool] | tuple[Any, Any, BadInput]]:
+        """A JSON tick ``{"frames": [entries]}`` → per entry ``(stream_id, seq, frames, reset)``, or
+        ``(stream_id?, seq?, BadInput)`` for an entry that is invalid (the others stand). A body that is
+        not such an object at all is a :class:`ProtocolViolation`. A valid message is validated whole (one
+        pass, in pydantic's core); only a message with an invalid entry is looked at entry by entry."""
+        try:
+            ticks = self.tick_request.model_validate_json(body).frames
+        except ValidationError:
+            return self._parse_tick_entries(body)
+        out: list[Any] = []
+        for entry in ticks:
+            try:
+                out.append(
+                    (entry.stream_id, entry.seq, check_values(np.array(entry.embeddings, np.float32)), entry.reset)
+                )
+            except BadInput as exc:
+                out.append((entry.stream_id, entry.seq, exc))
+        return out
+
+    def _parse_tick_entries(self, body: bytes | str) -> list[Any]:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolViolation(f"malformed JSON: {exc}") from None
+        entries = message.get("frames") if isinstance(message, dict) and len(message) == 1 else None
+        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_TICK_ENTRIES:
+            raise ProtocolViolation(f'a tick is {{"frames": [1 to {MAX_TICK_ENTRIES} entries]}}')
+        out: list[Any] = []
+        for i, entry in enumerate(entries):
+            try:
+                msg = self.tick_entry.model_validate(entry)
+                out.append((msg.stream_id, msg.seq, check_values(np.array(msg.embeddings, np.float32)), msg.reset))
+            except ValidationError as exc:
+                known = entry if isinstance(entry, dict) else {}
+                seq = known.get("seq")
+                error = bad_input(exc.errors(include_url=False)[0])
+                error.field = f"frames[{i}].{error.field}"
+                out.append((known.get("stream_id"), seq if isinstance(seq, int) else None, error))
+            except BadInput as exc:
+                out.append((entry["stream_id"], entry["seq"], exc))
+        return out
 
     @staticmethod
     def parse_create(body: bytes | str) -> str | None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from progress_stream.contract.errors import (
     EngineError,
     Overloaded,
     SeqConflict,
+    ServiceError,
     ShuttingDown,
     StreamIdTaken,
     StreamNotFound,
@@ -41,6 +43,7 @@ from progress_stream.engine.streams import (
     chunk_digest,
     missing,
 )
+from progress_stream.engine.ticks import Part, Tick
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +241,24 @@ class Engine:
         A retry may wait on the same future: callers that can be cancelled await it through
         ``asyncio.shield``. Cancelling never undoes accepted work: the frames are still processed.
         """
+        answer = self.offer(stream, seq, frames, reset)
+        if isinstance(answer, asyncio.Future):
+            return answer
+        future = self._loop.create_future()
+        if isinstance(answer, Part):  # a retry of a chunk a tick sent, still pending
+            tick = Tick(self._loop, 1)
+            tick.follow(0, answer)
+            tick.future.add_done_callback(lambda t: settle(future, t.result()[0]))
+        else:
+            future.set_result(answer)
+        return future
+
+    def offer(
+        self, stream: Stream, seq: int, frames: np.ndarray, reset: bool, part: Part | None = None
+    ) -> asyncio.Future | Part | np.ndarray:
+        """The one acceptance rule of every transport: frames ``seq ..`` accepted (answered through
+        ``part``, or a new future), a retry's stored outputs, or the waiter of the same chunk still pending;
+        raises the :class:`SeqConflict` (or other refusal) otherwise."""
         if stream.closed:
             raise StreamNotFound(f"stream {stream.id!r} was deleted or evicted")
         stream.last_seen = time.monotonic()
@@ -247,10 +268,10 @@ class Engine:
                 raise ShuttingDown("the server is shutting down; reconnect and resume from next_seq")
             if self.table.queued_frames + n > self.max_queue_frames:
                 raise Overloaded(f"{self.table.queued_frames} frames already wait for inference; retry shortly")
-            future = self._loop.create_future()
-            if self.table.accept(stream, Chunk(seq, frames, reset, future)):
+            waiter = part or self._loop.create_future()
+            if self.table.accept(stream, Chunk(seq, frames, reset, waiter)):
                 self.batcher.ready(stream)
-            return future
+            return waiter
         if seq > stream.next_seq:
             raise SeqConflict(f"seq {seq} does not continue this stream: expected {stream.next_seq}", stream.next_seq)
         # seq was accepted before: a retry is answered only if it is the same chunk
@@ -259,9 +280,7 @@ class Engine:
             raise SeqConflict(f"seq {seq} {differs}; the stream continues at {stream.next_seq}", stream.next_seq)
         stored = self.table.replay(stream, seq, n)
         if stored is not None:
-            future = self._loop.create_future()
-            future.set_result(stored)
-            return future
+            return stored
         for chunk in stream.pending:
             if chunk.seq == seq:
                 return chunk.future
@@ -270,6 +289,45 @@ class Engine:
             f"the stream continues at {stream.next_seq}",
             stream.next_seq,
         )
+
+    async def tick(self, entries: list[tuple[Stream, int, np.ndarray, bool] | BaseException]) -> list[Any]:
+        """One multiplexed message: each entry ``(stream, seq, frames, reset)``, or the exception that
+        already refused it; answers, in order, an array of progress or the exception per entry. One future
+        for the whole message; an entry's refusal leaves the others as they are. A copy here that is behind
+        what an entry sends catches up from the shared store first, as for a single stream."""
+        tick = Tick(self._loop, len(entries))
+        behind = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, BaseException):
+                tick.settle(i, entry)
+                continue
+            try:
+                self._offer_part(tick, i, entry)
+            except SeqConflict as conflict:
+                if self.shared is not None and entry[1] > entry[0].next_seq:
+                    behind.append((i, entry, conflict))
+                else:
+                    tick.settle(i, conflict)
+            except ServiceError as exc:
+                tick.settle(i, exc)
+        for i, entry, conflict in behind:  # rare: only after a stream moved between replicas
+            try:
+                if not await self.shared.catch_up(entry[0]):
+                    raise conflict
+                self._offer_part(tick, i, entry)
+            except ServiceError as exc:
+                tick.settle(i, exc)
+        return await tick.future
+
+    def _offer_part(self, tick: Tick, i: int, entry: tuple[Stream, int, np.ndarray, bool]) -> None:
+        part = tick.part(i)
+        answer = self.offer(*entry, part)
+        if answer is part:
+            return
+        if isinstance(answer, np.ndarray):
+            tick.settle(i, answer)
+        else:
+            tick.follow(i, answer)
 
     async def frames(
         self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False, tenant: Tenant = OPEN
@@ -353,3 +411,12 @@ class Engine:
 
 def taken(stream_id: str) -> StreamIdTaken:
     return StreamIdTaken(f"stream id {stream_id!r} is taken: create with another id, or with none for a random one")
+
+
+def settle(future: asyncio.Future, value: np.ndarray | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from progress_stream.contract.errors import InferenceFailed, StreamNotFound, TooManyStreams
+from progress_stream.engine.ticks import Part
 
 
 @dataclass(eq=False, slots=True)
@@ -25,7 +26,7 @@ class Chunk:
     seq: int
     frames: np.ndarray
     reset: bool
-    future: asyncio.Future
+    future: asyncio.Future | Part  # answered through this: a message's future, or a tick's part
     pos: int = 0  # frames of this chunk already processed
     out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
 

@@ -1,4 +1,6 @@
-"""Load generator: N streams over WebSocket (JSON or binary messages) or HTTP, closed loop or paced.
+"""Load generator: N streams over WebSocket (JSON or binary messages) or HTTP, closed loop or paced; with
+``streams_per_socket`` K > 1, K streams share each WebSocket through the gateway protocol (one message
+per socket per tick carries a chunk of each of its streams).
 
 Closed loop (``fps=0``): each stream sends its next message as soon as the previous reply arrives.
 Paced (``fps>0``): each stream sends ``K`` frames every ``K/fps`` seconds on a fixed schedule, and
@@ -32,6 +34,14 @@ import orjson
 from picows import WSCloseCode, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
 from progress_stream.contract.binary import REPLY_HEADER, REQUEST_HEADER
+from progress_stream.contract.gateway import (
+    GATEWAY_SOCKET,
+    MESSAGE_HEADER,
+    decode_tick_reply,
+    reply_dtype,
+    request_dtype,
+)
+from progress_stream.contract.gateway import VERSION as GATEWAY_VERSION
 
 #: picows logs each connection at INFO; a load test of thousands keeps only its warnings
 LOG = logging.getLogger("picows.loadtest")
@@ -59,6 +69,7 @@ class LoadSpec:
     dim: int | None = None  # None: asked from the server's GET /v1/model
     api_key: str | None = None
     allow_remote: bool = False
+    streams_per_socket: int = 1  # > 1: the gateway protocol (/v1/ws), WebSocket only
 
 
 @dataclass
@@ -80,6 +91,7 @@ class LoadResult:
     max_ms: float
     errors: dict[str, int]
     bad_replies: int
+    streams_per_socket: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -87,10 +99,11 @@ class LoadResult:
     def summary(self) -> str:
         errors = ", ".join(f"{code}: {n}" for code, n in sorted(self.errors.items())) or "none"
         pace = f"{self.target_fps_per_stream:g} frames/s per stream" if self.target_fps_per_stream else "closed loop"
+        shared = f", {self.streams_per_socket} streams per socket" if self.streams_per_socket > 1 else ""
         return "\n".join(
             [
                 f"{self.transport} {self.format} → {self.url}: {self.streams} streams × {self.frames_per_message} "
-                f"frames/message, {pace}, {self.seconds:.1f} s measured",
+                f"frames/message{shared}, {pace}, {self.seconds:.1f} s measured",
                 f"throughput  {self.frames_per_s:,.0f} frames/s  ({self.messages_per_s:,.0f} messages/s)",
                 f"latency ms  p50 {self.p50_ms:.2f}  p95 {self.p95_ms:.2f}  p99 {self.p99_ms:.2f}  "
                 f"max {self.max_ms:.2f}",
@@ -268,6 +281,148 @@ class _SocketDriver(WSListener):
             self.done.set_result(None)
 
 
+class _GatewayDriver(WSListener):
+    """K streams over one gateway socket, driven from its callbacks: attach, then one tick message per
+    period carrying a chunk of every stream, every entry of every reply checked (vectorised for binary)."""
+
+    def __init__(self, driver: _Driver, streams: int, done: asyncio.Future):
+        self.driver, self.stats, self.done = driver, driver.stats, done
+        self.k, self.n = driver.k, streams
+        self.binary = isinstance(driver.body, bytes)
+        self.ids = [f"lt-{secrets.token_hex(8)}" for _ in range(streams)]
+        self.seqs = np.zeros(streams, np.uint64)
+        self.loop = asyncio.get_running_loop()
+        self.transport: WSTransport | None = None
+        self.attached = False
+        self.sent = self.due = 0.0
+        if self.binary:
+            dim = len(driver.body) // (4 * self.k)
+            self.records = np.zeros(streams, request_dtype(dim, self.k))
+            self.records["handle"], self.records["count"] = np.arange(streams), self.k
+            self.records["emb"] = np.frombuffer(driver.body, "<f4").reshape(self.k, dim)
+            self.header = MESSAGE_HEADER.pack(streams, GATEWAY_VERSION)
+        else:
+            self.entries = [f'{{"stream_id":"{sid}","seq":%d,"embeddings":{driver.body}}}' for sid in self.ids]
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        transport.send(WSMsgType.TEXT, orjson.dumps({"attach": self.ids}))
+
+    def send(self) -> None:
+        now = time.perf_counter()
+        self.sent = self.due if self.driver.interval else now
+        if now >= self.driver.until:
+            self.transport.send_close(WSCloseCode.OK)
+            self.transport.disconnect()
+            return
+        if self.binary:
+            self.records["seq"] = self.seqs
+            self.transport.send(WSMsgType.BINARY, self.header + self.records.tobytes())
+        else:
+            ticks = ",".join(entry % seq for entry, seq in zip(self.entries, self.seqs.tolist(), strict=True))
+            self.transport.send(WSMsgType.TEXT, f'{{"frames":[{ticks}]}}'.encode())
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            if code is not WSCloseCode.OK:
+                self.stats.errors[f"closed: {code.value}"] += 1
+            transport.disconnect()
+            return
+        done = time.perf_counter()
+        if not self.attached:
+            self.attached = True
+            attached = orjson.loads(frame.get_payload_as_bytes())["attached"]
+            for error in (e["error"]["code"] for e in attached if "error" in e):
+                self.stats.errors[error] += 1
+            self.due = time.perf_counter() + random.uniform(0, self.driver.interval)
+            self.loop.call_at(self.loop.time() + (self.due - time.perf_counter()), self.send)
+            return
+        if kind is WSMsgType.BINARY:
+            ok = self.check_binary(frame.get_payload_as_bytes())
+        else:
+            ok = self.check_json(frame.get_payload_as_bytes())
+        driver = self.driver
+        if self.sent >= driver.measure_from and done <= driver.until:
+            self.stats.latencies.append(done - self.sent)
+            self.stats.frames += ok * self.k
+        if not driver.interval:
+            self.send()
+            return
+        self.due += driver.interval
+        wait = self.due - time.perf_counter()
+        if wait <= 0:
+            self.send()
+        else:
+            self.loop.call_at(self.loop.time() + wait, self.send)
+
+    def check_binary(self, data: bytes) -> int:
+        """Count and check every entry; the streams' next seqs; how many entries were answered."""
+        n = MESSAGE_HEADER.unpack_from(data)[0]
+        plain = reply_dtype(self.k)
+        if n == self.n and len(data) == MESSAGE_HEADER.size + n * plain.itemsize:
+            out = np.frombuffer(data, plain, n, MESSAGE_HEADER.size)
+            if not out["status"].any():
+                good = (out["seq"] == self.seqs) & (out["count"] == self.k) & (out["next_seq"] == self.seqs + self.k)
+                self.stats.bad_replies += int(n - good.sum())
+                self.seqs = out["next_seq"].copy()
+                return n
+        answered = 0
+        for i, (_, seq, next_seq, code, progress) in enumerate(decode_tick_reply(data)):
+            if code is not None:
+                self.stats.errors[code] += 1
+            elif seq != self.seqs[i] or len(progress) != self.k or next_seq != seq + self.k:
+                self.stats.bad_replies += 1
+            else:
+                answered += 1
+            self.seqs[i] = next_seq
+        return answered
+
+    def check_json(self, data: bytes) -> int:
+        answered = 0
+        for i, result in enumerate(orjson.loads(data)["results"]):
+            if "error" in result:
+                error = error_reply(result, "gateway")
+                self.stats.errors[error.error] += 1
+                if error.expected_seq is not None:
+                    self.seqs[i] = error.expected_seq
+                continue
+            reply = Reply(result["seq"], result["next_seq"], len(result["progress"]))
+            if check_reply(int(self.seqs[i]), self.k, reply):
+                answered += 1
+            else:
+                self.stats.bad_replies += 1
+            self.seqs[i] = reply.next_seq
+        return answered
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _gateway_socket(driver: _Driver, streams: int, headers: dict) -> None:
+    done = asyncio.get_running_loop().create_future()
+    try:
+        transport, _ = await ws_connect(
+            lambda: _GatewayDriver(driver, streams, done),
+            f"{driver.spec.url}{GATEWAY_SOCKET}",
+            extra_headers=headers,
+            websocket_handshake_timeout=30,
+            max_frame_size=2**31 - 1,
+            logger_name=LOG,
+        )
+    except WSHandshakeError as exc:
+        if exc.response is None or exc.raw_body is None:
+            raise
+        driver.stats.errors[json_reply(exc.raw_body, exc.response.status).error] += 1
+        return
+    try:
+        await asyncio.wait_for(done, max(0.0, driver.until - time.perf_counter()) + SILENCE_S)
+    finally:
+        transport.disconnect()
+
+
 async def _ws_stream(driver: _Driver, headers: dict) -> None:
     done = asyncio.get_running_loop().create_future()
     try:
@@ -334,6 +489,8 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     """Drive ``spec.streams`` concurrent streams at ``spec.url`` and measure them."""
     if spec.transport == "http" and spec.binary:
         raise LoadTestError("HTTP bodies are JSON: binary messages need --transport ws")
+    if spec.streams_per_socket > 1 and spec.transport != "ws":
+        raise LoadTestError("streams share a socket through the WebSocket gateway: --transport ws")
     spec = replace(spec, url=with_scheme(spec.url, spec.transport))
     if not spec.allow_remote:
         require_loopback(spec.url)
@@ -345,7 +502,11 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     start = time.perf_counter()
     measure_from, until = start + spec.warmup, start + spec.warmup + spec.duration
     drivers = [_Driver(spec, stats, measure_from, until, x) for _ in range(spec.streams)]
-    if spec.transport == "ws":
+    if spec.streams_per_socket > 1:
+        per = spec.streams_per_socket
+        sockets = [(drivers[i], min(per, spec.streams - i)) for i in range(0, spec.streams, per)]
+        await asyncio.gather(*(_guarded(stats, _gateway_socket(d, n, headers)) for d, n in sockets))
+    elif spec.transport == "ws":
         await asyncio.gather(*(_guarded(stats, _ws_stream(d, headers)) for d in drivers))
     else:
         tls = ssl.create_default_context()  # one for all clients: each costs ~20 ms to build
@@ -371,4 +532,5 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         max_ms=float(lat.max()),
         errors=dict(stats.errors),
         bad_replies=stats.bad_replies,
+        streams_per_socket=spec.streams_per_socket,
     )

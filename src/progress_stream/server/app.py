@@ -22,7 +22,7 @@ from progress_stream.server.docs import SWAGGER_UI_DIR, SWAGGER_UI_URL, docs_rou
 from progress_stream.server.edge import EdgeGuard
 from progress_stream.server.page import PAGE_DIR, DemoFiles, PageFiles, page_router
 from progress_stream.server.routes import ops_router, v1_router
-from progress_stream.server.sockets.asgi import ws_router
+from progress_stream.server.sockets.asgi import gateway_router, ws_router
 from progress_stream.server.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,15 @@ def validation_error(exc: RequestValidationError) -> BadInput:
 
 def body_limit(wire: Wire, path: str) -> int:
     """A route's body limit: the largest body its frame limit allows (derived, so never tighter)."""
-    frames = wire.max_frames_stateless if path == "/v1/progress" else wire.max_frames_per_message
-    return wire.max_body_bytes(frames)
+    frames = {"/v1/progress": wire.max_frames_stateless, "/v1/frames": wire.max_frames_per_tick}
+    return wire.max_body_bytes(frames.get(path, wire.max_frames_per_message))
 
 
 def openapi_schema(app: FastAPI, wire: Wire) -> dict[str, Any]:
     """The schema with this server's real limits: the request bodies are the :class:`Wire` models."""
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (wire.frames_request, wire.progress_request, CreateStream):
+    for model in (wire.frames_request, wire.progress_request, wire.tick_request, CreateStream):
         components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     return schema
 
@@ -130,6 +130,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(v1_router)
     if settings.ws_plane == "asgi":  # else the native plane takes the socket before any route
         app.include_router(ws_router)
+    app.include_router(gateway_router)
     app.include_router(ops_router)
     app.include_router(page_router)
     app.include_router(docs_router)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from progress_stream.contract.errors import ERRORS
+from progress_stream.contract.gateway import TickReply
 from progress_stream.contract.replies import (
     ErrorReply,
     FramesReply,
@@ -28,6 +30,7 @@ from progress_stream.engine.engine import Engine
 from progress_stream.engine.streams import Tenant
 from progress_stream.server import board
 from progress_stream.server.edge import TENANT
+from progress_stream.server.sockets.gateway import GatewaySocket
 from progress_stream.server.wiring import Services
 
 JSON = "application/json"
@@ -163,6 +166,26 @@ async def post_frames(
     progress, next_seq = await engine.frames(stream_id, seq, frames, reset, tenant)
     engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
     return Response(FramesReply.encode(stream_id, seq, progress, next_seq), media_type=JSON)
+
+
+@v1_router.post(
+    "/frames",
+    response_model=TickReply,
+    responses={
+        200: {"description": "one result per entry, in order: its progress and next seq, or its error"},
+        **error_responses("protocol_violation"),
+    },
+    openapi_extra=json_body("TickRequest"),
+    summary="Frames of many streams in one request; each entry answered on its own",
+)
+async def post_tick(request: Request, services: ServicesDep, tenant: TenantDep) -> Response:
+    """The gateway's tick over HTTP: entries name their streams (no attach); an entry's error (a seq
+    conflict, an unknown stream, a bad value) is its own, the other entries are processed as if it were absent."""
+    started = time.perf_counter()
+    gateway = GatewaySocket(services, tenant)
+    reply = await gateway.json_tick(await request.body(), lookup=lambda sid: services.engine.get(sid, tenant))
+    services.engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
+    return Response(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
 
 @v1_router.get(

@@ -81,8 +81,10 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
     except (ModelError, SnapshotError, StoreUnavailable) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
-    max_size = services.wire.max_body_bytes(settings.max_frames_per_message)
-    native = NativePlane(services, max_size) if settings.ws_plane == "native" else None
+    stream_max = services.wire.max_body_bytes(settings.max_frames_per_message)
+    native = NativePlane(services, stream_max) if settings.ws_plane == "native" else None
+    # uvicorn's sockets: only the gateway's beside the native plane (a tick's size), else both (one message's)
+    max_size = services.wire.max_body_bytes(settings.max_frames_per_tick) if native else stream_max
     app = create_app(services)
     config = uvicorn_config(app, settings, max_size, services.answers, native, log_level, max_connections)
     StoppingServer(config, services).run()

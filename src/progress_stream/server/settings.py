@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     retained_window: int = Field(ENGINE.retained_window, ge=1, description="outputs kept per stream for retries")
     max_frames_per_message: int = Field(ENGINE.max_frames_per_message, ge=1)
     max_frames_stateless: int = Field(8192, ge=1, description="frames of one action at POST /v1/progress")
+    max_frames_per_tick: int = Field(
+        1024, ge=1, description="frames of all the streams of one gateway message (/v1/ws, POST /v1/frames)"
+    )
     api_key: str | None = Field(
         None,
         description="when set, /v1/* needs 'Authorization: Bearer KEY': one tenant, named 'default'; "

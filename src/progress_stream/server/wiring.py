@@ -62,7 +62,12 @@ def build(settings: Settings) -> Services:
     return Services(
         settings=settings,
         runtime=runtime,
-        wire=Wire(runtime.embedding_dim, settings.max_frames_per_message, settings.max_frames_stateless),
+        wire=Wire(
+            runtime.embedding_dim,
+            settings.max_frames_per_message,
+            settings.max_frames_stateless,
+            settings.max_frames_per_tick,
+        ),
         engine=engine,
         admission=Admission(settings.tenants(), settings.allowed_origins, settings.hosts),
         answers=Answers(engine.metrics.errors),

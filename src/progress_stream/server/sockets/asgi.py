@@ -18,12 +18,15 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame
 
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
+from progress_stream.contract.gateway import GATEWAY_SOCKET
 from progress_stream.contract.wire import STREAM_SOCKET
 from progress_stream.server.edge import TENANT
+from progress_stream.server.sockets.gateway import GatewaySocket
 from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
 ws_router = APIRouter()
+gateway_router = APIRouter()
 
 
 class SocketProtocol(WebSocketsSansIOProtocol):
@@ -64,9 +67,10 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                 return
             started = time.perf_counter()
             binary = message.get("bytes") is not None
+            data = message["bytes"] if binary else message.get("text") or ""
             try:
                 try:
-                    future = session.submit(message["bytes"] if binary else message.get("text") or "", binary)
+                    future = session.submit(data, binary)
                 except SeqConflict as conflict:
                     future = await session.resubmit(conflict)
                 progress = await future
@@ -83,5 +87,32 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
             else:
                 await websocket.send_text(session.reply(progress, False).decode())
             session.latency.observe(time.perf_counter() - started)
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+@gateway_router.websocket(GATEWAY_SOCKET)
+async def gateway_socket(websocket: WebSocket) -> None:
+    """Many streams on one socket (the edge already admitted it): each message answered in order."""
+    services: Services = websocket.app.state.services
+    await websocket.accept(subprotocol(",".join(websocket.scope.get("subprotocols", []))))
+    gateway = GatewaySocket(services, websocket.scope[TENANT])
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            binary = message.get("bytes") is not None
+            try:
+                reply = await gateway.answer(message["bytes"] if binary else message.get("text") or "", binary)
+            except Exception as exc:  # broken framing (or a bug): the errors that close a gateway
+                answer = services.answers.error(exc)
+                await websocket.send_text(answer.socket_message(None).decode())
+                await websocket.close(answer.close or 1008, answer.error.message[:120])
+                return
+            if binary:
+                await websocket.send_bytes(reply)
+            else:
+                await websocket.send_text(reply.decode())
     except (WebSocketDisconnect, RuntimeError):
         return

@@ -1,0 +1,228 @@
+"""A gateway client: many streams over one WebSocket (see :mod:`progress_stream.contract.gateway`), with
+the same guarantees as one stream's session: every stream numbers its frames, keeps a replay log, and
+after a conflict, a reconnect or a server's restart resends exactly what the server lacks.
+
+``gw = await Gateway.open("ws://host:8000")``; ``await gw.attach("cam-1", "cam-2")``;
+``answers = await gw.tick({"cam-1": x1, "cam-2": x2})`` → ``{"cam-1": progress, "cam-2": progress}``.
+:class:`SyncGateway` is the blocking twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Generator, Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection as SyncConnection
+from websockets.sync.client import connect as sync_connect
+
+from progress_stream.client.core import Chunk, Outcome, SessionState, error_outcome, exchange, frames_json
+from progress_stream.client.http import ServerError, auth_headers
+from progress_stream.client.ws import RECONNECT_ERRORS, refused
+from progress_stream.contract.errors import ERRORS
+from progress_stream.contract.gateway import GATEWAY_SOCKET, decode_tick_reply, encode_entries
+
+Entries = list[tuple[str, Chunk]]
+RECONNECT = ("wait", 0.2)
+
+
+def tick_steps(
+    streams: Mapping[str, SessionState], frames: Mapping[str, Any], resets: Collection[str]
+) -> Generator[Entries, list[Outcome], dict[str, np.ndarray]]:
+    """The retry protocol of one tick, transport-free: yields the entries to send (one chunk per stream
+    still owed an answer), is sent back their outcomes in order, returns each stream's progress."""
+    steps = {sid: exchange(streams[sid].log, streams[sid].new_chunk(x, sid in resets)) for sid, x in frames.items()}
+    pending = {sid: next(step) for sid, step in steps.items()}
+    done: dict[str, np.ndarray] = {}
+    while pending:
+        outcomes = yield list(pending.items())
+        following = {}
+        for sid, outcome in zip(pending, outcomes, strict=True):
+            try:
+                following[sid] = steps[sid].send(outcome)
+            except StopIteration as finished:
+                done[sid] = finished.value
+        pending = following
+    return done
+
+
+def entry_outcome(error: dict | None, expected_seq: int | None, progress: Any) -> Outcome:
+    if error is None:
+        return "ok", np.asarray(progress, np.float32)
+    if ERRORS.get(error.get("code"), None) is not None and "expected_seq" not in error and expected_seq is not None:
+        error = {**error, "expected_seq": expected_seq}
+    action = error_outcome({"error": error})
+    if action is None:
+        raise ServerError(400, {"error": error})
+    return action
+
+
+class _Gateway:
+    def __init__(self, url: str, api_key: str | None = None, binary: bool = True, history: int = 4096):
+        self.url = f"{url.rstrip('/')}{GATEWAY_SOCKET}"
+        self.headers = auth_headers(api_key)
+        self.binary = binary
+        self.history = history
+        self.streams: dict[str, SessionState] = {}
+        self.handles: dict[str, int] = {}
+        self.conn: ClientConnection | SyncConnection | None = None
+
+    def _attach_message(self, ids: Collection[str]) -> str:
+        return orjson.dumps({"attach": list(ids)}).decode()
+
+    def _attached(self, reply: bytes | str) -> dict[str, int]:
+        """Record handles; a stream this client has not sent on yet starts at the server's next seq."""
+        out = {}
+        for entry in orjson.loads(reply)["attached"]:
+            if "error" in entry:
+                raise ServerError(400, entry)
+            sid = entry["stream_id"]
+            self.handles[sid] = entry["handle"]
+            state = self.streams.setdefault(sid, SessionState(sid, self.history))
+            if state.next_seq == 0:
+                state.next_seq = entry["next_seq"]
+            out[sid] = entry["next_seq"]
+        return out
+
+    def _encode(self, entries: Entries) -> bytes | str:
+        if self.binary:
+            return encode_entries([(self.handles[sid], c.seq, c.frames, c.reset) for sid, c in entries])
+        return orjson.dumps({"frames": [{"stream_id": sid, **frames_json(c)} for sid, c in entries]}).decode()
+
+    @staticmethod
+    def _decode(reply: bytes | str) -> list[Outcome]:
+        if isinstance(reply, bytes):
+            return [
+                entry_outcome(None if code is None else {"code": code}, next_seq, progress)
+                for _, _, next_seq, code, progress in decode_tick_reply(reply)
+            ]
+        body = orjson.loads(reply)
+        if "results" not in body:
+            raise ServerError(400, body)
+        return [entry_outcome(r.get("error"), r.get("next_seq"), r.get("progress")) for r in body["results"]]
+
+    def _wait(self, outcomes: list[Outcome]) -> float:
+        return max((o[1] for o in outcomes if o[0] == "wait"), default=0.0)
+
+
+class Gateway(_Gateway):
+    """Many streams over one WebSocket (asyncio)."""
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> Gateway:
+        gateway = cls(url, **kwargs)
+        await gateway._connect()
+        return gateway
+
+    async def _connect(self) -> None:
+        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+        if self.streams:
+            await self._attach(list(self.streams))
+
+    async def _attach(self, ids: Collection[str]) -> dict[str, int]:
+        await self.conn.send(self._attach_message(ids))
+        return self._attached(await self.conn.recv())
+
+    async def attach(self, *ids: str) -> dict[str, int]:
+        """Create or resume these streams on this connection; each one's next seq."""
+        if self.conn is None:
+            await self._connect()
+        return await self._attach(ids)
+
+    async def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """Send one chunk per stream (attached first if new); each stream's progress for its chunk."""
+        if new := [sid for sid in frames if sid not in self.handles]:
+            await self.attach(*new)
+        steps = tick_steps(self.streams, frames, resets)
+        entries = next(steps)
+        while True:
+            outcomes = await self._transact(entries)
+            if delay := self._wait(outcomes):
+                await asyncio.sleep(delay)
+            try:
+                entries = steps.send(outcomes)
+            except StopIteration as finished:
+                return finished.value
+
+    async def _transact(self, entries: Entries) -> list[Outcome]:
+        try:
+            if self.conn is None:
+                await self._connect()
+            await self.conn.send(self._encode(entries))
+            return self._decode(await self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return [refused(exc)] * len(entries)
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return [RECONNECT] * len(entries)
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class SyncGateway(_Gateway):
+    """Blocking twin: ``with SyncGateway("ws://host:8000") as gw: gw.tick({...})``."""
+
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(url, **kwargs)
+        self._connect()
+
+    def _connect(self) -> None:
+        self.conn = sync_connect(
+            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
+        )
+        if self.streams:
+            self._attach(list(self.streams))
+
+    def _attach(self, ids: Collection[str]) -> dict[str, int]:
+        self.conn.send(self._attach_message(ids))
+        return self._attached(self.conn.recv())
+
+    def attach(self, *ids: str) -> dict[str, int]:
+        if self.conn is None:
+            self._connect()
+        return self._attach(ids)
+
+    def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, np.ndarray]:
+        if new := [sid for sid in frames if sid not in self.handles]:
+            self.attach(*new)
+        steps = tick_steps(self.streams, frames, resets)
+        entries = next(steps)
+        while True:
+            outcomes = self._transact(entries)
+            if delay := self._wait(outcomes):
+                time.sleep(delay)
+            try:
+                entries = steps.send(outcomes)
+            except StopIteration as finished:
+                return finished.value
+
+    def _transact(self, entries: Entries) -> list[Outcome]:
+        try:
+            if self.conn is None:
+                self._connect()
+            self.conn.send(self._encode(entries))
+            return self._decode(self.conn.recv())
+        except InvalidStatus as exc:
+            self.conn = None
+            return [refused(exc)] * len(entries)
+        except RECONNECT_ERRORS:
+            self.conn = None
+            return [RECONNECT] * len(entries)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self) -> SyncGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
