@@ -52,6 +52,29 @@ def test_websocket_paced_load_keeps_to_its_rate(server, binary):
     assert streams * (seconds * fps - 2) <= r.messages <= streams * (seconds * fps + 1)
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_streams_sharing_sockets_keep_to_their_rate_and_every_entry_checks_out(server, binary):
+    streams, per_socket, fps, seconds = 7, 3, 40, 1.5  # sockets of 3, 3 and 1 streams
+    r = load(
+        server.ws_url,
+        streams=streams,
+        streams_per_socket=per_socket,
+        fps=fps,
+        frames_per_message=1,
+        binary=binary,
+        duration=seconds,
+    )
+    assert r.errors == {} and r.bad_replies == 0 and r.streams_per_socket == per_socket
+    sockets = 3
+    assert sockets * (seconds * fps - 2) <= r.messages <= sockets * (seconds * fps + 1)  # one message a tick
+    assert streams * (seconds * fps - 2) <= r.frames <= streams * (seconds * fps + 1)  # a frame of each stream
+
+
+def test_gateway_load_needs_the_websocket():
+    with pytest.raises(LoadTestError, match="gateway"):
+        load("http://127.0.0.1:1", transport="http", binary=False, streams_per_socket=2)
+
+
 def test_http_paced_load_keeps_to_its_rate(server):
     streams, fps, k, seconds = 3, 20, 2, 1.5
     r = load(

@@ -218,38 +218,32 @@ class _Driver:
             due += self.interval
 
 
-class _SocketDriver(WSListener):
-    """One stream over picows, driven from its callbacks: no task or coroutine per message, so one
-    core drives the tens of thousands of messages per second a served core can answer."""
+class _PacedSocket(WSListener):
+    """A socket driven from its callbacks (no task or coroutine per message, so one core drives the tens
+    of thousands of messages per second a served core can answer): send, read the answer, send the next
+    one at once (closed loop) or when it is due (paced, on a fixed schedule), until the window's end."""
 
     def __init__(self, driver: _Driver, done: asyncio.Future):
         self.driver, self.stats, self.done = driver, driver.stats, done
         self.k = driver.k
         self.binary = isinstance(driver.body, bytes)
-        self.message = bytearray(REQUEST_HEADER.size) + driver.body if self.binary else None
         self.loop = asyncio.get_running_loop()
         self.transport: WSTransport | None = None
-        self.seq = 0
         self.sent = 0.0  # when the message in flight was due (paced) or sent (closed loop)
         self.due = 0.0
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-        self.due = time.perf_counter() + random.uniform(0, self.driver.interval)  # paced streams start out of phase
+    def start(self) -> None:
+        self.due = time.perf_counter() + random.uniform(0, self.driver.interval)  # paced sockets start out of phase
         self.loop.call_at(self.loop.time() + (self.due - time.perf_counter()), self.send)
 
     def send(self) -> None:
         now = time.perf_counter()
         self.sent = self.due if self.driver.interval else now
-        if now >= self.driver.until:  # a paced stream that fell behind stops at the end too
+        if now >= self.driver.until:  # a paced socket that fell behind stops at the end too
             self.transport.send_close(WSCloseCode.OK)
             self.transport.disconnect()
             return
-        if self.binary:
-            REQUEST_HEADER.pack_into(self.message, 0, self.seq, self.k, 0)
-            self.transport.send(WSMsgType.BINARY, self.message)
-        else:
-            self.transport.send(WSMsgType.TEXT, self.driver.payload(self.seq).encode())
+        self.write()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -259,17 +253,14 @@ class _SocketDriver(WSListener):
                 self.stats.errors[f"closed: {code.value}"] += 1
             transport.disconnect()
             return
-        done = time.perf_counter()
-        if kind is WSMsgType.BINARY:
-            reply = Reply(*REPLY_HEADER.unpack_from(frame.get_payload_as_memoryview())[:3])
-        else:
-            reply = json_reply(frame.get_payload_as_bytes())
-        driver = self.driver
-        self.seq = driver.record(self.seq, reply, self.sent, done)
-        if not driver.interval:
+        if self.answered(frame, time.perf_counter()):
+            self.next()
+
+    def next(self) -> None:
+        if not self.driver.interval:
             self.send()
             return
-        self.due += driver.interval
+        self.due += self.driver.interval
         wait = self.due - time.perf_counter()
         if wait <= 0:
             self.send()
@@ -280,21 +271,56 @@ class _SocketDriver(WSListener):
         if not self.done.done():
             self.done.set_result(None)
 
+    def write(self) -> None:
+        raise NotImplementedError
 
-class _GatewayDriver(WSListener):
-    """K streams over one gateway socket, driven from its callbacks: attach, then one tick message per
-    period carrying a chunk of every stream, every entry of every reply checked (vectorised for binary)."""
+    def answered(self, frame: WSFrame, done: float) -> bool:
+        """Check and count an answer; whether the next message is due."""
+        raise NotImplementedError
 
-    def __init__(self, driver: _Driver, streams: int, done: asyncio.Future):
-        self.driver, self.stats, self.done = driver, driver.stats, done
-        self.k, self.n = driver.k, streams
-        self.binary = isinstance(driver.body, bytes)
+
+class _SocketDriver(_PacedSocket):
+    """One stream over its own socket."""
+
+    path = "/v1/streams/lt-{}/ws"
+
+    def __init__(self, driver: _Driver, done: asyncio.Future):
+        super().__init__(driver, done)
+        self.message = bytearray(REQUEST_HEADER.size) + driver.body if self.binary else None
+        self.seq = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.start()
+
+    def write(self) -> None:
+        if self.binary:
+            REQUEST_HEADER.pack_into(self.message, 0, self.seq, self.k, 0)
+            self.transport.send(WSMsgType.BINARY, self.message)
+        else:
+            self.transport.send(WSMsgType.TEXT, self.driver.payload(self.seq).encode())
+
+    def answered(self, frame: WSFrame, done: float) -> bool:
+        if frame.msg_type is WSMsgType.BINARY:
+            reply = Reply(*REPLY_HEADER.unpack_from(frame.get_payload_as_memoryview())[:3])
+        else:
+            reply = json_reply(frame.get_payload_as_bytes())
+        self.seq = self.driver.record(self.seq, reply, self.sent, done)
+        return True
+
+
+class _GatewayDriver(_PacedSocket):
+    """K streams over one gateway socket: attach, then one tick message per period carrying a chunk of
+    every stream, every entry of every reply checked (vectorised for binary)."""
+
+    path = GATEWAY_SOCKET
+
+    def __init__(self, driver: _Driver, done: asyncio.Future, streams: int):
+        super().__init__(driver, done)
+        self.n = streams
         self.ids = [f"lt-{secrets.token_hex(8)}" for _ in range(streams)]
         self.seqs = np.zeros(streams, np.uint64)
-        self.loop = asyncio.get_running_loop()
-        self.transport: WSTransport | None = None
         self.attached = False
-        self.sent = self.due = 0.0
         if self.binary:
             dim = len(driver.body) // (4 * self.k)
             self.records = np.zeros(streams, request_dtype(dim, self.k))
@@ -308,13 +334,7 @@ class _GatewayDriver(WSListener):
         self.transport = transport
         transport.send(WSMsgType.TEXT, orjson.dumps({"attach": self.ids}))
 
-    def send(self) -> None:
-        now = time.perf_counter()
-        self.sent = self.due if self.driver.interval else now
-        if now >= self.driver.until:
-            self.transport.send_close(WSCloseCode.OK)
-            self.transport.disconnect()
-            return
+    def write(self) -> None:
         if self.binary:
             self.records["seq"] = self.seqs
             self.transport.send(WSMsgType.BINARY, self.header + self.records.tobytes())
@@ -322,40 +342,20 @@ class _GatewayDriver(WSListener):
             ticks = ",".join(entry % seq for entry, seq in zip(self.entries, self.seqs.tolist(), strict=True))
             self.transport.send(WSMsgType.TEXT, f'{{"frames":[{ticks}]}}'.encode())
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is WSMsgType.CLOSE:
-            code = frame.get_close_code()
-            if code is not WSCloseCode.OK:
-                self.stats.errors[f"closed: {code.value}"] += 1
-            transport.disconnect()
-            return
-        done = time.perf_counter()
-        if not self.attached:
+    def answered(self, frame: WSFrame, done: float) -> bool:
+        if not self.attached:  # the answer to the attach: the ticks begin
             self.attached = True
             attached = orjson.loads(frame.get_payload_as_bytes())["attached"]
             for error in (e["error"]["code"] for e in attached if "error" in e):
                 self.stats.errors[error] += 1
-            self.due = time.perf_counter() + random.uniform(0, self.driver.interval)
-            self.loop.call_at(self.loop.time() + (self.due - time.perf_counter()), self.send)
-            return
-        if kind is WSMsgType.BINARY:
-            ok = self.check_binary(frame.get_payload_as_bytes())
-        else:
-            ok = self.check_json(frame.get_payload_as_bytes())
-        driver = self.driver
-        if self.sent >= driver.measure_from and done <= driver.until:
+            self.start()
+            return False
+        data = frame.get_payload_as_bytes()
+        ok = self.check_binary(data) if frame.msg_type is WSMsgType.BINARY else self.check_json(data)
+        if self.sent >= self.driver.measure_from and done <= self.driver.until:
             self.stats.latencies.append(done - self.sent)
             self.stats.frames += ok * self.k
-        if not driver.interval:
-            self.send()
-            return
-        self.due += driver.interval
-        wait = self.due - time.perf_counter()
-        if wait <= 0:
-            self.send()
-        else:
-            self.loop.call_at(self.loop.time() + wait, self.send)
+        return True
 
     def check_binary(self, data: bytes) -> int:
         """Count and check every entry; the streams' next seqs; how many entries were answered."""
@@ -396,39 +396,14 @@ class _GatewayDriver(WSListener):
             self.seqs[i] = reply.next_seq
         return answered
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
 
-
-async def _gateway_socket(driver: _Driver, streams: int, headers: dict) -> None:
+async def _ws_socket(listener: type[_PacedSocket], driver: _Driver, headers: dict, *args: object) -> None:
+    """Connect one socket of ``listener`` and wait until it is done; a refused handshake is counted."""
     done = asyncio.get_running_loop().create_future()
     try:
         transport, _ = await ws_connect(
-            lambda: _GatewayDriver(driver, streams, done),
-            f"{driver.spec.url}{GATEWAY_SOCKET}",
-            extra_headers=headers,
-            websocket_handshake_timeout=30,
-            max_frame_size=2**31 - 1,
-            logger_name=LOG,
-        )
-    except WSHandshakeError as exc:
-        if exc.response is None or exc.raw_body is None:
-            raise
-        driver.stats.errors[json_reply(exc.raw_body, exc.response.status).error] += 1
-        return
-    try:
-        await asyncio.wait_for(done, max(0.0, driver.until - time.perf_counter()) + SILENCE_S)
-    finally:
-        transport.disconnect()
-
-
-async def _ws_stream(driver: _Driver, headers: dict) -> None:
-    done = asyncio.get_running_loop().create_future()
-    try:
-        transport, _ = await ws_connect(
-            lambda: _SocketDriver(driver, done),
-            f"{driver.spec.url}/v1/streams/lt-{secrets.token_hex(8)}/ws",
+            lambda: listener(driver, done, *args),
+            f"{driver.spec.url}{listener.path.format(secrets.token_hex(8))}",
             extra_headers=headers,
             websocket_handshake_timeout=30,
             max_frame_size=2**31 - 1,
@@ -439,7 +414,7 @@ async def _ws_stream(driver: _Driver, headers: dict) -> None:
             raise
         driver.stats.errors[json_reply(exc.raw_body, exc.response.status).error] += 1
         return
-    try:  # a server that stops answering fails the stream, not the whole run
+    try:  # a server that stops answering fails the socket, not the whole run
         await asyncio.wait_for(done, max(0.0, driver.until - time.perf_counter()) + SILENCE_S)
     finally:
         transport.disconnect()
@@ -505,9 +480,9 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     if spec.streams_per_socket > 1:
         per = spec.streams_per_socket
         sockets = [(drivers[i], min(per, spec.streams - i)) for i in range(0, spec.streams, per)]
-        await asyncio.gather(*(_guarded(stats, _gateway_socket(d, n, headers)) for d, n in sockets))
+        await asyncio.gather(*(_guarded(stats, _ws_socket(_GatewayDriver, d, headers, n)) for d, n in sockets))
     elif spec.transport == "ws":
-        await asyncio.gather(*(_guarded(stats, _ws_stream(d, headers)) for d in drivers))
+        await asyncio.gather(*(_guarded(stats, _ws_socket(_SocketDriver, d, headers)) for d in drivers))
     else:
         tls = ssl.create_default_context()  # one for all clients: each costs ~20 ms to build
         await asyncio.gather(*(_guarded(stats, _http_stream(d, headers, tls)) for d in drivers))
