@@ -139,13 +139,21 @@ class SessionState:
         return chunk
 
 
-def drive(steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Outcome]) -> np.ndarray:
-    """Run the exchange over a blocking transport: ``transact`` sends one chunk and returns its outcome."""
+def waited(result: Outcome) -> float:
+    """How long to wait before the next send: an outcome's ``("wait", seconds)``, else none."""
+    return result[1] if result[0] == "wait" else 0.0
+
+
+def drive(
+    steps: Generator[Any, Any, Any], transact: Callable[[Any], Any], wait: Callable[[Any], float] = waited
+) -> Any:
+    """Run a retry protocol over a blocking transport: ``transact`` sends what ``steps`` yields and returns
+    its outcome (one chunk's, or a tick's list of them, with ``wait`` saying how long to pause)."""
     request = next(steps)
     while True:
         result = transact(request)
-        if result[0] == "wait":
-            time.sleep(result[1])
+        if delay := wait(result):
+            time.sleep(delay)
         try:
             request = steps.send(result)
         except StopIteration as done:
@@ -153,14 +161,14 @@ def drive(steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chun
 
 
 async def drive_async(
-    steps: Generator[Chunk, Outcome, np.ndarray], transact: Callable[[Chunk], Awaitable[Outcome]]
-) -> np.ndarray:
+    steps: Generator[Any, Any, Any], transact: Callable[[Any], Awaitable[Any]], wait: Callable[[Any], float] = waited
+) -> Any:
     """The same over an asyncio transport."""
     request = next(steps)
     while True:
         result = await transact(request)
-        if result[0] == "wait":
-            await asyncio.sleep(result[1])
+        if delay := wait(result):
+            await asyncio.sleep(delay)
         try:
             request = steps.send(result)
         except StopIteration as done:

@@ -9,26 +9,32 @@ after a conflict, a reconnect or a server's restart resends exactly what the ser
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from progress_stream.client.core import Chunk, Outcome, SessionState, error_outcome, exchange, frames_json
+from progress_stream.client.core import (
+    Chunk,
+    Outcome,
+    SessionState,
+    drive,
+    drive_async,
+    error_outcome,
+    exchange,
+    frames_json,
+    waited,
+)
 from progress_stream.client.http import ServerError, auth_headers
-from progress_stream.client.ws import RECONNECT_ERRORS, refused
+from progress_stream.client.ws import DROPPED, dropped
 from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.gateway import GATEWAY_SOCKET, decode_tick_reply, encode_entries
 
 Entries = list[tuple[str, Chunk]]
-RECONNECT = ("wait", 0.2)
 
 
 def tick_steps(
@@ -49,6 +55,11 @@ def tick_steps(
                 done[sid] = finished.value
         pending = following
     return done
+
+
+def longest_wait(outcomes: list[Outcome]) -> float:
+    """A tick waits as long as its longest-waiting entry asks."""
+    return max(map(waited, outcomes), default=0.0)
 
 
 def entry_outcome(error: dict | None, expected_seq: int | None, progress: Any) -> Outcome:
@@ -106,9 +117,6 @@ class _Gateway:
             raise ServerError(400, body)
         return [entry_outcome(r.get("error"), r.get("next_seq"), r.get("progress")) for r in body["results"]]
 
-    def _wait(self, outcomes: list[Outcome]) -> float:
-        return max((o[1] for o in outcomes if o[0] == "wait"), default=0.0)
-
 
 class Gateway(_Gateway):
     """Many streams over one WebSocket (asyncio)."""
@@ -138,16 +146,7 @@ class Gateway(_Gateway):
         """Send one chunk per stream (attached first if new); each stream's progress for its chunk."""
         if new := [sid for sid in frames if sid not in self.handles]:
             await self.attach(*new)
-        steps = tick_steps(self.streams, frames, resets)
-        entries = next(steps)
-        while True:
-            outcomes = await self._transact(entries)
-            if delay := self._wait(outcomes):
-                await asyncio.sleep(delay)
-            try:
-                entries = steps.send(outcomes)
-            except StopIteration as finished:
-                return finished.value
+        return await drive_async(tick_steps(self.streams, frames, resets), self._transact, longest_wait)
 
     async def _transact(self, entries: Entries) -> list[Outcome]:
         try:
@@ -155,12 +154,9 @@ class Gateway(_Gateway):
                 await self._connect()
             await self.conn.send(self._encode(entries))
             return self._decode(await self.conn.recv())
-        except InvalidStatus as exc:
+        except DROPPED as exc:
             self.conn = None
-            return [refused(exc)] * len(entries)
-        except RECONNECT_ERRORS:
-            self.conn = None
-            return [RECONNECT] * len(entries)
+            return [dropped(exc)] * len(entries)
 
     async def aclose(self) -> None:
         if self.conn is not None:
@@ -193,16 +189,7 @@ class SyncGateway(_Gateway):
     def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, np.ndarray]:
         if new := [sid for sid in frames if sid not in self.handles]:
             self.attach(*new)
-        steps = tick_steps(self.streams, frames, resets)
-        entries = next(steps)
-        while True:
-            outcomes = self._transact(entries)
-            if delay := self._wait(outcomes):
-                time.sleep(delay)
-            try:
-                entries = steps.send(outcomes)
-            except StopIteration as finished:
-                return finished.value
+        return drive(tick_steps(self.streams, frames, resets), self._transact, longest_wait)
 
     def _transact(self, entries: Entries) -> list[Outcome]:
         try:
@@ -210,12 +197,9 @@ class SyncGateway(_Gateway):
                 self._connect()
             self.conn.send(self._encode(entries))
             return self._decode(self.conn.recv())
-        except InvalidStatus as exc:
+        except DROPPED as exc:
             self.conn = None
-            return [refused(exc)] * len(entries)
-        except RECONNECT_ERRORS:
-            self.conn = None
-            return [RECONNECT] * len(entries)
+            return [dropped(exc)] * len(entries)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -29,8 +29,6 @@ from progress_stream.client.core import (
 from progress_stream.client.http import PROXY_GATEWAY_ERRORS, ServerError, auth_headers
 from progress_stream.contract.binary import binary_request, parse_binary_reply
 
-RECONNECT_ERRORS = (ConnectionClosed, OSError, TimeoutError)
-
 
 def encode(chunk: Chunk, binary: bool) -> bytes | str:
     if binary:
@@ -48,6 +46,15 @@ def decode(message: bytes | str) -> Outcome:
     if action is None:
         raise ServerError(400, body)
     return action
+
+
+def dropped(exc: Exception) -> Outcome:
+    """A connection that failed: a refused handshake as the error table says, anything else reconnects."""
+    return refused(exc) if isinstance(exc, InvalidStatus) else ("wait", RETRY_DELAY)
+
+
+#: What ends a connection without ending the session (:func:`dropped` says what to do next).
+DROPPED = (InvalidStatus, ConnectionClosed, OSError, TimeoutError)
 
 
 def refused(exc: InvalidStatus) -> Outcome:
@@ -101,12 +108,9 @@ class WsStreamSession(_WsSession):
                 await self._connect()
             await self.conn.send(encode(chunk, self.binary))
             return decode(await self.conn.recv())
-        except InvalidStatus as exc:
+        except DROPPED as exc:
             self.conn = None
-            return refused(exc)
-        except RECONNECT_ERRORS:
-            self.conn = None
-            return "wait", RETRY_DELAY
+            return dropped(exc)
 
     async def aclose(self) -> None:
         if self.conn is not None:
@@ -134,12 +138,9 @@ class SyncWsStreamSession(_WsSession):
                 self._connect()
             self.conn.send(encode(chunk, self.binary))
             return decode(self.conn.recv())
-        except InvalidStatus as exc:
+        except DROPPED as exc:
             self.conn = None
-            return refused(exc)
-        except RECONNECT_ERRORS:
-            self.conn = None
-            return "wait", RETRY_DELAY
+            return dropped(exc)
 
     def close(self) -> None:
         if self.conn is not None:
