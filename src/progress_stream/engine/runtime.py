@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from progress_stream.contract.cell import INPUTS, OUTPUTS, REQUIRED_METADATA, SUPPORTED_FORMAT_VERSIONS
+from progress_stream.contract.cell import (
+    COVERAGE_KEY,
+    INPUTS,
+    OUTPUTS_BY_VERSION,
+    REQUIRED_METADATA,
+    SUPPORTED_FORMAT_VERSIONS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,9 @@ class CellRuntime:
         self.metadata = self._check_metadata()
         self.embedding_dim = int(self.metadata["embedding_dim"])
         self.hidden_dim = int(self.metadata["hidden_dim"])
+        self.outputs = OUTPUTS_BY_VERSION[self.metadata["format_version"]]
+        #: the band's nominal coverage; None for a version 1 cell, which answers without a band
+        self.coverage = float(self.metadata[COVERAGE_KEY]) if "band" in self.outputs else None
         self._check_signature()
         self.providers = self.session.get_providers()
         log.info("loaded %s on %s", self.path, self.providers)
@@ -94,7 +103,7 @@ class CellRuntime:
         sizes = {"D": self.embedding_dim, "H": self.hidden_dim}
         for kind, expected, actual in (
             ("input", INPUTS, self.session.get_inputs()),
-            ("output", OUTPUTS, self.session.get_outputs()),
+            ("output", self.outputs, self.session.get_outputs()),
         ):
             found = {a.name: a for a in actual}
             if set(found) != set(expected):
@@ -120,16 +129,23 @@ class CellRuntime:
                 meta[key] = json.loads(meta[key])
         return {"path": str(self.path), "providers": self.providers, **meta}
 
-    def step(self, embedding: np.ndarray, step: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One frame per row: ``embedding`` f32 (B, D), ``step`` i64 (B,), ``state`` f32 (B, H)."""
-        progress, next_state = self.session.run(None, {"embedding": embedding, "step": step, "state": state})
-        return progress, next_state
+    def step(
+        self, embedding: np.ndarray, step: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One frame per row: ``embedding`` f32 (B, D), ``step`` i64 (B,), ``state`` f32 (B, H) → progress
+        (B,), the next state (B, H) and the band (B, 2), None for a version 1 cell."""
+        outputs = self.session.run(None, {"embedding": embedding, "step": step, "state": state})
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
-    def run_action(self, embeddings: np.ndarray) -> np.ndarray:
-        """Progress at every frame of one whole action, stepping the cell from its initial state."""
+    def run_action(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Progress (L,) and band (L, 2) (None for a version 1 cell) at every frame of one whole action,
+        stepping the cell from its initial state."""
         state = np.zeros((1, self.hidden_dim), np.float32)
-        out = np.empty(len(embeddings), np.float32)
+        progress = np.empty(len(embeddings), np.float32)
+        band = np.empty((len(embeddings), 2), np.float32) if self.coverage is not None else None
         for i in range(len(embeddings)):
-            progress, state = self.step(embeddings[i : i + 1], np.array([i], np.int64), state)
-            out[i] = progress[0]
-        return out
+            p, state, b = self.step(embeddings[i : i + 1], np.array([i], np.int64), state)
+            progress[i] = p[0]
+            if band is not None:
+                band[i] = b[0]
+        return progress, band

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from progress_stream.contract.cell import FORMAT_VERSION, INPUTS, OUTPUTS
+from progress_stream.contract.cell import COVERAGE_KEY, FORMAT_VERSION, INPUTS, OUTPUTS
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.model import ProgressHead
 
@@ -28,13 +28,13 @@ class ExportError(ValueError):
 
 
 class StepCell(nn.Module):
-    """``(embedding [B, D], step [B], state [B, H]) → (progress [B], next_state [B, H])``."""
+    """``(embedding [B, D], step [B], state [B, H]) → (progress [B], next_state [B, H], band [B, 2])``."""
 
     def __init__(self, head: ProgressHead):
         super().__init__()
         self.head = head
 
-    def forward(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.head.step(embedding, step, state)
 
 
@@ -78,6 +78,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, str]:
         "position_encoding": model.config["position_encoding"],
         "position_params": json.dumps({"length_ref": model.config["length_ref"]}),
         "output": model.config["output"],
+        COVERAGE_KEY: str(ckpt.train_config.coverage),
         "model_config": json.dumps(model.config),
         "checkpoint_sha256": file_sha256(checkpoint),
         "training_data": json.dumps(ckpt.data),

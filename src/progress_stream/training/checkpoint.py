@@ -18,7 +18,7 @@ import torch
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.model import ProgressHead
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEYS = ("schema", "model_config", "state_dict", "train_config", "data", "metrics")
 
 

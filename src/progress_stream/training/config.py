@@ -46,6 +46,9 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "grad_clip": (0.0, None),
     "val_fraction": (1e-9, 1.0),
     "threads": (0, None),
+    "coverage": (0.5, 1.0),
+    "band_weight": (0.0, None),
+    "feature_offset": (0.0, None),
 }
 
 #: The fields that shape the network; the model is built from these and the checkpoint stores them.
@@ -88,12 +91,16 @@ class TrainConfig:
     frames_per_segment: int = 5
     stratified_sampling: bool = True
     time_warp: float = 0.3  # actions resampled at speed exp(U(-w, w)) each epoch; 0: off
+    feature_offset: float = 0.0  # each training action shifted by one random vector, N(0, s²) per standardised dim
     # loss
     loss: str = "l1"  # l1: conditional median; l2: conditional mean
     weighted_loss: bool = False  # the proposal's early weighting min(cap, 1/max(gt, 1/cap))
     weight_cap: float = 10.0
     edge_weight: float = 0.5  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
+    # the band
+    coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
+    band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses
     # optimisation
     epochs: int = 40
     batch_size: int = 64

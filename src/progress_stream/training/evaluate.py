@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,32 +20,44 @@ def bin_name(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else f"{lo}-{hi}"
 
 
+@dataclass
+class Predictions:
+    """Causal answers for every action of a dataset: progress ``(L,)`` and band ``(L, 2)`` per action."""
+
+    progress: list[np.ndarray]
+    band: list[np.ndarray]
+
+
 @torch.no_grad()
-def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256) -> list[np.ndarray]:
-    """Progress at every frame of every action, using only frames from the action's start to it.
+def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256) -> Predictions:
+    """Progress and band at every frame of every action, using only frames from the action's start to it.
 
     A streamable (or position-free) head is causal in one pass; the ``relative`` head's feature
     depends on the prefix length, so each prefix is recomputed, as its design implies.
     """
     model.eval()
     device = next(model.parameters()).device
-    preds: list[np.ndarray] = [np.empty(0, np.float32)] * len(data.actions)
+    preds = Predictions(
+        [np.empty(0, np.float32)] * len(data.actions), [np.empty((0, 2), np.float32)] * len(data.actions)
+    )
     if model.streamable:
         order = np.argsort(data.lengths)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             x, lengths = pad([data.features[i] for i in idx])
-            out = model(x.to(device), lengths.to(device), dense=True).cpu().numpy()
+            progress, band = (t.cpu().numpy() for t in model(x.to(device), lengths.to(device), dense=True))
             for row, i in enumerate(idx):
-                preds[i] = out[row, : lengths[row]]
+                preds.progress[i] = progress[row, : lengths[row]]
+                preds.band[i] = band[row, : lengths[row]]
         return preds
     for i, feats in enumerate(data.features):
-        out = []
+        parts = []
         for lo in range(0, len(feats), batch_size):
             ends = range(lo + 1, min(lo + batch_size, len(feats)) + 1)
             x, lengths = pad([feats[:e] for e in ends])
-            out.append(model(x.to(device), lengths.to(device)).cpu().numpy())
-        preds[i] = np.concatenate(out)
+            parts.append([t.cpu().numpy() for t in model(x.to(device), lengths.to(device))])
+        preds.progress[i] = np.concatenate([p for p, _ in parts])
+        preds.band[i] = np.concatenate([b for _, b in parts])
     return preds
 
 

@@ -56,3 +56,11 @@ def progress_loss(
         for part in edge_masks(mask):
             per_seq = per_seq + edge * _per_sequence_mean(err, part.to(pred.dtype))
     return per_seq.mean()
+
+
+def quantile_loss(pred: Tensor, gt: Tensor, mask: Tensor, level: float) -> Tensor:
+    """Pinball loss of the ``level`` quantile, averaged per sequence over its ``mask``ed frames, then over
+    sequences: its minimiser is the conditional ``level`` quantile of the truth."""
+    diff = gt - pred
+    err = torch.maximum(level * diff, (level - 1.0) * diff)
+    return _per_sequence_mean(err, mask.to(pred.dtype)).mean()

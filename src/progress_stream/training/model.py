@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-#: Outputs of every member's MLP: progress, then the auxiliary log-length target (training only).
-N_OUTPUTS = 2
+#: Outputs of every member's MLP: progress, the auxiliary log-length target (training only), then the
+#: band's lower and upper quantiles (pre-activation).
+N_OUTPUTS = 4
+PROGRESS, AUX, LOWER, UPPER = range(N_OUTPUTS)
+#: Rows of the band's offset table: frames seen 1 … OFFSET_STEPS (the last row also serves longer actions).
+OFFSET_STEPS = 201
+#: Frames-seen bins (1-based, inclusive) that each get their own calibrated offset.
+OFFSET_BINS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, 200), (201, OFFSET_STEPS))
 
 
 class _Member(nn.Module):
@@ -80,6 +86,8 @@ class ProgressHead(nn.Module):
         self.register_buffer("length_ref", torch.tensor(float(length_ref)))
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_scale", torch.ones(input_dim))
+        # the band: quantile outputs widened (or narrowed) by a calibrated offset per frames-seen bin
+        self.register_buffer("band_offset", torch.zeros(OFFSET_STEPS))
 
     @property
     def state_dim(self) -> int:
@@ -125,27 +133,45 @@ class ProgressHead(nn.Module):
         inputs = self._inputs(x, lengths)
         return torch.stack([m(inputs) for m in self.members])
 
-    def raw(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Pre-activation progress at every frame, ``(B, T)``: the members' mean."""
-        return self.member_outputs(x, lengths)[..., 0].mean(dim=0)
-
     def activate(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw) if self.output == "sigmoid" else raw.clamp(0.0, 1.0)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, dense: bool = False) -> Tensor:
-        """Progress at every frame ``(B, T)`` if ``dense``, else at each sequence's last frame ``(B,)``."""
-        out = self.activate(self.raw(x, lengths))
+    def band(self, progress: Tensor, quantiles: Tensor, step: Tensor) -> Tensor:
+        """``(..., 2)`` interval from the activated quantiles ``(..., 2)``, widened by the offset of ``step``.
+
+        It always holds ``progress`` and lies in [0, 1]; calibration (:mod:`training.calibration`) sets
+        ``band_offset`` so that the stated share of validation frames fall inside.
+        """
+        offset = self.band_offset[step.clamp(max=OFFSET_STEPS - 1)]
+        lo = torch.minimum(quantiles[..., 0] - offset, progress).clamp(0.0, 1.0)
+        hi = torch.maximum(quantiles[..., 1] + offset, progress).clamp(0.0, 1.0)
+        return torch.stack([lo, hi], dim=-1)
+
+    def answer(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Progress ``(B, T)`` and the quantiles ``(B, T, 2)`` at every frame, before calibration's offset."""
+        out = self.activate(self.member_outputs(x, lengths).mean(dim=0))
+        return out[..., PROGRESS], out[..., LOWER : UPPER + 1]
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, dense: bool = False) -> tuple[Tensor, Tensor]:
+        """Progress and band at every frame ``(B, T)``, ``(B, T, 2)`` if ``dense``, else at each sequence's last
+        frame ``(B,)``, ``(B, 2)``."""
+        progress, quantiles = self.answer(x, lengths)
+        steps = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        band = self.band(progress, quantiles, steps)
         if dense:
-            return out
+            return progress, band
         last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1)
-        return out.gather(1, last.view(-1, 1).to(out.device)).squeeze(1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        last = last.to(x.device)
+        return progress[rows, last], band[rows, last]
 
     def _stacked(self, name: str) -> Tensor:
         """One parameter of every member stacked on a leading members axis (constants in the exported graph)."""
         return torch.stack([member.get_parameter(name) for member in self.members])
 
-    def step(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One frame per row: ``(B, D)``, 0-based ``step`` ``(B,)``, ``state`` ``(B, state_dim)``.
+    def step(self, embedding: Tensor, step: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One frame per row: ``(B, D)``, 0-based ``step`` ``(B,)``, ``state`` ``(B, state_dim)`` →
+        progress ``(B,)``, the next state and the band ``(B, 2)``.
 
         Rows with ``step == 0`` start from the learned initial states and ignore ``state``. The GRU
         equations by hand, every member at once (batched matrix products over a members axis), so the
@@ -179,4 +205,6 @@ class ProgressHead(nn.Module):
         hid = torch.relu(inp @ self._stacked("head.0.weight").transpose(1, 2) + self._stacked("head.0.bias")[:, None])
         out = hid @ self._stacked("head.2.weight").transpose(1, 2) + self._stacked("head.2.bias")[:, None]
         next_state = torch.stack(nexts).permute(2, 1, 0, 3).reshape(-1, self.state_dim)
-        return self.activate(out[..., 0].mean(dim=0)), next_state
+        out = self.activate(out.mean(dim=0))
+        progress = out[:, PROGRESS]
+        return progress, next_state, self.band(progress, out[:, LOWER : UPPER + 1], step)

@@ -85,13 +85,26 @@ def time_warp(seq: np.ndarray, rng: np.random.Generator, warp: float) -> np.ndar
     return seq[((np.arange(new_len) + 0.5) * length / new_len).astype(np.int64)]
 
 
+def feature_offset(seq: np.ndarray, rng: np.random.Generator, scale: np.ndarray | None) -> np.ndarray:
+    """``seq`` plus one random vector ``N(0, scale²)`` added to every frame: the drift of an encoder between
+    videos and cameras, which moves a whole action's embeddings without changing its phase."""
+    if scale is None:
+        return seq
+    return seq + (rng.standard_normal(seq.shape[1]) * scale).astype(np.float32)
+
+
 def dense_batches(
-    data: Dataset, batch_size: int, rng: np.random.Generator, min_segment_len: int = 1, warp: float = 0.0
+    data: Dataset,
+    batch_size: int,
+    rng: np.random.Generator,
+    min_segment_len: int = 1,
+    warp: float = 0.0,
+    offset_scale: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Whole actions, optionally time-warped: ``(x, lengths)``; the target of frame i is ``(i+1)/L``."""
+    """Whole actions, optionally time-warped and offset: ``(x, lengths)``; the target of frame i is ``(i+1)/L``."""
     keep = np.flatnonzero(data.lengths >= min_segment_len)
     for batch in _batches_by_length(data.lengths[keep], batch_size, rng):
-        yield pad([time_warp(data.features[keep[i]], rng, warp) for i in batch])
+        yield pad([feature_offset(time_warp(data.features[keep[i]], rng, warp), rng, offset_scale) for i in batch])
 
 
 def prefix_batches(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -17,8 +18,9 @@ from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
 from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
-from progress_stream.training.losses import progress_loss
-from progress_stream.training.model import ProgressHead
+from progress_stream.training.calibration import calibrate
+from progress_stream.training.losses import progress_loss, quantile_loss
+from progress_stream.training.model import AUX, LOWER, PROGRESS, UPPER, ProgressHead
 from progress_stream.training.sampling import dense_batches, prefix_batches, sample_prefixes
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,11 @@ def build_model(cfg: TrainConfig, data: TrainingData) -> ProgressHead:
     return model
 
 
-def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator):
+def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, offset_scale: np.ndarray | None):
     """Yield ``(x, lengths, target, mask)`` with the loss taken where ``mask`` is true."""
     if cfg.regime == "dense":
-        for x, lengths in dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len, cfg.time_warp):
+        batches = dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len, cfg.time_warp, offset_scale)
+        for x, lengths in batches:
             steps = torch.arange(1, x.shape[1] + 1, dtype=torch.float32)
             target = (steps.unsqueeze(0) / lengths.unsqueeze(1)).clamp(max=1.0)
             yield x, lengths, target, steps.unsqueeze(0) <= lengths.unsqueeze(1)
@@ -106,19 +109,27 @@ def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator):
 def _loss(model: ProgressHead, cfg: TrainConfig, batch, device: torch.device) -> torch.Tensor:
     """Mean over members of each member's per-action loss (plus the auxiliary log-length term)."""
     x, lengths, target, mask = (t.to(device) for t in batch)
-    out = model.member_outputs(x, lengths)  # (M, B, T, 2)
+    out = model.member_outputs(x, lengths)  # (M, B, T, N_OUTPUTS)
     if cfg.regime == "prefix":
         out = out.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[-1]))
-    raw = out[..., 0]
+    raw = out[..., PROGRESS]
     pred = torch.sigmoid(raw) if model.output == "sigmoid" else raw
     edge = cfg.edge_weight if cfg.regime == "dense" else 0.0
     per_member = [progress_loss(p, target, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge) for p in pred]
     loss = torch.stack(per_member).mean()
+    if cfg.band_weight > 0:
+        tails = (1.0 - cfg.coverage) / 2.0
+        quantiles = model.activate(out[..., LOWER : UPPER + 1])
+        band = [
+            quantile_loss(q[..., 0], target, mask, tails) + quantile_loss(q[..., 1], target, mask, 1.0 - tails)
+            for q in quantiles
+        ]
+        loss = loss + cfg.band_weight * torch.stack(band).mean()
     if cfg.aux_weight > 0:
         # the action's length: a prefix of p frames has target p / L
         total = lengths.unsqueeze(1) / target.clamp(min=1e-6) if cfg.regime == "prefix" else lengths.unsqueeze(1)
         aux_target = (torch.log1p(total.to(torch.float32)) / torch.log1p(model.length_ref)).expand_as(target)
-        aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., 1]]).mean()
+        aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., AUX]]).mean()
         loss = loss + cfg.aux_weight * aux
     return loss
 
@@ -141,6 +152,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng = np.random.default_rng(cfg.seed)
+    offset_scale = cfg.feature_offset / model.input_scale.cpu().numpy() if cfg.feature_offset > 0 else None
     bayes_ogpe = data.val_bayes_ogpe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +161,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        batches = list(_epoch_batches(cfg, data.fit, rng))
+        batches = list(_epoch_batches(cfg, data.fit, rng, offset_scale))
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
         running = None
         for batch in bar:
@@ -161,7 +173,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
-        val = progress_metrics(predict_causal(model, data.val), data.val.lengths)
+        val = progress_metrics(predict_causal(model, data.val).progress, data.val.lengths)
         val["bayes_ogpe"] = bayes_ogpe
         val["ratio_to_bayes"] = val["ogpe"] / bayes_ogpe
         history.append({"epoch": epoch, "loss": running, "val_ogpe": val["ogpe"]})
@@ -172,8 +184,11 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                 f"end {val['end_mean']:.3f}/{val['end_true']:.3f}"
             )
         if val["ogpe"] < best["val"]["ogpe"]:
-            best = {"epoch": epoch, "val": val}
-            save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, {"epoch": epoch, "val": val})
+            best = {"epoch": epoch, "val": val, "state": copy.deepcopy(model.state_dict())}
+    model.load_state_dict(best.pop("state"))
+    if model.streamable:
+        best["band_offsets"] = calibrate(model, data.val, cfg.coverage)
+    save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, best)
     seconds = time.perf_counter() - started
     summary = {"best_epoch": best["epoch"], "val": best["val"], "train_seconds": seconds, "history": history}
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
