@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from progress_stream.training.calibration import calibrate
 from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
 from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
-from progress_stream.training.calibration import calibrate
 from progress_stream.training.losses import progress_loss, quantile_loss
 from progress_stream.training.model import AUX, LOWER, PROGRESS, UPPER, ProgressHead
 from progress_stream.training.sampling import dense_batches, prefix_batches, sample_prefixes
