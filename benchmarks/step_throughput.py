@@ -1,24 +1,30 @@
-"""Frames per second of the stepwise ONNX cell vs PyTorch eager vs recomputing the prefix.
+"""Frames per second of the stepwise ONNX cell vs PyTorch eager vs recomputing the prefix, and the
+cell's cost per frame against another recipe's cell of the same input size.
 
     .venv/bin/python benchmarks/step_throughput.py --model models/progress_head.onnx \
-        --checkpoint runs/smooth-s8-default/best.pt
+        --checkpoint runs/smooth-s8-default/best.pt --compare-config configs/ensemble.toml
 
 Everything is measured in this one run on this machine's CPU; ratios compare against the PyTorch
-eager step at the same batch size and thread setting.
+eager step at the same batch size and thread setting, and against the compared recipe's cell. A cell's
+cost does not depend on its weights, so the compared cell is an untrained head of that recipe's shape.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from progress_stream.engine.runtime import CellRuntime
-from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.export.onnx_cell import export_checkpoint
+from progress_stream.training.checkpoint import load_checkpoint, save_checkpoint
+from progress_stream.training.config import load_config
 from progress_stream.training.model import ProgressHead
 
 
@@ -73,6 +79,43 @@ def recompute_rates(args: argparse.Namespace, config: dict) -> dict[int, float]:
     return out
 
 
+def recipe_cell(config: Path, head: ProgressHead, folder: Path) -> Path:
+    """An untrained cell of ``config``'s recipe for ``head``'s input size, exported into ``folder``."""
+    cfg = load_config(config)
+    other = ProgressHead(head.config["input_dim"], head.config["length_ref"], **cfg.model_kwargs())
+    save_checkpoint(folder / "compared.pt", other, cfg, {}, {})
+    export_checkpoint(folder / "compared.pt", folder / "compared.onnx")
+    return folder / "compared.onnx"
+
+
+def cost_per_frame(model: Path, batch: int, seconds: float) -> float:
+    """µs of one thread per frame of ``model``'s cell at ``batch`` rows."""
+    runtime = CellRuntime(model, providers="cpu", threads=1)
+    rng = np.random.default_rng(0)
+    args = (
+        rng.standard_normal((batch, runtime.embedding_dim)).astype(np.float32),
+        rng.integers(0, 50, size=batch).astype(np.int64),
+        rng.standard_normal((batch, runtime.hidden_dim)).astype(np.float32),
+    )
+    return 1e6 / rate(lambda: runtime.step(*args), batch, seconds)
+
+
+def compare_cells(args: argparse.Namespace, head: ProgressHead) -> None:
+    """This cell's cost per frame against the compared recipe's, interleaved and repeated (medians)."""
+    with tempfile.TemporaryDirectory() as folder:
+        other = recipe_cell(args.compare_config, head, Path(folder))
+        print(f"\n# Cost per frame, 1 thread: this cell vs {args.compare_config} (median of {args.repeats})\n")
+        print(f"| batch | this cell µs/frame | {args.compare_config} µs/frame | this ÷ compared |")
+        print("|---|---|---|---|")
+        for batch in args.compare_batches:
+            mine, theirs = [], []
+            for _ in range(args.repeats):
+                mine.append(cost_per_frame(args.model, batch, args.seconds))
+                theirs.append(cost_per_frame(other, batch, args.seconds))
+            a, b = float(np.median(mine)), float(np.median(theirs))
+            print(f"| {batch} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/progress_head.onnx")
@@ -80,8 +123,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 1024])
     parser.add_argument("--lengths", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--compare-config", type=Path, help="a recipe (TOML) whose cell's cost to compare against")
+    parser.add_argument("--compare-batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     head, _ = load_checkpoint(args.checkpoint)
+    if args.compare_config:
+        compare_cells(args, head)
     cores = os.cpu_count()
     print(f"# ONNX cell ({args.model}) vs PyTorch eager step, CPU, {cores} cores\n")
     print("| threads | batch | ONNX frames/s | PyTorch frames/s | ONNX ÷ PyTorch | ONNX µs/step |")

@@ -17,6 +17,7 @@ def perturb(model: ProgressHead) -> None:
             member.h0.add_(torch.randn_like(member.h0))
         model.input_mean.add_(torch.randn_like(model.input_mean) * 0.1)
         model.input_scale.mul_(torch.rand_like(model.input_scale) + 0.5)
+        model.band_offset.copy_(torch.linspace(-0.05, 0.2, len(model.band_offset)))
 
 
 @pytest.mark.parametrize("encoding", ["log", "linear", "none"])
@@ -28,11 +29,12 @@ def test_full_sequence_equals_step_by_step(encoding, members, layers):
     assert model.state_dim == members * layers * 16
     with torch.no_grad():
         x = torch.randn(3, 40, 12)
-        dense = model(x, dense=True)
+        dense, dense_band = model(x, dense=True)
         state = torch.zeros(3, model.state_dim)
         for i in range(40):
-            progress, state = model.step(x[:, i], torch.full((3,), i, dtype=torch.long), state)
+            progress, state, band = model.step(x[:, i], torch.full((3,), i, dtype=torch.long), state)
             assert torch.allclose(progress, dense[:, i], atol=1e-6)
+            assert torch.allclose(band, dense_band[:, i], atol=1e-6)
 
 
 def test_step_zero_starts_from_h0_and_ignores_state():
@@ -44,8 +46,8 @@ def test_step_zero_starts_from_h0_and_ignores_state():
         step = torch.zeros(2, dtype=torch.long)
         a = model.step(x, step, torch.zeros(2, model.state_dim))
         b = model.step(x, step, torch.randn(2, model.state_dim) * 100)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        assert torch.allclose(a[0], model(x.unsqueeze(1), dense=True)[:, 0], atol=1e-6)
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        assert torch.allclose(a[0], model(x.unsqueeze(1), dense=True)[0][:, 0], atol=1e-6)
 
 
 def test_the_ensemble_averages_its_members():
@@ -56,7 +58,22 @@ def test_the_ensemble_averages_its_members():
         each = model.member_outputs(x)[..., 0]
         assert each.shape == (3, 2, 5)
         assert not torch.allclose(each[0], each[1])  # members start from different weights
-        assert torch.allclose(model.raw(x), each.mean(dim=0))
+        assert torch.allclose(model.answer(x)[0], torch.sigmoid(each.mean(dim=0)))
+
+
+def test_the_band_holds_the_progress_lies_in_0_1_and_widens_with_the_offset_of_its_frames_seen():
+    torch.manual_seed(0)
+    model = head(6, hidden_dim=8).eval()
+    perturb(model)
+    with torch.no_grad():
+        x = torch.randn(4, 250, 6)
+        progress, band = model(x, dense=True)
+        assert ((band[..., 0] <= progress) & (progress <= band[..., 1])).all()
+        assert band.min() >= 0.0 and band.max() <= 1.0
+        model.band_offset.add_(0.1)
+        _, wider = model(x, dense=True)
+        assert (wider[..., 0] <= band[..., 0]).all() and (wider[..., 1] >= band[..., 1]).all()
+        assert (wider[..., 1] - wider[..., 0]).mean() > (band[..., 1] - band[..., 0]).mean()
 
 
 def test_input_norm_is_fitted_on_training_frames_and_applied_in_the_graph():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from progress_stream.training.losses import edge_masks, progress_loss, progress_weights
-from progress_stream.training.sampling import bin_frames, target_frames, time_warp
+from progress_stream.training.losses import edge_masks, progress_loss, progress_weights, quantile_loss
+from progress_stream.training.sampling import bin_frames, feature_offset, target_frames, time_warp
 
 
 @pytest.mark.parametrize("length", [3, 4, 7, 10, 31, 200])
@@ -69,3 +69,23 @@ def test_time_warp_replays_the_action_in_order_at_another_speed():
         assert np.all(np.diff(out[:, 0]) >= 0) and set(out[:, 0]) <= set(seq[:, 0])
         assert 40 * np.exp(-0.5) - 1 <= len(out) <= 40 * np.exp(0.5) + 1
     assert min(lengths) < 32 and max(lengths) > 50  # both slower and faster replays occur
+
+
+def test_the_feature_offset_moves_every_frame_of_an_action_by_one_vector():
+    seq = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    scale = np.array([0.0, 1.0, 2.0, 3.0])
+    moved = feature_offset(seq, np.random.default_rng(1), scale)
+    shift = moved - seq
+    assert np.allclose(shift, shift[0]) and shift[0, 0] == 0.0 and np.abs(shift[0, 1:]).min() > 0
+    assert feature_offset(seq, np.random.default_rng(1), None) is seq
+
+
+def test_the_quantile_loss_is_least_at_the_quantile_of_the_truth_over_frames():
+    gt = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]])
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    grid = torch.linspace(0, 1, 101)
+    losses = torch.stack([quantile_loss(torch.full_like(gt, float(c)), gt, mask, 0.2) for c in grid])
+    assert 0.19 <= float(grid[losses.argmin()]) <= 0.3
+    # frames count, not actions: a padded short action weighs its frames only
+    short = torch.tensor([[0.5, 0.0, 0.0]])
+    assert quantile_loss(torch.zeros(1, 3), short, short > 0, 0.5) == pytest.approx(0.25)

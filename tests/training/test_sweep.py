@@ -1,7 +1,7 @@
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.sweep import RECIPES, recipe_config, sweep_table
 
-CHOSEN = "norm+warp+ens3+h128+edge"  # the README's "How the default was chosen"
+CHOSEN = "norm+warp+h128+edge+band+offset"  # the README's "How the default was chosen"
 
 
 def test_the_recipe_the_sweep_chose_is_the_default():
@@ -22,7 +22,8 @@ def test_the_table_ranks_recipes_by_their_worst_family():
     assert lines[2].startswith("| b | 0.500 | 0.600 | 0.600 |") and lines[3].startswith("| a | 0.300 | 0.900 | 0.900 |")
 
 
-def test_the_light_variant_is_the_default_with_one_member():
+def test_the_ensemble_variant_is_the_default_with_three_members():
     from progress_stream.training.config import load_config
 
-    assert load_config("configs/light.toml") == recipe_config("norm+warp+h128+edge") == TrainConfig(members=1)
+    expensive = recipe_config("norm+warp+ens3+h128+edge+band+offset")
+    assert load_config("configs/ensemble.toml") == expensive == TrainConfig(members=3)

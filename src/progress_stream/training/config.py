@@ -79,7 +79,7 @@ class TrainConfig:
     hidden_dim: int = 128
     layers: int = 1
     mlp_dim: int = 32
-    members: int = 3  # seed ensemble in one cell: states concatenated, outputs averaged
+    members: int = 1  # >1: a seed ensemble in one cell (states concatenated, outputs averaged); configs/ensemble.toml
     learn_h0: bool = True
     output: str = "sigmoid"
     input_norm: str = "standardize"  # per-dimension z-score from the training frames, inside the graph
@@ -91,7 +91,7 @@ class TrainConfig:
     frames_per_segment: int = 5
     stratified_sampling: bool = True
     time_warp: float = 0.3  # actions resampled at speed exp(U(-w, w)) each epoch; 0: off
-    feature_offset: float = 0.0  # each training action shifted by one random vector, N(0, s²) per standardised dim
+    feature_offset: float = 0.5  # each training action shifted by one random vector, N(0, s²) per standardised dim
     # loss
     loss: str = "l1"  # l1: conditional median; l2: conditional mean
     weighted_loss: bool = False  # the proposal's early weighting min(cap, 1/max(gt, 1/cap))

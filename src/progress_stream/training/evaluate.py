@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from progress_stream.contract.cell import remaining_frames
 from progress_stream.training.data import Dataset, ground_truth
 from progress_stream.training.model import ProgressHead
 from progress_stream.training.sampling import pad
@@ -119,3 +120,65 @@ def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
         "n_frames": int(lengths.sum()),
         "length_bins": bins,
     }
+
+
+def _bins(lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Each length bin's selector over ``lengths``."""
+    return {
+        bin_name(lo, hi): (lengths >= lo) & (lengths <= (hi if hi is not None else np.inf)) for lo, hi in LENGTH_BINS
+    }
+
+
+def band_metrics(bands: list[np.ndarray], lengths: np.ndarray) -> dict:
+    """Coverage (share of frames whose truth lies in the band) and mean width, over all frames and per length bin."""
+    inside = [
+        (b[:, 0] <= g) & (g <= b[:, 1])
+        for b, g in ((b, ground_truth(int(n))) for b, n in zip(bands, lengths, strict=True))
+    ]
+    width = [b[:, 1] - b[:, 0] for b in bands]
+    per_frame_len = np.concatenate([np.full(int(n), n) for n in lengths])
+    inside_all, width_all = np.concatenate(inside), np.concatenate(width)
+    bins = {}
+    for name, sel in _bins(per_frame_len).items():
+        n_actions = int(_bins(lengths)[name].sum())
+        bins[name] = {
+            "coverage": float(inside_all[sel].mean()) if sel.any() else None,
+            "width": float(width_all[sel].mean()) if sel.any() else None,
+            "n": n_actions,
+        }
+    return {"coverage": float(inside_all.mean()), "width": float(width_all.mean()), "length_bins": bins}
+
+
+class RemainingBayes:
+    """Content-free time to finish: after n frames, the mean of ``L − n`` over training actions with ``L ≥ n``."""
+
+    def __init__(self, train_lengths: np.ndarray):
+        lengths = np.sort(np.asarray(train_lengths, dtype=np.float64))
+        suffix = np.cumsum(lengths[::-1])[::-1]  # sum of the lengths from each sorted position on
+        n = np.arange(1, int(lengths[-1]) + 1)
+        first = np.searchsorted(lengths, n, side="left")  # the actions with L >= n start here
+        self.table = (suffix[first] / (len(lengths) - first) - n).astype(np.float32)
+
+    def __call__(self, length: int) -> np.ndarray:
+        """The estimate after each of ``length`` frames (0 past the longest training action)."""
+        n = np.arange(1, length + 1)
+        return np.where(n <= len(self.table), self.table[np.minimum(n, len(self.table)) - 1], 0.0).astype(np.float32)
+
+
+def remaining_metrics(progress: list[np.ndarray], lengths: np.ndarray, train_lengths: np.ndarray) -> dict:
+    """Median absolute error of the time to finish (frames), the head's and the content-free estimate's,
+    over all frames and per length bin."""
+    bayes = RemainingBayes(train_lengths)
+    truth = [np.arange(int(n) - 1, -1, -1, dtype=np.float32) for n in lengths]
+    seen = [np.arange(1, int(n) + 1) for n in lengths]
+    model = np.concatenate([np.abs(remaining_frames(p, s) - t) for p, s, t in zip(progress, seen, truth, strict=True)])
+    base = np.concatenate([np.abs(bayes(int(n)) - t) for n, t in zip(lengths, truth, strict=True)])
+    per_frame_len = np.concatenate([np.full(int(n), n) for n in lengths])
+    bins = {}
+    for name, sel in _bins(per_frame_len).items():
+        bins[name] = {
+            "model": float(np.median(model[sel])) if sel.any() else None,
+            "bayes": float(np.median(base[sel])) if sel.any() else None,
+            "n": int(_bins(lengths)[name].sum()),
+        }
+    return {"model": float(np.median(model)), "bayes": float(np.median(base)), "length_bins": bins}

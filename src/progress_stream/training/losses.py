@@ -59,8 +59,11 @@ def progress_loss(
 
 
 def quantile_loss(pred: Tensor, gt: Tensor, mask: Tensor, level: float) -> Tensor:
-    """Pinball loss of the ``level`` quantile, averaged per sequence over its ``mask``ed frames, then over
-    sequences: its minimiser is the conditional ``level`` quantile of the truth."""
+    """Pinball loss of the ``level`` quantile over every ``mask``ed frame: its minimiser is the conditional
+    ``level`` quantile of the truth. Averaged over frames, not per action, because the band's coverage is a
+    share of frames: per-action averaging would fit the quantiles of short actions and leave the frames of
+    long ones under-covered."""
     diff = gt - pred
     err = torch.maximum(level * diff, (level - 1.0) * diff)
-    return _per_sequence_mean(err, mask.to(pred.dtype)).mean()
+    w = mask.to(pred.dtype)
+    return (err * w).sum() / w.sum().clamp(min=1.0)

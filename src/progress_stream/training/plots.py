@@ -62,3 +62,35 @@ def calibration_plot(data: Dataset, preds: dict[str, list[np.ndarray]], path: Pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def band_plot(data: Dataset, bands: list[np.ndarray], nominal: float, path: Path) -> None:
+    """How well the band holds its nominal coverage: the share of frames inside it per true-progress decile
+    and per action-length bin, beside the nominal line; and one long action's band around its curve."""
+    gt = [ground_truth(int(n)) for n in data.lengths]
+    inside = np.concatenate([(b[:, 0] <= g) & (g <= b[:, 1]) for b, g in zip(bands, gt, strict=True)])
+    truth = np.concatenate(gt)
+    decile = np.minimum((truth * 10).astype(int), 9)
+    lengths = np.concatenate([np.full(int(n), n) for n in data.lengths])
+    edges = [5, 10, 20, 50, 200]
+    length_bin = np.searchsorted(edges, lengths, side="left")
+    labels = ["1-5", "6-10", "11-20", "21-50", "51-200", "201+"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot((np.arange(10) + 0.5) / 10, [inside[decile == d].mean() for d in range(10)], marker="o")
+    axes[0].set(xlabel="true progress (decile centre)", ylabel="share of frames inside the band", ylim=(0, 1))
+    present = [b for b in range(len(labels)) if (length_bin == b).any()]
+    axes[1].bar([labels[b] for b in present], [inside[length_bin == b].mean() for b in present])
+    axes[1].set(xlabel="action length (frames)", ylabel="share of frames inside the band", ylim=(0, 1))
+    for ax in axes[:2]:
+        ax.axhline(nominal, color="k", linestyle="--", label=f"nominal {nominal:.0%}")
+        ax.legend(fontsize=8)
+    idx = sample_actions(data)["long"]
+    frames = np.arange(int(data.lengths[idx]))
+    axes[2].fill_between(frames, bands[idx][:, 0], bands[idx][:, 1], alpha=0.3, label="band")
+    axes[2].plot(frames, gt[idx], "k--", label="true")
+    axes[2].set(xlabel="frame", ylabel="progress", ylim=(-0.02, 1.02), title=f"{data.actions[idx].label}")
+    axes[2].legend(fontsize=8)
+    fig.suptitle("the band: coverage on held-out videos")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

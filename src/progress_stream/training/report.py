@@ -9,8 +9,16 @@ import numpy as np
 
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.data import action_lengths, load_annotations, load_dataset, split_handles
-from progress_stream.training.evaluate import LENGTH_BINS, baselines, bin_name, predict_causal, progress_metrics
-from progress_stream.training.plots import calibration_plot, curves_plot
+from progress_stream.training.evaluate import (
+    LENGTH_BINS,
+    band_metrics,
+    baselines,
+    bin_name,
+    predict_causal,
+    progress_metrics,
+    remaining_metrics,
+)
+from progress_stream.training.plots import band_plot, calibration_plot, curves_plot
 
 
 def run_evaluation(
@@ -31,12 +39,17 @@ def run_evaluation(
     test = load_dataset(videos, features, handles["test"])
     train_lengths = action_lengths(videos, handles["train"])
     preds: dict[str, list[np.ndarray]] = {}
+    bands: dict[str, list[np.ndarray]] = {}
     details: dict[str, dict] = {}
     for name, path in checkpoints.items():
         model, ckpt = load_checkpoint(str(path))
         folder = (own_features or {}).get(name)
-        preds[name] = predict_causal(model, test if folder is None else load_dataset(videos, folder, handles["test"]))
+        answers = predict_causal(model, test if folder is None else load_dataset(videos, folder, handles["test"]))
+        preds[name] = answers.progress
+        if model.streamable:  # a relative head's band is never calibrated: it cannot stream
+            bands[name] = answers.band
         details[name] = {
+            "coverage_nominal": ckpt.train_config.coverage,
             "checkpoint": str(path),
             "features": str(folder or features),
             **ckpt.model_config,
@@ -46,6 +59,10 @@ def run_evaluation(
     for name, fn in baselines(train_lengths).items():
         preds[name] = [fn(len(f)) for f in test.features]
     metrics = {name: progress_metrics(p, test.lengths) for name, p in preds.items()}
+    for name, band in bands.items():
+        metrics[name]["coverage_nominal"] = details[name]["coverage_nominal"]
+        metrics[name]["band"] = band_metrics(band, test.lengths)
+        metrics[name]["remaining"] = remaining_metrics(preds[name], test.lengths, train_lengths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -60,6 +77,8 @@ def run_evaluation(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     curves_plot(test, preds, out / "curves.png")
     calibration_plot(test, {k: v for k, v in preds.items() if k not in ("oracle",)}, out / "calibration.png")
+    if "model" in bands:
+        band_plot(test, bands["model"], details["model"]["coverage_nominal"], out / "band.png")
     table = markdown_table(metrics, details)
     (out / "report.md").write_text(_report(table, summary, checkpoints))
     return table
@@ -69,7 +88,19 @@ def markdown_table(metrics: dict[str, dict], details: dict[str, dict]) -> str:
     """One row per model/baseline: OGPE, its ratio to length-only Bayes, start/end means, length bins."""
     bayes = metrics["length_bayes"]["ogpe"]
     bins = [bin_name(lo, hi) for lo, hi in LENGTH_BINS]
-    head = ["model", "encoding", "OGPE", "÷ Bayes", "frame OGPE", "norm. OGPE", "start (true)", "end (true)"]
+    head = [
+        "model",
+        "encoding",
+        "OGPE",
+        "÷ Bayes",
+        "frame OGPE",
+        "norm. OGPE",
+        "start (true)",
+        "end (true)",
+        "coverage (nominal)",
+        "width",
+        "remaining MdAE (content-free)",
+    ]
     lines = [
         "| " + " | ".join(head + [f"L {b}" for b in bins]) + " |",
         "|" + "---|" * (len(head) + len(bins)),
@@ -86,6 +117,15 @@ def markdown_table(metrics: dict[str, dict], details: dict[str, dict]) -> str:
             f"{m['start_mean']:.3f} ({m['start_true']:.3f})",
             f"{m['end_mean']:.3f} ({m['end_true']:.3f})",
         ]
+        if "band" in m:
+            nominal = details[name]["coverage_nominal"]
+            row += [
+                f"{m['band']['coverage']:.3f} ({nominal:.2f})",
+                f"{m['band']['width']:.3f}",
+                f"{m['remaining']['model']:.1f} ({m['remaining']['bayes']:.1f})",
+            ]
+        else:
+            row += ["—"] * 3
         row += ["—" if m["length_bins"][b]["ogpe"] is None else f"{m['length_bins'][b]['ogpe']:.3f}" for b in bins]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -95,6 +135,9 @@ def markdown_table(metrics: dict[str, dict], details: dict[str, dict]) -> str:
 MAX_RATIO_TO_BAYES = 0.60
 MAX_START_ERROR = 0.05
 MAX_END_SHORTFALL = 0.08
+#: The band's coverage must lie this close to nominal overall and in every length bin with enough actions.
+MAX_COVERAGE_ERROR = 0.05
+MIN_BIN_ACTIONS = 50
 
 
 def target_checks(models: dict[str, dict], name: str = "model") -> list[tuple[str, bool, str]]:
@@ -109,6 +152,31 @@ def target_checks(models: dict[str, dict], name: str = "model") -> list[tuple[st
         ),
         (f"start mean within {MAX_START_ERROR} of truth", abs(start) <= MAX_START_ERROR, f"{start:+.3f}"),
         (f"end mean at most {MAX_END_SHORTFALL} below truth", end >= -MAX_END_SHORTFALL, f"{end:+.3f}"),
+        *band_checks(m),
+    ]
+
+
+def band_checks(m: dict) -> list[tuple[str, bool, str]]:
+    """The band's coverage (overall and per length bin with enough actions) within
+    :data:`MAX_COVERAGE_ERROR` of nominal; the time to finish ahead of the content-free estimate."""
+    if "band" not in m:
+        return []
+    nominal = m["coverage_nominal"]
+    bins = {k: v for k, v in m["band"]["length_bins"].items() if v["n"] >= MIN_BIN_ACTIONS}
+    worst = max([m["band"]["coverage"], *(v["coverage"] for v in bins.values())], key=lambda c: abs(c - nominal))
+    rem = {k: v for k, v in m["remaining"]["length_bins"].items() if v["n"] >= MIN_BIN_ACTIONS}
+    beaten = m["remaining"]["model"] < m["remaining"]["bayes"] and all(v["model"] < v["bayes"] for v in rem.values())
+    return [
+        (
+            f"coverage within {MAX_COVERAGE_ERROR} of nominal, overall and per length bin",
+            abs(worst - nominal) <= MAX_COVERAGE_ERROR,
+            f"worst {worst:.3f} (nominal {nominal:.2f})",
+        ),
+        (
+            "time to finish ahead of the content-free estimate, overall and per length bin",
+            beaten,
+            f"{m['remaining']['model']:.1f} vs {m['remaining']['bayes']:.1f} frames",
+        ),
     ]
 
 
@@ -120,7 +188,16 @@ def family_summary(reports: list[Path]) -> str:
         models = json.loads((Path(folder) / "metrics.json").read_text())["models"]
         names += [n for n in models if n not in names]
         rows.append((Path(folder).name, models))
-    head = ["data", *(("default" if n == "model" else n) for n in names), "start − true", "end − true", "targets met"]
+    head = [
+        "data",
+        *(("default" if n == "model" else n) for n in names),
+        "start − true",
+        "end − true",
+        "coverage (worst bin)",
+        "width",
+        "remaining MdAE (content-free)",
+        "targets met",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for data, models in rows:
         bayes = models["length_bayes"]["ogpe"]
@@ -131,7 +208,41 @@ def family_summary(reports: list[Path]) -> str:
             if all(ok for _, ok, _ in checks)
             else "no: " + ", ".join(w.split(" ")[0] for w, ok, _ in checks if not ok)
         )
-        lines.append(f"| {data} | " + " | ".join(ratios) + f" | {checks[1][2]} | {checks[2][2]} | {met} |")
+        m = models["model"]
+        band = (
+            [
+                f"{m['band']['coverage']:.3f} ({checks[3][2].split(' ')[1]})",
+                f"{m['band']['width']:.3f}",
+                f"{m['remaining']['model']:.1f} ({m['remaining']['bayes']:.1f})",
+            ]
+            if "band" in m
+            else ["—"] * 3
+        )
+        lines.append(f"| {data} | " + " | ".join([*ratios, checks[1][2], checks[2][2], *band, met]) + " |")
+    return "\n".join(lines)
+
+
+def band_table(m: dict) -> str:
+    """Per length bin: the band's coverage and width, the time to finish's median error against the
+    content-free estimate's (frames)."""
+    if "band" not in m:
+        return "The model has no band (a relative head cannot stream)."
+    lines = [
+        f"The band (nominal coverage {m['coverage_nominal']:.0%}) and the time to finish, per action length:",
+        "",
+        "| length | actions | coverage | width | remaining MdAE | content-free MdAE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, b in m["band"]["length_bins"].items():
+        r = m["remaining"]["length_bins"][name]
+        if b["n"]:
+            lines.append(
+                f"| {name} | {b['n']} | {b['coverage']:.3f} | {b['width']:.3f} | {r['model']:.1f} | {r['bayes']:.1f} |"
+            )
+    lines.append(
+        f"| all | | {m['band']['coverage']:.3f} | {m['band']['width']:.3f} | {m['remaining']['model']:.1f} | "
+        f"{m['remaining']['bayes']:.1f} |"
+    )
     return "\n".join(lines)
 
 
@@ -144,6 +255,7 @@ def _report(table: str, summary: dict, checkpoints: dict[str, Path]) -> str:
         f"- [{'x' if ok else ' '}] {what}: {value}" for what, ok, value in target_checks(summary["models"])
     )
     models = "\n".join(f"- `{name}`: `{path}`" for name, path in checkpoints.items())
+    band_section = band_table(summary["models"]["model"])
     return f"""# Progress evaluation (causal, held-out test videos)
 
 Test set: {t["videos"]} videos, {t["actions"]} actions, {t["frames"]} frames.
@@ -162,6 +274,8 @@ Checks for `model`:
 Checkpoints:
 {models}
 
+{band_section}
+
 Plots: `curves.png` (sample short/medium/long test actions), `calibration.png` (mean prediction per
-true-progress decile).
+true-progress decile), `band.png` (the band's coverage per true-progress decile and per length bin).
 """

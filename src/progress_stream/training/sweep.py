@@ -30,8 +30,15 @@ BASE: dict[str, Any] = {
     "aux_weight": 0.0,
     "loss": "l1",
     "edge_weight": 0.0,
+    "feature_offset": 0.0,
+    "band_weight": 0.0,
     "epochs": 40,
 }
+
+#: The recipe the sweep chose before the band and the offset augmentation: three members, hidden 128.
+_ENSEMBLE = {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidden_dim": 128, "edge_weight": 0.5}
+#: One member with the band and the per-action feature offset (the default's shape).
+_SINGLE = {**_ENSEMBLE, "members": 1, "band_weight": 1.0, "feature_offset": 0.5}
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -58,13 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "norm+warp+ens3+h128": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidden_dim": 128},
     "norm+warp+ens3+2layers": {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "layers": 2},
-    "norm+warp+ens3+h128+edge": {
-        "input_norm": "standardize",
-        "time_warp": 0.3,
-        "members": 3,
-        "hidden_dim": 128,
-        "edge_weight": 0.5,
-    },
+    "norm+warp+ens3+h128+edge": _ENSEMBLE,
     "norm+warp+h128+edge": {"input_norm": "standardize", "time_warp": 0.3, "hidden_dim": 128, "edge_weight": 0.5},
     "norm+warp+ens3+h128+edge1": {
         "input_norm": "standardize",
@@ -73,6 +74,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "hidden_dim": 128,
         "edge_weight": 1.0,
     },
+    "norm+warp+h128+edge+band": {**_SINGLE, "feature_offset": 0.0},
+    "norm+warp+h128+edge+band+offset": _SINGLE,
+    "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
+    "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
 }
 
 

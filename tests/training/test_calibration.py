@@ -1,0 +1,79 @@
+"""The band's calibration on validation videos, and the time to finish's evaluation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from progress_stream.contract.cell import remaining_band, remaining_frames
+from progress_stream.training.calibration import band_scores, calibrate
+from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.training.evaluate import RemainingBayes, band_metrics, predict_causal, remaining_metrics
+from progress_stream.training.model import OFFSET_BINS
+from progress_stream.training.train import load_training_data
+from tests.conftest import train_tiny
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_data: Path, tmp_path_factory):
+    path = train_tiny(tiny_data, tmp_path_factory.mktemp("band"), epochs=2)
+    model, _ = load_checkpoint(path)
+    data = load_training_data(tiny_data / "annotations.json", tiny_data / "features")
+    return model, data
+
+
+def test_on_its_calibration_frames_every_frames_seen_bin_holds_at_least_the_nominal_share(calibrated):
+    model, data = calibrated
+    for coverage in (0.6, 0.9):
+        calibrate(model, data.val, coverage)
+        bands = predict_causal(model, data.val).band
+        truth = [np.arange(1, n + 1) / n for n in data.val.lengths]
+        inside = np.concatenate([(b[:, 0] <= g + 1e-7) & (g <= b[:, 1] + 1e-7) for b, g in zip(bands, truth)])
+        seen = np.concatenate([np.arange(1, n + 1) for n in data.val.lengths])
+        for lo, hi in OFFSET_BINS:
+            sel = (seen >= lo) & (seen <= hi)
+            if sel.sum() >= 50:
+                assert inside[sel].mean() >= coverage
+        assert inside.mean() < coverage + 0.1  # calibrated, not merely wide
+
+
+def test_a_higher_coverage_gives_a_wider_band(calibrated):
+    model, data = calibrated
+    widths = []
+    for coverage in (0.6, 0.9):
+        calibrate(model, data.val, coverage)
+        widths.append(band_metrics(predict_causal(model, data.val).band, data.val.lengths)["width"])
+    assert widths[1] > widths[0]
+
+
+def test_scores_are_the_least_offset_that_holds_the_truth(calibrated):
+    model, data = calibrated
+    scores, seen = band_scores(model, data.val)
+    assert len(scores) == len(seen) == data.val.lengths.sum()
+    model.band_offset.fill_(0.0)
+    bands = np.concatenate(predict_causal(model, data.val).band)
+    truth = np.concatenate([np.arange(1, n + 1) / n for n in data.val.lengths]).astype(np.float32)
+    inside = (bands[:, 0] <= truth) & (truth <= bands[:, 1])
+    assert (inside == (scores <= 0)).mean() > 0.999  # float rounding at the edge aside
+
+
+def test_the_time_to_finish_is_exact_at_the_true_progress_and_its_band_reverses_the_ends():
+    seen = np.arange(1, 21)
+    assert np.allclose(remaining_frames(seen / 20, seen), 20 - seen, atol=1e-4)
+    band = np.stack([seen / 25, np.minimum(seen / 15, 1.0)], axis=-1)
+    low, high = remaining_band(band, seen).T
+    assert (low <= 20 - seen + 1e-4).all() and (high >= 20 - seen - 1e-4).all()
+    assert np.isfinite(remaining_frames(np.zeros(3), np.ones(3))).all()
+
+
+def test_the_content_free_time_to_finish_is_the_mean_over_long_enough_actions():
+    bayes = RemainingBayes(np.array([2, 4]))
+    assert bayes(5).tolist() == [2.0, 1.0, 1.0, 0.0, 0.0]  # (1+3)/2, (0+2)/2, 4−3, 4−4, past the longest
+
+
+def test_remaining_metrics_score_the_head_against_the_content_free_estimate():
+    lengths = np.array([4, 10])
+    exact = [np.arange(1, n + 1) / n for n in lengths]
+    m = remaining_metrics(exact, lengths, np.array([4, 10, 10]))
+    assert m["model"] == pytest.approx(0.0, abs=1e-4) and m["bayes"] > 0
+    assert m["length_bins"]["1-5"]["n"] == 1 and m["length_bins"]["6-10"]["n"] == 1
