@@ -28,7 +28,9 @@ def test_on_its_calibration_frames_every_frames_seen_bin_holds_at_least_the_nomi
         calibrate(model, data.val, coverage)
         bands = predict_causal(model, data.val).band
         truth = [np.arange(1, n + 1) / n for n in data.val.lengths]
-        inside = np.concatenate([(b[:, 0] <= g + 1e-7) & (g <= b[:, 1] + 1e-7) for b, g in zip(bands, truth)])
+        inside = np.concatenate(
+            [(b[:, 0] <= g + 1e-7) & (g <= b[:, 1] + 1e-7) for b, g in zip(bands, truth, strict=True)]
+        )
         seen = np.concatenate([np.arange(1, n + 1) for n in data.val.lengths])
         for lo, hi in OFFSET_BINS:
             sel = (seen >= lo) & (seen <= hi)
