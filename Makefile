@@ -89,8 +89,10 @@ model: $(MODEL)
 verify: $(MODEL)
 	$(PROGRESS) verify-export $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
 
+# the cell against the three-member recipe's, in the same run
 bench-step: $(MODEL)
-	$(BIN)/python benchmarks/step_throughput.py --model $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt
+	$(BIN)/python benchmarks/step_throughput.py --model $(MODEL) --checkpoint $(DEFAULT_RUN)/best.pt \
+		--compare-config configs/ensemble.toml
 
 # --- serving ----------------------------------------------------------------------------
 # the web page's demo pack: held-out actions of the data the default model was trained on

@@ -47,7 +47,8 @@ input [
   {{ name: "embedding" data_type: TYPE_FP32 dims: [ {embedding_dim} ] }}
 ]
 output [
-  {{ name: "progress" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
+  {{ name: "progress" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "band" data_type: TYPE_FP32 dims: [ 2 ] }}
 ]
 sequence_batching {{
   max_sequence_idle_microseconds: 60000000
