@@ -85,9 +85,9 @@ def board_row(page: Page, stream_id: str) -> dict | None:
     return page.evaluate("id => window.progressBoard.rows.get(id) ?? null", stream_id)
 
 
-def stateless(server: ServerProcess, frames: np.ndarray) -> np.ndarray:
+def stateless(server: ServerProcess, frames: np.ndarray, field: str = "progress") -> np.ndarray:
     res = httpx.post(f"{server.url}/v1/progress", json={"embeddings": frames.tolist()})
-    return np.array(res.json()["progress"], np.float32)
+    return np.array(res.json()[field], np.float32)
 
 
 def test_the_board_shows_streams_within_a_second_and_drops_deleted_ones(watched, web_server):
@@ -130,6 +130,12 @@ def test_the_demo_plots_exactly_what_the_server_answers(watched, web_server, dem
     frames = np.load(demo_dir / action["file"])
     assert len(state["predicted"]) == len(frames) and state["truth"] == pytest.approx(action["truth"])
     np.testing.assert_allclose(state["predicted"], stateless(web_server, frames), atol=1e-6)
+    # the band under the curve and the time to finish, in seconds at the demo's 240 frames/s
+    np.testing.assert_allclose(state["band"], stateless(web_server, frames, "band"), atol=1e-6)
+    remaining = stateless(web_server, frames, "remaining_frames")
+    np.testing.assert_allclose(state["remaining"], remaining / 240, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["remainingBand"], stateless(web_server, frames, "remaining_band") / 240, rtol=1e-5)
+    assert page.text_content("#finish").startswith(f"Time to finish: {remaining[-1] / 240:.1f} s (")
     watched.shot("demo")
     assert watched.problems == []
 

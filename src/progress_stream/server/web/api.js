@@ -56,10 +56,12 @@ function base64url(text) {
 }
 
 // A browser cannot set headers on a WebSocket: the key rides as a subprotocol beside progress.v1.
-export function openSocket(streamId) {
+// `fps`, when given, opens the stream with its frame rate: the answers then carry remaining_s.
+export function openSocket(streamId, fps = null) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = ["progress.v1", ...(apiKey.get() ? [`bearer.${base64url(apiKey.get())}`] : [])];
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/streams/${streamId}/ws`, protocols);
+  const query = fps ? `?fps=${fps}` : "";
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/streams/${streamId}/ws${query}`, protocols);
   ws.binaryType = "arraybuffer";
   return ws;
 }
@@ -76,14 +78,34 @@ export function framesMessage(seq, frames, count) {
 }
 
 // Binary reply: uint64 seq, uint64 next_seq, uint32 count, uint32 flags, then count float32 progress.
+// The sections that follow a reply's progress values, in order, each present when its flag is set:
+// [field, flag, float32 values per frame] (contract/binary.py SECTIONS).
+const SECTIONS = [
+  ["band", 2, 2],
+  ["remaining_frames", 8, 1],
+  ["remaining_band", 2, 2],
+  ["remaining_s", 4, 1],
+];
+
+// Binary reply: uint64 seq, uint64 next_seq, uint32 count, uint32 flags, count float32 progress, then the
+// sections its flags name. A section of two values per frame comes back as an array of [a, b] pairs.
 export function parseReply(buffer) {
   const view = new DataView(buffer);
   const count = view.getUint32(16, true);
-  return {
+  const flags = view.getUint32(20, true);
+  const reply = {
     seq: Number(view.getBigUint64(0, true)),
     nextSeq: Number(view.getBigUint64(8, true)),
     progress: new Float32Array(buffer.slice(24, 24 + 4 * count)),
   };
+  let offset = 24 + 4 * count;
+  for (const [name, flag, per] of SECTIONS) {
+    if (!(flags & flag)) continue;
+    const values = Array.from(new Float32Array(buffer.slice(offset, offset + 4 * count * per)));
+    reply[name] = per === 1 ? values : Array.from({ length: count }, (_, i) => values.slice(2 * i, 2 * i + 2));
+    offset += 4 * count * per;
+  }
+  return reply;
 }
 
 // A .npy file of shape (T, D), float32, C order.

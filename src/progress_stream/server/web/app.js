@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const board = new Board({ container: $("rows"), spacer: $("spacer"), count: $("count"), filter: $("filter"), sort: $("sort") });
 const demo = new Demo({
   select: $("action"), fps: $("fps"), start: $("start"), drop: $("drop"), file: $("file"), canvas: $("chart"), status: $("demo-status"),
+  finish: $("finish"),
 });
 window.progressBoard = board; // for tests and the console
 window.progressDemo = demo;

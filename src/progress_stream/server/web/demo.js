@@ -1,14 +1,15 @@
 // The demo: stream a held-out action (or a dropped .npy) frame by frame over the real WebSocket, in
-// binary messages, and plot the predicted progress against the truth as the answers come back.
+// binary messages, and plot the predicted progress and its band against the truth as the answers come
+// back, with the time to finish.
 import { ApiError, framesMessage, getJSON, openSocket, parseNpy, parseReply } from "./api.js";
 
 export class Demo {
-  constructor({ select, fps, start, drop, file, canvas, status }) {
-    Object.assign(this, { select, fps, start, drop, file, canvas, status });
+  constructor({ select, fps, start, drop, file, canvas, status, finish }) {
+    Object.assign(this, { select, fps, start, drop, file, canvas, status, finish });
     this.pack = null;
     this.dim = null;
     // what the tests (and a curious user, from the console) read: the answers exactly as received
-    this.state = { name: null, streamId: null, truth: [], predicted: [], done: false, error: null };
+    this.state = this.fresh(null, null, []);
     start.addEventListener("click", () => this.runPacked());
     file.addEventListener("change", () => file.files[0] && this.runFile(file.files[0]));
     drop.addEventListener("dragover", (e) => {
@@ -21,6 +22,11 @@ export class Demo {
       drop.classList.remove("over");
       if (e.dataTransfer.files[0]) this.runFile(e.dataTransfer.files[0]);
     });
+  }
+
+  // band: [lo, hi] per frame (none from a model without a band); remaining: seconds left per frame
+  fresh(name, streamId, truth) {
+    return { name, streamId, truth, predicted: [], band: [], remaining: [], remainingBand: [], done: false, error: null };
   }
 
   // `available` is false when the page was served without a demo pack: it then never asks for one.
@@ -65,9 +71,11 @@ export class Demo {
       return;
     }
     const streamId = `demo-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-    this.state = { name, streamId, truth, predicted: [], done: false, error: null };
+    this.state = this.fresh(name, streamId, truth);
+    this.finish.textContent = "";
     this.draw();
-    const ws = openSocket(streamId);
+    const fps = Math.max(1, Number(this.fps.value) || 30);
+    const ws = openSocket(streamId, fps);
     const replies = [];
     let wake = null;
     ws.onmessage = (e) => {
@@ -77,7 +85,7 @@ export class Demo {
     const closed = new Promise((resolve) => (ws.onclose = (e) => { resolve(e); wake?.(); }));
     const opened = await Promise.race([new Promise((r) => (ws.onopen = () => r(true))), closed.then(() => false)]);
     if (!opened) return this.fail("the server refused the WebSocket (a missing or wrong API key, or a full server)");
-    const period = 1000 / Math.max(1, Number(this.fps.value) || 30);
+    const period = 1000 / fps;
     this.say(`Streaming ${name}: ${frames} frames at ${Math.round(1000 / period)} frames/s on stream ${streamId}`);
     for (let t = 0; t < frames; t++) {
       const sent = performance.now();
@@ -86,13 +94,27 @@ export class Demo {
       const reply = replies.shift();
       if (reply === undefined) return this.fail("the connection closed");
       if (typeof reply === "string") return this.fail(JSON.parse(reply).error?.message ?? reply);
-      this.state.predicted.push(parseReply(reply).progress[0]);
+      this.record(parseReply(reply), fps);
       this.draw();
       await new Promise((r) => setTimeout(r, Math.max(0, period - (performance.now() - sent))));
     }
     ws.close();
     this.state.done = true;
     this.say(`Done: ${frames} frames of ${name}; last prediction ${this.state.predicted.at(-1).toFixed(3)}`);
+  }
+
+  // what one answer adds: its progress, its band, and the time to finish (seconds: the stream was opened
+  // with its frame rate, so the server answers remaining_s; its band is remaining_band at that rate)
+  record(answer, fps) {
+    this.state.predicted.push(answer.progress[0]);
+    if (answer.band) this.state.band.push(answer.band[0]);
+    if (!answer.remaining_s) return;
+    const left = answer.remaining_s[0];
+    const band = answer.remaining_band?.[0].map((frames) => frames / fps) ?? null;
+    this.state.remaining.push(left);
+    this.state.remainingBand.push(band);
+    const range = band ? ` (${seconds(band[0])} to ${seconds(band[1])})` : "";
+    this.finish.textContent = `Time to finish: ${seconds(left)}${range}`;
   }
 
   fail(message) {
@@ -134,7 +156,23 @@ export class Demo {
       });
       ctx.stroke();
     };
+    const band = this.state.band;
+    if (band.length) {
+      // the band under the curve: along its upper edge, back along its lower edge
+      const x = (i) => pad + (n > 1 ? i / (n - 1) : 0) * (width - pad - 8);
+      const y = (v) => height - pad - v * (height - 2 * pad);
+      ctx.fillStyle = "rgba(47, 125, 225, 0.18)";
+      ctx.beginPath();
+      band.forEach(([, hi], i) => (i ? ctx.lineTo(x(i), y(hi)) : ctx.moveTo(x(i), y(hi))));
+      for (let i = band.length - 1; i >= 0; i--) ctx.lineTo(x(i), y(band[i][0]));
+      ctx.closePath();
+      ctx.fill();
+    }
     line(this.state.truth, "#9ca3af");
     line(this.state.predicted, "#2f7de1");
   }
+}
+
+function seconds(s) {
+  return s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
 }
