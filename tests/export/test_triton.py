@@ -53,7 +53,10 @@ def test_triton_graph_steps_like_triton_would_carry_it(tiny_model, tmp_path):
     state, step = np.zeros((2, width), np.float32), np.zeros((2, 1), np.int64)
     plain_state = np.zeros((2, width), np.float32)
     for t in range(7):
-        progress, state, step = triton.run(None, {"embedding": x[t], "step": step, "state": state})
-        ref, plain_state = plain.run(None, {"embedding": x[t], "step": np.full(2, t, np.int64), "state": plain_state})
+        progress, state, band, step = triton.run(None, {"embedding": x[t], "step": step, "state": state})
+        ref, plain_state, ref_band = plain.run(
+            None, {"embedding": x[t], "step": np.full(2, t, np.int64), "state": plain_state}
+        )
         np.testing.assert_allclose(progress, ref, atol=1e-6)
+        np.testing.assert_allclose(band, ref_band, atol=1e-6)
     assert step.tolist() == [[7], [7]]
