@@ -12,7 +12,6 @@ import argparse
 import asyncio
 
 import numpy as np
-import orjson
 import uvicorn
 import uvloop
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -29,6 +28,7 @@ from picows import (
 from prometheus_client import CollectorRegistry, Counter
 
 from progress_stream.contract.binary import binary_reply
+from progress_stream.contract.replies import Estimates, SocketReply
 from progress_stream.contract.wire import Wire
 from progress_stream.server.answers import Answers
 from progress_stream.server.serve import uvicorn_config
@@ -36,13 +36,16 @@ from progress_stream.server.settings import Settings
 
 
 def answer(wire: Wire, data: bytes | str, binary: bool) -> bytes:
-    """Parse like the service, answer zeros in the service's reply shape."""
+    """Parse like the service, answer zeros in the service's reply shape (a band and the time to finish)."""
     if binary:
         seq, frames, _ = wire.parse_binary(data)
-        return binary_reply(seq, seq + len(frames), np.zeros(len(frames), np.float32))
+        return binary_reply(seq, seq + len(frames), zeros(len(frames)))
     seq, frames, _ = wire.parse_frames(data)
-    reply = {"seq": seq, "progress": np.zeros(len(frames), np.float32), "next_seq": seq + len(frames)}
-    return orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
+    return SocketReply.encode(seq, zeros(len(frames)), seq + len(frames))
+
+
+def zeros(n: int) -> Estimates:
+    return Estimates.at(np.zeros(n, np.float32), np.zeros((n, 2), np.float32), np.ones(n))
 
 
 def bare_app(wire: Wire) -> FastAPI:

@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+from progress_stream.contract.cell import remaining_band, remaining_frames
+from progress_stream.contract.replies import PER_FRAME, Estimates
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.server.process import ServerProcess
 from progress_stream.training.data import EGOPROCEL
@@ -75,7 +78,15 @@ def tiny_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-# the tiny model's embedding size
+@pytest.fixture(scope="session")
+def tiny_model_v1(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cell as a version 1 cell: the same graph without its ``band`` output."""
+    model = onnx.load(tiny_model)
+    model.graph.output.remove(next(o for o in model.graph.output if o.name == "band"))
+    next(p for p in model.metadata_props if p.key == "format_version").value = "1"
+    path = tmp_path_factory.mktemp("model-v1") / "cell-v1.onnx"
+    onnx.save(model, path)
+    return path
 
 
 #: The shared server's settings: a small retained window so 'too old' retries are reachable.
@@ -113,5 +124,30 @@ def frames(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def offline(runtime: CellRuntime, x: np.ndarray, resets: tuple[int, ...] = ()) -> np.ndarray:
     """Reference: the runtime stepped alone over each action (a new action at 0 and at every reset)."""
+    return offline_answers(runtime, x, resets).progress
+
+
+def offline_answers(
+    runtime: CellRuntime, x: np.ndarray, resets: tuple[int, ...] = (), fps: float | None = None
+) -> Estimates:
+    """Every answer, offline: each action through ``run_action`` and the cell contract's time to finish, with
+    each frame's place in its action (1-based) counted here, and seconds at ``fps``."""
     bounds = [0, *resets, len(x)]
-    return np.concatenate([runtime.run_action(x[a:b]) for a, b in itertools.pairwise(bounds) if b > a])
+    parts = []
+    for a, b in itertools.pairwise(bounds):
+        if b > a:
+            progress, band = runtime.run_action(x[a:b])
+            seen = np.arange(1, b - a + 1)
+            left = remaining_frames(progress, seen)
+            seconds = None if fps is None else left / np.float32(fps)
+            parts.append(Estimates(progress, band, left, None if band is None else remaining_band(band, seen), seconds))
+    return Estimates.join(parts)
+
+
+def assert_same(got: Estimates, expected: Estimates) -> None:
+    """Every answer bit for bit (a stream alone in its batches steps exactly as the runtime does offline), and
+    the same fields absent."""
+    for name, a, b in zip(PER_FRAME, got.arrays(), expected.arrays(), strict=True):
+        assert (a is None) == (b is None), f"{name}: {a} vs {b}"
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=name)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from progress_stream.client.core import Chunk, ReplayLog, SeqError, exchange, resend_plan
+from progress_stream.contract.replies import Estimates
 
 
 def chunks(log: ReplayLog, sizes, dim=2, reset_at=()):
@@ -39,13 +40,44 @@ def test_log_is_bounded_and_says_when_history_is_gone():
     assert [c.seq for c in resend_plan(log, cs[-1], expected_seq=8)] == [8, 12]
 
 
+def answers(*progress: float, fps: float | None = 10.0) -> Estimates:
+    p = np.array(progress, np.float32)
+    return Estimates.at(p, np.stack([p / 2, (p + 1) / 2], axis=1), np.arange(1, len(p) + 1), fps)
+
+
 def test_exchange_stitches_the_chunk_result_out_of_the_replayed_sends():
     log = ReplayLog(100)
     cs = chunks(log, [3, 3])
     steps = exchange(log, cs[1])
     assert next(steps).seq == 3
     assert steps.send(("conflict", 1)).seq == 1  # the server lost frames 1..2
-    assert steps.send(("ok", np.array([10, 20], np.float32))).seq == 3
+    assert steps.send(("ok", answers(0.1, 0.2))).seq == 3
     with pytest.raises(StopIteration) as done:
-        steps.send(("ok", np.array([30, 40, 50], np.float32)))
-    assert done.value.value.tolist() == [30, 40, 50]
+        steps.send(("ok", answers(0.3, 0.4, 0.5)))
+    assert done.value.value.progress.tolist() == answers(0.3, 0.4, 0.5).progress.tolist()
+
+
+def test_a_chunk_answered_in_two_sends_joins_every_field():
+    log = ReplayLog(100)
+    (c,) = chunks(log, [5])
+    steps = exchange(log, c)
+    next(steps)
+    assert steps.send(("conflict", 2)).seq == 0  # a restored server holds frames 0..1: their answers, then the rest
+    assert steps.send(("ok", answers(0.1, 0.2))).seq == 2
+    with pytest.raises(StopIteration) as done:
+        steps.send(("ok", answers(0.3, 0.4, 0.5)))
+    whole = done.value.value
+    expected = Estimates.join([answers(0.1, 0.2), answers(0.3, 0.4, 0.5)])
+    for got, want in zip(whole.arrays(), expected.arrays(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert whole.band.shape == (5, 2) and whole.remaining_s.shape == (5,)
+
+
+def test_a_gateway_attaches_each_stream_at_its_rate_again_after_a_reconnect():
+    from progress_stream.client.gateway import _Gateway
+
+    gw = _Gateway("ws://127.0.0.1:1")  # no connection: only the messages
+    assert gw._attach_messages(["a", "b"], fps=25.0) == ['{"attach":["a","b"],"fps":25.0}']
+    assert gw._attach_messages(["c"]) == ['{"attach":["c"]}']
+    # a reconnect attaches every stream again, each at the rate it was attached with
+    assert gw._attach_messages(["a", "c", "b"]) == ['{"attach":["a","b"],"fps":25.0}', '{"attach":["c"]}']

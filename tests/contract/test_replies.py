@@ -7,9 +7,20 @@ import numpy as np
 import orjson
 import pytest
 
+from progress_stream.contract.binary import (
+    FLAG_BAND,
+    FLAG_REMAINING,
+    FLAG_SECONDS,
+    REPLY_HEADER,
+    binary_reply,
+    parse_binary_reply,
+)
+from progress_stream.contract.cell import remaining_frames
 from progress_stream.contract.errors import BadInput, InferenceFailed, Overloaded, SeqConflict
+from progress_stream.contract.gateway import EntryResult, TickReply, decode_tick_reply, entry_trailer
 from progress_stream.contract.replies import (
     ErrorReply,
+    Estimates,
     FramesReply,
     ProgressReply,
     SocketErrorReply,
@@ -17,7 +28,21 @@ from progress_stream.contract.replies import (
     StreamRow,
 )
 
-PROGRESS = np.array([0.0, 0.25, 1.0], np.float32)
+PROGRESS = np.array([0.5, 0.25, 1.0], np.float32)
+BAND = np.array([[0.25, 0.5], [0.125, 0.5], [0.5, 1.0]], np.float32)
+SEEN = np.array([1, 2, 3])
+#: A stream at 4 frames a second, a cell with a band: every field present.
+FULL = Estimates.at(PROGRESS, BAND, SEEN, 4.0)
+FIELDS = {
+    "progress": [0.5, 0.25, 1.0],
+    "band": [[0.25, 0.5], [0.125, 0.5], [0.5, 1.0]],
+    "remaining_frames": [1.0, 6.0, 0.0],
+    "remaining_band": [[1.0, 3.0], [2.0, 14.0], [0.0, 3.0]],
+    "remaining_s": [0.25, 1.5, 0.0],
+}
+#: A version 1 cell's answers for a stream without a frame rate: the frames left alone.
+BARE = Estimates.at(PROGRESS, None, SEEN)
+BARE_FIELDS = {**FIELDS, "band": None, "remaining_band": None, "remaining_s": None}
 
 
 @pytest.mark.parametrize(
@@ -25,11 +50,17 @@ PROGRESS = np.array([0.0, 0.25, 1.0], np.float32)
     [
         (
             FramesReply,
-            FramesReply.encode("cam-1", 7, PROGRESS, 10),
-            {"stream_id": "cam-1", "seq": 7, "progress": [0.0, 0.25, 1.0], "next_seq": 10},
+            FramesReply.encode("cam-1", 7, FULL, 10),
+            {"stream_id": "cam-1", "seq": 7, **FIELDS, "next_seq": 10},
         ),
-        (SocketReply, SocketReply.encode(7, PROGRESS, 10), {"seq": 7, "progress": [0.0, 0.25, 1.0], "next_seq": 10}),
-        (ProgressReply, ProgressReply.encode(PROGRESS), {"progress": [0.0, 0.25, 1.0]}),
+        (SocketReply, SocketReply.encode(7, FULL, 10), {"seq": 7, **FIELDS, "next_seq": 10}),
+        (SocketReply, SocketReply.encode(7, BARE, 10), {"seq": 7, **BARE_FIELDS, "next_seq": 10}),
+        (ProgressReply, ProgressReply.encode(BARE), BARE_FIELDS),
+        (
+            EntryResult,
+            orjson.dumps(TickReply.entry("cam-1", 7, FULL, 10), option=orjson.OPT_SERIALIZE_NUMPY),
+            {"stream_id": "cam-1", "seq": 7, **FIELDS, "next_seq": 10, "error": None},
+        ),
         (
             StreamRow,
             orjson.dumps(StreamRow.row("cam-1", None, 3, 12, 0.5)),
@@ -38,9 +69,67 @@ PROGRESS = np.array([0.0, 0.25, 1.0], np.float32)
     ],
 )
 def test_encoders_write_their_model(model, encoded, expected):
-    assert orjson.loads(encoded) == expected
-    assert model.model_validate_json(encoded).model_dump() == expected  # extra fields are forbidden
+    got = orjson.loads(encoded)
+    np.testing.assert_equal(got, {k: v for k, v in expected.items() if k in got})
+    assert set(expected) - set(got) <= {"error"}  # an answered tick entry writes no error
+    dumped = model.model_validate_json(encoded).model_dump()  # extra fields are forbidden
+    np.testing.assert_equal(dumped, expected)
     assert set(expected) == set(model.model_fields)
+
+
+def test_the_time_to_finish_is_the_cell_contracts_and_seconds_divide_it_by_the_rate():
+    np.testing.assert_array_equal(FULL.remaining_frames, remaining_frames(PROGRESS, SEEN))
+    np.testing.assert_array_equal(FULL.remaining_band, FIELDS["remaining_band"])
+    np.testing.assert_array_equal(FULL.remaining_s, FULL.remaining_frames / np.float32(4.0))
+    assert FULL.remaining_s.dtype == np.float32
+    # a batch's answers (rows, K) with a rate per row; a row is a view of every array
+    block = Estimates.at(np.stack([PROGRESS, PROGRESS]), np.stack([BAND, BAND]), np.stack([SEEN, SEEN]), [[4.0], [2.0]])
+    np.testing.assert_array_equal(block[1, :2].remaining_s, FULL.remaining_s[:2] * 2)
+    assert block[0, :2].band.shape == (2, 2) and block.untimed().remaining_s is None
+
+
+def test_answers_read_as_their_progress_and_join_and_slice_field_by_field():
+    np.testing.assert_array_equal(np.asarray(FULL), PROGRESS)
+    assert len(FULL) == 3 and np.concatenate([FULL, BARE]).shape == (6,)
+    joined = Estimates.join([FULL[:1], FULL[1:]])
+    for a, b in zip(joined.arrays(), FULL.arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert Estimates.join([FULL, BARE]).band is None  # a field one part lacks
+    read = Estimates.read(orjson.loads(FramesReply.encode("c", 0, FULL, 3)))
+    for a, b in zip(read.arrays(), FULL.arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert Estimates.read({"progress": [0.5]}).remaining_frames is None  # an older server's answer
+
+
+@pytest.mark.parametrize(
+    ("answers", "flags"),
+    [(FULL, FLAG_BAND | FLAG_REMAINING | FLAG_SECONDS), (BARE, FLAG_REMAINING), (Estimates(PROGRESS), 0)],
+)
+def test_a_binary_reply_carries_its_sections_after_the_progress_a_first_reader_reads(answers, flags):
+    data = binary_reply(7, 10, answers)
+    seq, next_seq, count, got_flags = REPLY_HEADER.unpack_from(data)
+    assert (seq, next_seq, count, got_flags) == (7, 10, 3, flags)
+    # a reader of the first format reads `count` floats after the header and stops there
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4", count, REPLY_HEADER.size), PROGRESS)
+    sections = {FLAG_BAND: 3 * 2 * 2, FLAG_REMAINING: 3, FLAG_SECONDS: 3}
+    assert len(data) == REPLY_HEADER.size + 4 * (3 + sum(n for flag, n in sections.items() if flag & flags))
+    _, _, parsed = parse_binary_reply(data)
+    for a, b in zip(parsed.arrays(), answers.arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_tick_reply_trailer_follows_every_entry_and_an_older_reply_reads_without_one():
+    from progress_stream.contract.gateway import MESSAGE_HEADER, REPLY_ENTRY_HEADER
+
+    entries = [REPLY_ENTRY_HEADER.pack(0, 3, 0, 3, 0) + PROGRESS.tobytes(), REPLY_ENTRY_HEADER.pack(5, 0, 1, 0, 15)]
+    old = MESSAGE_HEADER.pack(2, 1) + b"".join(entries)
+    new = old + entry_trailer(FULL) + entry_trailer(None)
+    for data, expected in ((new, FULL), (old, Estimates(PROGRESS))):
+        (first, second) = decode_tick_reply(data)
+        assert first[:4] == (0, 0, 3, None) and second[:4] == (1, 5, 0, "seq_conflict")
+        for a, b in zip(first[4].arrays(), expected.arrays(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert len(second[4]) == 0
 
 
 @pytest.mark.parametrize(

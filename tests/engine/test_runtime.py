@@ -1,3 +1,4 @@
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -74,3 +75,13 @@ def test_provider_choice():
     assert choose_providers("auto")[-1] == "CPUExecutionProvider"
     with pytest.raises(ModelError, match="not available"):
         choose_providers("NoSuchExecutionProvider")
+
+
+def test_a_version_1_cell_still_loads_and_answers_without_a_band(tiny_model, tiny_model_v1):
+    v2, v1 = CellRuntime(tiny_model, providers="cpu"), CellRuntime(tiny_model_v1, providers="cpu")
+    assert v2.coverage == float(v2.metadata["coverage"]) == v2.describe()["coverage"]
+    assert v1.coverage is None and v1.describe()["coverage"] is None
+    x = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
+    progress, band = v1.run_action(x)
+    assert band is None and v2.run_action(x)[1].shape == (6, 2)
+    np.testing.assert_array_equal(progress, v2.run_action(x)[0])

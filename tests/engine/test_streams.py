@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from progress_stream.contract.errors import InferenceFailed, StreamNotFound
+from progress_stream.contract.replies import Estimates
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.engine import Engine, EngineConfig
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
-from progress_stream.engine.streams import Chunk, StreamTable
-from tests.conftest import frames, offline
+from progress_stream.engine.streams import Chunk, StreamTable, fill_added
+from tests.conftest import assert_same, frames, offline, offline_answers
 
 
 @pytest.fixture
@@ -29,9 +30,11 @@ def make(runtime: CellRuntime, capacity: int = 4, steps: int = 4) -> tuple[Strea
     return table, Batcher(runtime, table, Metrics(), max_batch=8, steps_per_cycle=steps)
 
 
-def accept(table: StreamTable, batcher: Batcher, loop, stream, seq: int, x: np.ndarray) -> asyncio.Future:
+def accept(
+    table: StreamTable, batcher: Batcher, loop, stream, seq: int, x: np.ndarray, reset: bool = False
+) -> asyncio.Future:
     future = loop.create_future()
-    if table.accept(stream, Chunk(seq, x, False, future)):
+    if table.accept(stream, Chunk(seq, x, reset, future)):
         batcher.ready(stream)
     return future
 
@@ -56,9 +59,37 @@ def test_a_chunk_spanning_several_cycles_is_answered_once_whole(runtime, loop):
         assert table.queued_frames == 10 - expected
         assert future.done() == (expected == 10)
     assert done == [4, 8, 10] and not stream.pending and batcher.gather() is None
-    np.testing.assert_allclose(future.result(), offline(runtime, x), atol=1e-5)
-    np.testing.assert_allclose(table.replay(stream, 2, 6), offline(runtime, x)[2:8], atol=1e-5)
+    assert_same(future.result(), offline_answers(runtime, x))
+    assert_same(table.replay(stream, 2, 6), offline_answers(runtime, x)[2:8])
     assert table.step[stream.slot] == 10
+
+
+def test_answers_count_frames_from_each_reset_and_seconds_follow_the_streams_rate(runtime, loop):
+    table, batcher = make(runtime, steps=4)
+    x = frames(np.random.default_rng(7), 9)
+    timed, plain = table.create("timed", fps=25.0), table.create("plain")
+    first = accept(table, batcher, loop, timed, 0, x[:3])
+    second = accept(table, batcher, loop, timed, 3, x[3:], reset=True)  # 6 frames: two cycles
+    untimed = accept(table, batcher, loop, plain, 0, x[:3])
+    while (batch := batcher.gather()) is not None:
+        batcher.execute(batch)
+        batcher.finish(batch)
+    got = Estimates.join([first.result(), second.result()])
+    np.testing.assert_allclose(got.progress, offline(runtime, x, resets=(3,)), atol=1e-5)  # batched with another
+    assert_same(got, Estimates.at(got.progress, got.band, np.array([1, 2, 3, 1, 2, 3, 4, 5, 6]), 25.0))
+    assert untimed.result().remaining_s is None and untimed.result().band is not None
+    assert_same(table.replay(timed, 0, 3), first.result())  # a retry answers the same
+    table.set_fps(timed, 50.0)  # opened again at another rate: the answers from then on use it
+    np.testing.assert_array_equal(table.replay(timed, 3, 6).remaining_s, got.remaining_s[3:] / 2)
+
+
+def test_rows_stored_before_the_band_reconstruct_each_frames_place_up_to_the_last_reset():
+    # 10 frames processed in a window of 4; the action restarted at frame 8 (step 2 after frame 9)
+    rows = {"outputs": np.zeros((1, 4), np.float32), "step": np.array([2])}
+    fill_added(rows, np.array([10]))
+    # positions 0..3 hold frames 8, 9, 6, 7: 8 and 9 are the 1st and 2nd of their action, 6 and 7 unknown
+    assert rows["seen"].tolist() == [[1, 2, 0, 0]]
+    assert rows["bands"].shape == (1, 4, 2) and np.isnan(rows["fps"]).all()
 
 
 def test_rows_drop_out_when_their_chunk_runs_out_and_the_batch_filters(runtime, loop):

@@ -37,13 +37,17 @@ def test_graph_signature_is_exactly_the_contract(tiny_model, tiny_checkpoint):
         "step": (i64, ["batch"]),
         "state": (f, ["batch", width]),
     }
-    assert shapes(model.graph.output) == {"progress": (f, ["batch"]), "next_state": (f, ["batch", width])}
+    assert shapes(model.graph.output) == {
+        "progress": (f, ["batch"]),
+        "next_state": (f, ["batch", width]),
+        "band": (f, ["batch", 2]),
+    }
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
 
 
 def test_metadata_describes_model_checkpoint_data_and_metrics(tiny_model, tiny_checkpoint):
     meta = {p.key: p.value for p in onnx.load(tiny_model).metadata_props}
-    assert meta["format_version"] == "1"
+    assert meta["format_version"] == "2" and 0 < float(meta["coverage"]) < 1
     width = str(state_width(tiny_checkpoint))
     assert (meta["embedding_dim"], meta["hidden_dim"], meta["position_encoding"]) == ("16", width, "log")
     assert json.loads(meta["position_params"])["length_ref"] > 0
@@ -69,17 +73,21 @@ def test_mixed_step_batches_equal_per_stream_runs(tiny_model):
     rng = np.random.default_rng(1)
     streams = random_streams(12, 16, rng, max_len=30)
     mixed = step_mixed_batches(rt, streams, rng)
-    for seq, pred in zip(streams, mixed, strict=True):
-        np.testing.assert_allclose(pred, rt.run_action(seq), atol=1e-6)
+    for seq, (progress, band) in zip(streams, mixed, strict=True):
+        alone, alone_band = rt.run_action(seq)
+        np.testing.assert_allclose(progress, alone, atol=1e-6)
+        np.testing.assert_allclose(band, alone_band, atol=1e-6)
 
 
 def test_parity_with_pytorch_full_sequence(tiny_model, tiny_checkpoint):
     assert verify_export(tiny_model, tiny_checkpoint, streams=24) <= TOLERANCE
     head, _ = load_checkpoint(str(tiny_checkpoint))
     x = np.random.default_rng(2).standard_normal((25, 16)).astype(np.float32)
-    ref = head(torch.from_numpy(x)[None], dense=True)[0].detach().numpy()
+    ref, ref_band = (t[0].detach().numpy() for t in head(torch.from_numpy(x)[None], dense=True))
     assert ref.std() > 1e-3  # a head with a constant output would make this comparison vacuous
-    np.testing.assert_allclose(CellRuntime(tiny_model, providers="cpu").run_action(x), ref, atol=TOLERANCE)
+    progress, band = CellRuntime(tiny_model, providers="cpu").run_action(x)
+    np.testing.assert_allclose(progress, ref, atol=TOLERANCE)
+    np.testing.assert_allclose(band, ref_band, atol=TOLERANCE)
 
 
 def test_verify_export_catches_a_model_from_another_checkpoint(tiny_model, tiny_data, tmp_path):

@@ -106,7 +106,7 @@ def test_websocket_bad_message_keeps_the_connection_and_violations_close_it(ws_s
             err = orjson.loads(await ws.recv())
             assert err["error"]["code"] == "seq_conflict" and err["error"]["expected_seq"] == 0
             await ws.send(orjson.dumps({"seq": 0, "embeddings": x.tolist()}).decode())  # still usable
-            np.testing.assert_allclose(orjson.loads(await ws.recv())["progress"], runtime.run_action(x), atol=1e-5)
+            np.testing.assert_allclose(orjson.loads(await ws.recv())["progress"], runtime.run_action(x)[0], atol=1e-5)
             await ws.send("{oops")
             err = orjson.loads(await ws.recv())
             assert err["error"]["code"] == "protocol_violation"

@@ -97,7 +97,7 @@ def test_the_board_shows_streams_within_a_second_and_drops_deleted_ones(watched,
     answered = {}
     for i in range(3):
         with StreamSession(web_server.url, stream_id=f"station-{i}") as s:
-            answered[s.stream_id] = float(s.send(rng.standard_normal((4, DIM)).astype(np.float32))[-1])
+            answered[s.stream_id] = float(s.send(rng.standard_normal((4, DIM)).astype(np.float32)).progress[-1])
     page.wait_for_function(
         "ids => ids.every(id => window.progressBoard.rows.get(id)?.processed_seq === 4)",
         arg=list(answered),

@@ -56,7 +56,7 @@ def test_reset_starts_a_new_action(server, runtime):
         b = s.send(x[7:12], reset=True)
         c = s.send(x[12:])
     np.testing.assert_allclose(np.concatenate([a, b, c]), offline(runtime, x, resets=(7,)), atol=TOL)
-    np.testing.assert_allclose(b, runtime.run_action(x[7:12]), atol=TOL)
+    np.testing.assert_allclose(b, runtime.run_action(x[7:12])[0], atol=TOL)
 
 
 def test_retry_is_idempotent_and_conflicts_say_where_to_resume(server, runtime):
@@ -119,7 +119,7 @@ def test_stream_lifecycle_model_and_stateless(server, runtime):
     assert model["providers"] == ["CPUExecutionProvider"] and model["hidden_dim"] == str(runtime.hidden_dim)
     x = frames(rng, 40)
     stateless = h.post("/v1/progress", json={"embeddings": x.tolist()}).json()["progress"]
-    np.testing.assert_allclose(stateless, runtime.run_action(x), atol=TOL)
+    np.testing.assert_allclose(stateless, runtime.run_action(x)[0], atol=TOL)
     paths = h.get("/openapi.json").json()["paths"]
     assert {"/v1/streams", "/v1/streams/{stream_id}/frames", "/v1/progress", "/v1/model"} <= set(paths)
 

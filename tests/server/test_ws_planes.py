@@ -48,7 +48,7 @@ def test_a_fragmented_message_is_one_message(ws_server, runtime):
 
     binary, text = asyncio.run(main())
     assert binary[:2] == (0, 3) and text["seq"] == 3 and text["next_seq"] == 6
-    np.testing.assert_allclose(binary[2], runtime.run_action(x), atol=1e-5)
+    np.testing.assert_allclose(binary[2], runtime.run_action(x)[0], atol=1e-5)
 
 
 def test_one_stream_over_http_and_the_socket_in_turn(ws_server, runtime):
@@ -61,7 +61,7 @@ def test_one_stream_over_http_and_the_socket_in_turn(ws_server, runtime):
         async with connect(f"{ws_server.ws_url}/v1/streams/turns/ws", subprotocols=[WS_SUBPROTOCOL]) as ws:
             assert ws.subprotocol == WS_SUBPROTOCOL  # a browser needs the one it offered selected
             await ws.send(binary_request(4, x[4:8]))
-            return parse_binary_reply(await ws.recv())[2]
+            return parse_binary_reply(await ws.recv())[2].progress
 
     out += asyncio.run(socket_part()).tolist()
     out += http.post("/v1/streams/turns/frames", json={"seq": 8, "embeddings": x[8:].tolist()}).json()["progress"]
@@ -164,7 +164,7 @@ def test_binary_values_are_bounded_exactly_and_a_refusal_accepts_nothing(ws_serv
             return answers
 
     accepted, refused_row, refused_overflow = asyncio.run(main())
-    np.testing.assert_allclose(parse_binary_reply(accepted)[2], runtime.run_action(big), atol=1e-5)
+    np.testing.assert_allclose(parse_binary_reply(accepted)[2], runtime.run_action(big)[0], atol=1e-5)
     for answer, field in ((refused_row, "embeddings[1]"), (refused_overflow, "embeddings[0]")):
         error = orjson.loads(answer)["error"]
         assert error["code"] == "not_finite" and error["field"] == field

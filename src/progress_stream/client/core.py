@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from progress_stream.contract.errors import ERRORS, Action
+from progress_stream.contract.replies import Estimates
 
 RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
 
@@ -74,17 +75,17 @@ def frames_json(chunk: Chunk) -> dict:
     return {"seq": chunk.seq, "embeddings": np.asarray(chunk.frames, np.float32).tolist(), "reset": chunk.reset}
 
 
-def stitch(chunk: Chunk, sent: list[Chunk], results: list[np.ndarray]) -> np.ndarray:
-    """The progress of ``chunk``'s frames out of the results of the chunks actually sent."""
-    out = np.empty(len(chunk.frames), np.float32)
+def stitch(chunk: Chunk, sent: list[Chunk], results: list[Estimates]) -> Estimates:
+    """The answers of ``chunk``'s frames out of those of the chunks actually sent (in order, they cover it)."""
+    parts = []
     for c, r in zip(sent, results, strict=True):
         lo, hi = max(c.seq, chunk.seq), min(c.end, chunk.end)
         if lo < hi:
-            out[lo - chunk.seq : hi - chunk.seq] = r[lo - c.seq : hi - c.seq]
-    return out
+            parts.append(r[lo - c.seq : hi - c.seq])
+    return parts[0] if len(parts) == 1 else Estimates.join(parts)
 
 
-Outcome = tuple[str, Any]  # ("ok", progress) | ("conflict", expected_seq) | ("wait", seconds)
+Outcome = tuple[str, Any]  # ("ok", Estimates) | ("conflict", expected_seq) | ("wait", seconds)
 
 
 def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
@@ -101,9 +102,9 @@ def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
     return None
 
 
-def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 50) -> Generator[Chunk, Outcome, np.ndarray]:
+def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 50) -> Generator[Chunk, Outcome, Estimates]:
     """The retry protocol of every transport, as a generator: it yields the next chunk to send and is
-    sent back that send's outcome; it returns ``chunk``'s progress. Drivers only do the I/O."""
+    sent back that send's outcome; it returns the answers of ``chunk``'s frames. Drivers only do the I/O."""
     pending, sent, results = [chunk], [], []
     for _ in range(attempts):
         if not pending:

@@ -2,8 +2,8 @@
 the same guarantees as one stream's session: every stream numbers its frames, keeps a replay log, and
 after a conflict, a reconnect or a server's restart resends exactly what the server lacks.
 
-``gw = await Gateway.open("ws://host:8000")``; ``await gw.attach("cam-1", "cam-2")``;
-``answers = await gw.tick({"cam-1": x1, "cam-2": x2})`` → ``{"cam-1": progress, "cam-2": progress}``.
+``gw = await Gateway.open("ws://host:8000")``; ``await gw.attach("cam-1", "cam-2", fps=30)``;
+``answers = await gw.tick({"cam-1": x1, "cam-2": x2})`` → ``{"cam-1": Estimates, "cam-2": Estimates}``.
 :class:`SyncGateway` is the blocking twin.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
-import numpy as np
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.sync.client import ClientConnection as SyncConnection
@@ -33,18 +32,19 @@ from progress_stream.client.http import ServerError, auth_headers
 from progress_stream.client.ws import DROPPED, dropped
 from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.gateway import GATEWAY_SOCKET, decode_tick_reply, encode_entries
+from progress_stream.contract.replies import Estimates
 
 Entries = list[tuple[str, Chunk]]
 
 
 def tick_steps(
     streams: Mapping[str, SessionState], frames: Mapping[str, Any], resets: Collection[str]
-) -> Generator[Entries, list[Outcome], dict[str, np.ndarray]]:
+) -> Generator[Entries, list[Outcome], dict[str, Estimates]]:
     """The retry protocol of one tick, transport-free: yields the entries to send (one chunk per stream
-    still owed an answer), is sent back their outcomes in order, returns each stream's progress."""
+    still owed an answer), is sent back their outcomes in order, returns each stream's answers."""
     steps = {sid: exchange(streams[sid].log, streams[sid].new_chunk(x, sid in resets)) for sid, x in frames.items()}
     pending = {sid: next(step) for sid, step in steps.items()}
-    done: dict[str, np.ndarray] = {}
+    done: dict[str, Estimates] = {}
     while pending:
         outcomes = yield list(pending.items())
         following = {}
@@ -62,9 +62,9 @@ def longest_wait(outcomes: list[Outcome]) -> float:
     return max(map(waited, outcomes), default=0.0)
 
 
-def entry_outcome(error: dict | None, expected_seq: int | None, progress: Any) -> Outcome:
+def entry_outcome(error: dict | None, expected_seq: int | None, answers: Estimates | None) -> Outcome:
     if error is None:
-        return "ok", np.asarray(progress, np.float32)
+        return "ok", answers
     if ERRORS.get(error.get("code"), None) is not None and "expected_seq" not in error and expected_seq is not None:
         error = {**error, "expected_seq": expected_seq}
     action = error_outcome({"error": error})
@@ -81,10 +81,21 @@ class _Gateway:
         self.history = history
         self.streams: dict[str, SessionState] = {}
         self.handles: dict[str, int] = {}
+        self.rates: dict[str, float] = {}  # the frame rate each stream was attached with, if any
         self.conn: ClientConnection | SyncConnection | None = None
 
-    def _attach_message(self, ids: Collection[str]) -> str:
-        return orjson.dumps({"attach": list(ids)}).decode()
+    def _attach_messages(self, ids: Collection[str], fps: float | None = None) -> list[str]:
+        """The messages that attach ``ids`` at ``fps`` (None: each at the rate it was attached with before,
+        one message per rate: a reconnect names every stream's rate again)."""
+        if fps is not None:
+            self.rates.update(dict.fromkeys(ids, fps))
+        groups: dict[float | None, list[str]] = {}
+        for sid in ids:
+            groups.setdefault(self.rates.get(sid), []).append(sid)
+        return [
+            orjson.dumps({"attach": group} if rate is None else {"attach": group, "fps": rate}).decode()
+            for rate, group in groups.items()
+        ]
 
     def _attached(self, reply: bytes | str) -> dict[str, int]:
         """Record handles; a stream this client has not sent on yet starts at the server's next seq."""
@@ -109,13 +120,16 @@ class _Gateway:
     def _decode(reply: bytes | str) -> list[Outcome]:
         if isinstance(reply, bytes):
             return [
-                entry_outcome(None if code is None else {"code": code}, next_seq, progress)
-                for _, _, next_seq, code, progress in decode_tick_reply(reply)
+                entry_outcome(None if code is None else {"code": code}, next_seq, answers)
+                for _, _, next_seq, code, answers in decode_tick_reply(reply)
             ]
         body = orjson.loads(reply)
         if "results" not in body:
             raise ServerError(400, body)
-        return [entry_outcome(r.get("error"), r.get("next_seq"), r.get("progress")) for r in body["results"]]
+        return [
+            entry_outcome(r.get("error"), r.get("next_seq"), None if "error" in r else Estimates.read(r))
+            for r in body["results"]
+        ]
 
 
 class Gateway(_Gateway):
@@ -132,18 +146,22 @@ class Gateway(_Gateway):
         if self.streams:
             await self._attach(list(self.streams))
 
-    async def _attach(self, ids: Collection[str]) -> dict[str, int]:
-        await self.conn.send(self._attach_message(ids))
-        return self._attached(await self.conn.recv())
+    async def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
+        attached = {}
+        for message in self._attach_messages(ids, fps):
+            await self.conn.send(message)
+            attached |= self._attached(await self.conn.recv())
+        return attached
 
-    async def attach(self, *ids: str) -> dict[str, int]:
-        """Create or resume these streams on this connection; each one's next seq."""
+    async def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
+        """Create or resume these streams on this connection (at ``fps`` frames a second: their answers then
+        carry seconds too); each one's next seq."""
         if self.conn is None:
             await self._connect()
-        return await self._attach(ids)
+        return await self._attach(ids, fps)
 
-    async def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, np.ndarray]:
-        """Send one chunk per stream (attached first if new); each stream's progress for its chunk."""
+    async def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, Estimates]:
+        """Send one chunk per stream (attached first if new); the answers of each stream's chunk."""
         if new := [sid for sid in frames if sid not in self.handles]:
             await self.attach(*new)
         return await drive_async(tick_steps(self.streams, frames, resets), self._transact, longest_wait)
@@ -177,16 +195,19 @@ class SyncGateway(_Gateway):
         if self.streams:
             self._attach(list(self.streams))
 
-    def _attach(self, ids: Collection[str]) -> dict[str, int]:
-        self.conn.send(self._attach_message(ids))
-        return self._attached(self.conn.recv())
+    def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
+        attached = {}
+        for message in self._attach_messages(ids, fps):
+            self.conn.send(message)
+            attached |= self._attached(self.conn.recv())
+        return attached
 
-    def attach(self, *ids: str) -> dict[str, int]:
+    def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
         if self.conn is None:
             self._connect()
-        return self._attach(ids)
+        return self._attach(ids, fps)
 
-    def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def tick(self, frames: Mapping[str, Any], resets: Collection[str] = ()) -> dict[str, Estimates]:
         if new := [sid for sid in frames if sid not in self.handles]:
             self.attach(*new)
         return drive(tick_steps(self.streams, frames, resets), self._transact, longest_wait)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import numpy as np
 
 from progress_stream.client.core import (
     RETRY_DELAY,
@@ -18,6 +17,7 @@ from progress_stream.client.core import (
     exchange,
     frames_json,
 )
+from progress_stream.contract.replies import Estimates
 
 #: A proxy's own answers when its upstream replica failed (not the service's error JSON).
 PROXY_GATEWAY_ERRORS = (502, 503, 504)
@@ -44,7 +44,7 @@ def response_body(response: httpx.Response) -> Any:
 
 def outcome(response: httpx.Response) -> Outcome:
     if response.status_code == 200:
-        return "ok", np.asarray(response.json()["progress"], np.float32)
+        return "ok", Estimates.read(response.json())
     body = response_body(response)
     action = error_outcome(body, response.headers.get("Retry-After"))
     if action is None and response.status_code in PROXY_GATEWAY_ERRORS:
@@ -55,7 +55,8 @@ def outcome(response: httpx.Response) -> Outcome:
 
 
 class _Session(SessionState):
-    """Creation is ``PUT /v1/streams/{id}`` (idempotent), so a proxy can route it by the id."""
+    """Creation is ``PUT /v1/streams/{id}`` (idempotent), so a proxy can route it by the id; with ``fps``
+    (the stream's frame rate) every answer carries the time to finish in seconds too."""
 
     client_class: type[httpx.Client] | type[httpx.AsyncClient]
 
@@ -66,8 +67,10 @@ class _Session(SessionState):
         api_key: str | None = None,
         history: int = 4096,
         timeout: float = 10.0,
+        fps: float | None = None,
     ):
         super().__init__(stream_id, history)
+        self.fps = fps
         self.http = self.client_class(base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
 
     def _created(self, response: httpx.Response) -> None:
@@ -78,20 +81,23 @@ class _Session(SessionState):
     def _stream_path(self) -> str:
         return f"/v1/streams/{self.stream_id}"
 
+    def _create_params(self) -> dict[str, float]:
+        return {} if self.fps is None else {"fps": self.fps}
+
     def _path(self) -> str:
         return f"{self._stream_path()}/frames"
 
 
 class StreamSession(_Session):
-    """Synchronous: ``with StreamSession(url) as s: s.send(embeddings)`` → progress per frame."""
+    """Synchronous: ``with StreamSession(url) as s: s.send(embeddings)`` → each frame's :class:`Estimates`."""
 
     client_class = httpx.Client
 
     def __init__(self, base_url: str, **kwargs: Any):
         super().__init__(base_url, **kwargs)
-        self._created(self.http.put(self._stream_path()))
+        self._created(self.http.put(self._stream_path(), params=self._create_params()))
 
-    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+    def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     def _transact(self, chunk: Chunk) -> Outcome:
@@ -118,10 +124,10 @@ class AsyncStreamSession(_Session):
     @classmethod
     async def open(cls, base_url: str, **kwargs: Any) -> AsyncStreamSession:
         session = cls(base_url, **kwargs)
-        session._created(await session.http.put(session._stream_path()))
+        session._created(await session.http.put(session._stream_path(), params=session._create_params()))
         return session
 
-    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+    async def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     async def _transact(self, chunk: Chunk) -> Outcome:

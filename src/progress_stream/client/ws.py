@@ -7,8 +7,8 @@ re-sends the chunk (a retry of an already processed ``seq`` is answered from the
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
-import numpy as np
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -28,6 +28,7 @@ from progress_stream.client.core import (
 )
 from progress_stream.client.http import PROXY_GATEWAY_ERRORS, ServerError, auth_headers
 from progress_stream.contract.binary import binary_request, parse_binary_reply
+from progress_stream.contract.replies import Estimates
 
 
 def encode(chunk: Chunk, binary: bool) -> bytes | str:
@@ -41,7 +42,7 @@ def decode(message: bytes | str) -> Outcome:
         return "ok", parse_binary_reply(message)[2]
     body = orjson.loads(message)
     if "progress" in body:
-        return "ok", np.asarray(body["progress"], np.float32)
+        return "ok", Estimates.read(body)
     action = error_outcome(body)
     if action is None:
         raise ServerError(400, body)
@@ -72,6 +73,9 @@ def refused(exc: InvalidStatus) -> Outcome:
 
 
 class _WsSession(SessionState):
+    """``fps``: the stream's frame rate (every answer then carries the time to finish in seconds too), named
+    in every handshake."""
+
     def __init__(
         self,
         url: str,
@@ -79,9 +83,11 @@ class _WsSession(SessionState):
         api_key: str | None = None,
         binary: bool = True,
         history: int = 4096,
+        fps: float | None = None,
     ):
         super().__init__(stream_id, history)
-        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws"
+        query = "" if fps is None else f"?{urlencode({'fps': fps})}"
+        self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws{query}"
         self.headers = auth_headers(api_key)
         self.binary = binary
         self.conn: ClientConnection | SyncConnection | None = None
@@ -99,7 +105,7 @@ class WsStreamSession(_WsSession):
     async def _connect(self) -> None:
         self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
 
-    async def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+    async def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     async def _transact(self, chunk: Chunk) -> Outcome:
@@ -129,7 +135,7 @@ class SyncWsStreamSession(_WsSession):
             self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
         )
 
-    def send(self, embeddings: Any, reset: bool = False) -> np.ndarray:
+    def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     def _transact(self, chunk: Chunk) -> Outcome:

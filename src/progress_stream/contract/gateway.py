@@ -6,7 +6,8 @@ created or resumed, and answered with a *handle* (a small integer, stable for th
 ``next_seq``. A *tick* then carries frames for any number of attached streams, in one message:
 
 * JSON: ``{"frames": [{"stream_id", "seq", "embeddings", "reset"?}, ...]}`` → ``{"results": [...]}``, one
-  result per entry in the same order: ``{"stream_id", "seq", "progress", "next_seq"}`` or
+  result per entry in the same order: ``{"stream_id", "seq", "progress", "band", "remaining_frames",
+  "remaining_band", "remaining_s", "next_seq"}`` (:class:`~.replies.PerFrame`) or
   ``{"stream_id", "seq", "error": {...}}``. ``POST /v1/frames`` takes and answers the same bodies (no
   attach: ids are looked up per entry).
 * Binary (version 1, little-endian): a message header ``uint32 entries, uint32 version`` then per entry
@@ -14,7 +15,10 @@ created or resumed, and answered with a *handle* (a small integer, stable for th
   float32. The reply: the same message header, then per entry ``uint64 seq, uint64 next_seq,
   uint32 handle, uint16 count, uint16 status`` and ``count`` float32 progress values. ``status`` 0 is
   success; otherwise it is 1 + the error's index in :data:`ERROR_CODES` (the error table's order, which
-  only grows), ``count`` is 0 and ``next_seq`` is where the stream continues (the expected seq).
+  only grows), ``count`` is 0 and ``next_seq`` is where the stream continues (the expected seq). After the
+  last entry, per entry in the same order: ``uint32 flags`` and the sections they name (the band, the
+  remaining frames and their band, the remaining seconds: :data:`.binary.SECTIONS`, ``count`` frames
+  each; an error's flags are 0). A reader that walks the entries and stops still reads every progress value.
 
 An entry's error (a seq conflict, a bad value, an unknown handle) is answered in that entry; the other
 entries of the message are processed as if it were absent. Only broken framing closes the connection.
@@ -28,15 +32,17 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from progress_stream.contract.binary import FLAG_RESET
-from progress_stream.contract.replies import ErrorBody
-from progress_stream.contract.wire import MAX_TICK_ENTRIES, STREAM_ID
+from progress_stream.contract.binary import FLAG_RESET, pack_sections, read_sections, reply_flags, section_fields
+from progress_stream.contract.replies import DESCRIBE, ErrorBody, Estimates, Interval, per_frame
+from progress_stream.contract.wire import MAX_TICK_ENTRIES, STREAM_ID, Fps
 
 GATEWAY_SOCKET = "/v1/ws"
 VERSION = 1
 MESSAGE_HEADER = struct.Struct("<II")
 ENTRY_HEADER = struct.Struct("<QIHH")
 REPLY_ENTRY_HEADER = struct.Struct("<QQIHH")
+#: What begins each entry's part of a reply's trailer: its flags.
+TRAILER_FLAGS = struct.Struct("<I")
 #: Binary status codes: 0 success, else 1 + the index of the error's code here. Append only: a client
 #: reads a status by its place (a test holds this list to the error table).
 ERROR_CODES: tuple[str, ...] = (
@@ -95,6 +101,19 @@ def reply_dtype(count: int) -> np.dtype:
     )
 
 
+def trailer_dtype(count: int, flags: int) -> np.dtype:
+    """One entry's part of a reply's trailer (``count`` frames, the sections ``flags`` names), as a record."""
+    return np.dtype([("flags", "<u4"), *section_fields(count, flags)])
+
+
+def entry_trailer(answers: Estimates | None) -> bytes:
+    """One entry's part of a reply's trailer: its flags and sections (an error, None: flags 0 and nothing)."""
+    if answers is None:
+        return TRAILER_FLAGS.pack(0)
+    flags = reply_flags(answers)
+    return TRAILER_FLAGS.pack(flags) + pack_sections(answers, flags)
+
+
 def encode_tick(handles: np.ndarray, seqs: np.ndarray, frames: np.ndarray, resets: np.ndarray | None = None) -> bytes:
     """A binary tick of one chunk per entry, every chunk of the same length: ``frames`` is (entries, count, D)."""
     entries, count, dim = frames.shape
@@ -114,16 +133,25 @@ def encode_entries(entries: list[tuple[int, int, np.ndarray, bool]]) -> bytes:
     return b"".join(parts)
 
 
-def decode_tick_reply(data: bytes) -> list[tuple[int, int, int, str | None, np.ndarray]]:
-    """A binary tick's reply: per entry ``(handle, seq, next_seq, error code or None, progress)``."""
+def decode_tick_reply(data: bytes) -> list[tuple[int, int, int, str | None, Estimates]]:
+    """A binary tick's reply: per entry ``(handle, seq, next_seq, error code or None, answers)``; a reply
+    without a trailer (an older server's) answers progress alone."""
     entries, _ = MESSAGE_HEADER.unpack_from(data)
-    out, offset = [], MESSAGE_HEADER.size
+    heads, offset = [], MESSAGE_HEADER.size
     for _ in range(entries):
         seq, next_seq, handle, count, status = REPLY_ENTRY_HEADER.unpack_from(data, offset)
         offset += REPLY_ENTRY_HEADER.size
         progress = np.frombuffer(data, "<f4", count, offset)
         offset += 4 * count
-        out.append((handle, seq, next_seq, ERROR_CODES[status - 1] if status else None, progress))
+        heads.append((handle, seq, next_seq, ERROR_CODES[status - 1] if status else None, progress))
+    out = []
+    for handle, seq, next_seq, code, progress in heads:
+        flags = 0
+        if offset < len(data):
+            (flags,) = TRAILER_FLAGS.unpack_from(data, offset)
+            offset += TRAILER_FLAGS.size
+        answers, offset = read_sections(data, offset, progress, flags)
+        out.append((handle, seq, next_seq, code, answers))
     return out
 
 
@@ -136,6 +164,7 @@ class Attach(BaseModel):
 
     model_config = GATEWAY
     attach: list[StreamId] = Field(min_length=1, max_length=MAX_ATTACHED)
+    fps: Fps | None = Field(None, strict=True, description="the frame rate of every stream this message attaches")
 
 
 class Detach(BaseModel):
@@ -162,12 +191,16 @@ class Detached(BaseModel):
 
 
 class EntryResult(BaseModel):
-    """One entry's answer in a tick's reply: its progress and next seq, or its error."""
+    """One entry's answer in a tick's reply: each frame's answer and the next seq, or its error."""
 
     model_config = GATEWAY
     stream_id: str | None
     seq: int | None
-    progress: list[float] | None = None
+    progress: list[float] | None = Field(None, description=DESCRIBE["progress"])
+    band: list[Interval] | None = Field(None, description=DESCRIBE["band"])
+    remaining_frames: list[float] | None = Field(None, description=DESCRIBE["remaining_frames"])
+    remaining_band: list[Interval] | None = Field(None, description=DESCRIBE["remaining_band"])
+    remaining_s: list[float] | None = Field(None, description=DESCRIBE["remaining_s"])
     next_seq: int | None = None
     error: ErrorBody | None = None
 
@@ -179,8 +212,8 @@ class TickReply(BaseModel):
     results: list[EntryResult]
 
     @staticmethod
-    def entry(stream_id: str, seq: int, progress: np.ndarray, next_seq: int) -> dict[str, Any]:
-        return {"stream_id": stream_id, "seq": seq, "progress": progress, "next_seq": next_seq}
+    def entry(stream_id: str, seq: int, answers: Estimates, next_seq: int) -> dict[str, Any]:
+        return {"stream_id": stream_id, "seq": seq, **per_frame(answers), "next_seq": next_seq}
 
     @staticmethod
     def failed(stream_id: str | None, seq: int | None, error: dict[str, Any]) -> dict[str, Any]:

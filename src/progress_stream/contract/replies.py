@@ -5,20 +5,131 @@ reads them, and the server builds each answer from them. The replies on the per-
 socket replies, board rows) are encoded by the ``encode``/``row`` functions beside their model: plain
 dicts with exactly the model's fields, written by orjson, because a model instance per frame would cost
 more than the rest of the answer; a test holds each encoder to its model.
+
+What a frame's answer holds is :class:`Estimates`: the engine computes it, every encoder writes it (the
+JSON fields of :func:`per_frame`, the binary sections of :mod:`.binary`) and the client reads it back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from progress_stream.contract.cell import remaining_band, remaining_frames
 from progress_stream.contract.errors import BadInput, SeqConflict, ServiceError
 
 REPLY = ConfigDict(extra="forbid")
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class Estimates:
+    """What is answered of each of ``n`` frames: its progress ``(n,)``, the interval around it ``(n, 2)``
+    (None for a version 1 cell, which has no band), the frames left in the action ``(n,)`` and their interval
+    ``(n, 2)`` (None without a band), and those frames in seconds ``(n,)`` (None for a stream without a frame
+    rate). A reply from a server that predates a field reads it as None.
+
+    It reads as its progress where an array is expected (``np.asarray``, ``len``), so code that took the
+    progress array before goes on working."""
+
+    progress: np.ndarray
+    band: np.ndarray | None = None
+    remaining_frames: np.ndarray | None = None
+    remaining_band: np.ndarray | None = None
+    remaining_s: np.ndarray | None = None
+
+    @classmethod
+    def at(
+        cls, progress: np.ndarray, band: np.ndarray | None, seen: np.ndarray, fps: float | np.ndarray | None = None
+    ) -> Estimates:
+        """The answers of frames at ``progress`` (and ``band``), each the ``seen``-th frame of its action (1-based),
+        of a stream at ``fps`` frames a second (None: not known). The time to finish is the cell contract's
+        (:func:`~progress_stream.contract.cell.remaining_frames`); any shape, ``fps`` broadcast over it."""
+        remaining = remaining_frames(progress, seen)
+        return cls(
+            progress,
+            band,
+            remaining,
+            None if band is None else remaining_band(band, seen),
+            None if fps is None else remaining / np.asarray(fps, np.float32),
+        )
+
+    def untimed(self) -> Estimates:
+        """The same answers without seconds (a stream without a frame rate)."""
+        return self if self.remaining_s is None else replace(self, remaining_s=None)
+
+    def __len__(self) -> int:
+        return len(self.progress)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.array(self.progress, dtype, copy=copy)
+
+    def __getitem__(self, index: Any) -> Estimates:
+        """The same index of every array: ``e[i, :n]`` of a batch's answers, ``e[lo:hi]`` of a chunk's. Once per
+        row of every cycle, so written out (a generator over the fields cost twice as much)."""
+        band, low_high, seconds = self.band, self.remaining_band, self.remaining_s
+        return Estimates(
+            self.progress[index],
+            None if band is None else band[index],
+            None if self.remaining_frames is None else self.remaining_frames[index],
+            None if low_high is None else low_high[index],
+            None if seconds is None else seconds[index],
+        )
+
+    def arrays(self) -> tuple[np.ndarray | None, ...]:
+        return (self.progress, self.band, self.remaining_frames, self.remaining_band, self.remaining_s)
+
+    @staticmethod
+    def join(parts: Sequence[Estimates]) -> Estimates:
+        """Consecutive runs of frames as one; a field some part lacks is None."""
+        columns = zip(*(part.arrays() for part in parts), strict=True)
+        return Estimates(*(None if any(a is None for a in c) else np.concatenate(c) for c in columns))
+
+    @classmethod
+    def read(cls, body: Mapping[str, Any]) -> Estimates:
+        """From a JSON answer's fields (:func:`per_frame`); a field that is absent or null is None."""
+        return cls(*(None if body.get(name) is None else np.asarray(body[name], np.float32) for name in PER_FRAME))
+
+
+#: The per-frame fields of every answer, in the order of :class:`Estimates`.
+PER_FRAME = ("progress", "band", "remaining_frames", "remaining_band", "remaining_s")
+
+
+def per_frame(answers: Estimates) -> dict[str, Any]:
+    """The JSON fields of ``answers`` (numpy arrays, for orjson): every per-frame reply carries these."""
+    return dict(zip(PER_FRAME, answers.arrays(), strict=True))
+
+
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
+DESCRIBE = {
+    "progress": "each frame's progress, in [0, 1]",
+    "band": "each frame's interval [lo, hi] around its progress, at the model's nominal coverage (the model's "
+    "`coverage`); null for a model without a band",
+    "remaining_frames": "frames left in the action after each frame: seen × (1 − progress) / progress, seen being "
+    "the frames into the action up to it (progress counts as at least 0.001)",
+    "remaining_band": "each frame's interval [low, high] of the frames left, from its band; null for a model "
+    "without a band",
+    "remaining_s": "remaining_frames in seconds at the stream's frame rate; null for a stream opened without fps",
+    "coverage": "the nominal coverage of every answer's band (0.8: 8 in 10 frames within it); null for a model "
+    "without a band",
+    "fps": "the stream's frame rate, which turns remaining frames into remaining_s; null if none was given",
+}
+
+
+class PerFrame(BaseModel):
+    """The answer of each frame of a message, in arrays of one entry per frame."""
+
+    model_config = REPLY
+    progress: list[float] = Field(description=DESCRIBE["progress"])
+    band: list[Interval] | None = Field(description=DESCRIBE["band"])
+    remaining_frames: list[float] = Field(description=DESCRIBE["remaining_frames"])
+    remaining_band: list[Interval] | None = Field(description=DESCRIBE["remaining_band"])
+    remaining_s: list[float] | None = Field(description=DESCRIBE["remaining_s"])
 
 
 class ModelSummary(BaseModel):
@@ -31,12 +142,14 @@ class ModelSummary(BaseModel):
     format_version: str
     checkpoint_sha256: str
     providers: str = Field(description="the onnxruntime execution providers, comma-separated")
+    coverage: float | None = Field(description=DESCRIBE["coverage"])
 
 
 class StreamCreated(BaseModel):
     model_config = REPLY
     stream_id: str
     next_seq: int
+    fps: float | None = Field(description=DESCRIBE["fps"])
     model: ModelSummary
 
 
@@ -49,6 +162,7 @@ class StreamInfo(BaseModel):
     processed_seq: int = Field(description="frames processed by the model")
     step: int = Field(description="frames into the current action")
     pending_frames: int = Field(description="accepted, not yet processed")
+    fps: float | None = Field(description=DESCRIBE["fps"])
     created_at: float = Field(description="Unix time")
     idle_s: float
 
@@ -97,44 +211,37 @@ class StreamPage(BaseModel):
     streams: list[StreamRow]
 
 
-class FramesReply(BaseModel):
-    """``POST /v1/streams/{id}/frames``: each frame's progress."""
+class FramesReply(PerFrame):
+    """``POST /v1/streams/{id}/frames``: each frame's answer."""
 
-    model_config = REPLY
     stream_id: str
     seq: int
-    progress: list[float]
     next_seq: int
 
     @staticmethod
-    def encode(stream_id: str, seq: int, progress: np.ndarray, next_seq: int) -> bytes:
+    def encode(stream_id: str, seq: int, answers: Estimates, next_seq: int) -> bytes:
         return orjson.dumps(
-            {"stream_id": stream_id, "seq": seq, "progress": progress, "next_seq": next_seq}, option=NUMPY
+            {"stream_id": stream_id, "seq": seq, **per_frame(answers), "next_seq": next_seq}, option=NUMPY
         )
 
 
-class SocketReply(BaseModel):
+class SocketReply(PerFrame):
     """A JSON frames message's answer on a stream's WebSocket."""
 
-    model_config = REPLY
     seq: int
-    progress: list[float]
     next_seq: int
 
     @staticmethod
-    def encode(seq: int, progress: np.ndarray, next_seq: int) -> bytes:
-        return orjson.dumps({"seq": seq, "progress": progress, "next_seq": next_seq}, option=NUMPY)
+    def encode(seq: int, answers: Estimates, next_seq: int) -> bytes:
+        return orjson.dumps({"seq": seq, **per_frame(answers), "next_seq": next_seq}, option=NUMPY)
 
 
-class ProgressReply(BaseModel):
-    """``POST /v1/progress``: every frame of one action."""
-
-    model_config = REPLY
-    progress: list[float]
+class ProgressReply(PerFrame):
+    """``POST /v1/progress``: every frame of one action (no stream, so no frame rate: ``remaining_s`` is null)."""
 
     @staticmethod
-    def encode(progress: np.ndarray) -> bytes:
-        return orjson.dumps({"progress": progress}, option=NUMPY)
+    def encode(answers: Estimates) -> bytes:
+        return orjson.dumps(per_frame(answers), option=NUMPY)
 
 
 class ModelInfo(BaseModel):
@@ -147,6 +254,7 @@ class ModelInfo(BaseModel):
     embedding_dim: str
     hidden_dim: str
     position_encoding: str
+    coverage: float | None = Field(description=DESCRIBE["coverage"])
 
 
 class Health(BaseModel):

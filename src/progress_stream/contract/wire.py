@@ -13,10 +13,11 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from progress_stream.contract.binary import FLAG_RESET, KNOWN_FLAGS, REQUEST_HEADER
 from progress_stream.contract.errors import BadInput, ProtocolViolation, TooManyFrames
@@ -57,15 +58,39 @@ def integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+#: A stream's frame rate, wherever a stream is opened (a JSON number, or a query parameter's text): what
+#: turns the frames left into seconds. Its bounds, for the routes that declare them to FastAPI: any real
+#: rate, and none so small that the seconds overflow float32 (a rate of 1e-40 would answer infinity).
+FPS_LIMITS: dict[str, Any] = {"ge": 0.001, "le": 1000, "allow_inf_nan": False}
+FPS_RULE = "the stream's frames per second, 0.001 to 1000: answers then carry remaining_s"
+Fps = Annotated[float, Field(**FPS_LIMITS, description=FPS_RULE)]
+_FPS_TEXT = TypeAdapter(Fps)
+
+
 class CreateStream(BaseModel):
     model_config = STRICT
     stream_id: str | None = Field(None, pattern=STREAM_ID.pattern, description=f"{STREAM_ID_RULE}; random if absent")
+    fps: Fps | None = None
 
 
 def socket_stream_id(path: str) -> str | None:
     """The (unchecked) stream id of a stream socket's path, None for any other path."""
     match = _STREAM_SOCKET.fullmatch(path)
     return match.group(1) if match else None
+
+
+def socket_fps(query: str) -> float | None:
+    """The frame rate a stream socket's handshake names (``?fps=30``), checked like the JSON field; None if
+    it names none."""
+    given = parse_qs(query, keep_blank_values=True).get("fps")
+    if not given:
+        return None
+    if len(given) > 1:
+        raise BadInput("fps", "fps is given more than once")
+    try:
+        return _FPS_TEXT.validate_python(given[0])
+    except ValidationError as exc:
+        raise BadInput("fps", f"fps: {exc.errors(include_url=False)[0]['msg']}") from None
 
 
 def check_stream_id(stream_id: str) -> str:
@@ -182,8 +207,8 @@ class Wire:
         return out
 
     @staticmethod
-    def parse_create(body: bytes | str) -> str | None:
-        return Wire._validate(CreateStream, body).stream_id if body else None
+    def parse_create(body: bytes | str) -> CreateStream:
+        return Wire._validate(CreateStream, body) if body else CreateStream()
 
     @staticmethod
     def _validate(model: type[BaseModel], body: bytes | str) -> Any:

@@ -51,6 +51,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference") if in_thread else None
         self._emb = np.zeros((steps_per_cycle, max_batch, runtime.embedding_dim), np.float32)
         self._out = np.zeros((steps_per_cycle, max_batch), np.float32)
+        self._band = np.zeros((steps_per_cycle, max_batch, 2), np.float32) if runtime.coverage is not None else None
 
     def ready(self, stream: Stream) -> None:
         """``stream`` has frames waiting and is in no batch: queue it for the next cycle."""
@@ -98,7 +99,7 @@ class Batcher:
             self._target = 0
 
     def gather(self) -> Batch | None:
-        batch = self.table.gather(self._ready, self.max_batch, self._emb, self._out)
+        batch = self.table.gather(self._ready, self.max_batch, self._emb, self._out, self._band)
         if batch is not None:
             self._last_rows = len(batch)
         return batch
@@ -111,12 +112,16 @@ class Batcher:
             active = np.flatnonzero(batch.counts > t) if t >= full else None
             started = time.perf_counter()
             if active is None:
-                batch.out[t], state = self.runtime.step(batch.emb[t], batch.steps0 + t, state)
+                batch.out[t], state, band = self.runtime.step(batch.emb[t], batch.steps0 + t, state)
+                if band is not None:
+                    batch.band[t] = band
                 self.metrics.batch_size.observe(rows)
             else:
-                batch.out[t, active], state[active] = self.runtime.step(
+                batch.out[t, active], state[active], band = self.runtime.step(
                     batch.emb[t, active], batch.steps0[active] + t, state[active]
                 )
+                if band is not None:
+                    batch.band[t, active] = band
                 self.metrics.batch_size.observe(len(active))
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
         batch.state = state

@@ -27,6 +27,7 @@ from progress_stream.contract.errors import (
     StreamIdTaken,
     StreamNotFound,
 )
+from progress_stream.contract.replies import Estimates
 from progress_stream.engine.batcher import Batcher
 from progress_stream.engine.durability.snapshot import identity, load_state, write_snapshot
 from progress_stream.engine.durability.store import RedisStore, StoreUnavailable
@@ -84,7 +85,9 @@ class Engine:
         self.runtime = runtime
         self.config = config
         self.metrics = metrics or Metrics()
-        self.table = StreamTable(config.max_streams, runtime.hidden_dim, config.retained_window)
+        self.table = StreamTable(
+            config.max_streams, runtime.hidden_dim, config.retained_window, band=runtime.coverage is not None
+        )
         self.batcher = Batcher(
             runtime,
             self.table,
@@ -112,6 +115,7 @@ class Engine:
             "format_version": meta["format_version"],
             "checkpoint_sha256": self.runtime.checkpoint,
             "providers": ",".join(self.runtime.providers),
+            "coverage": self.runtime.coverage,
         }
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -163,15 +167,25 @@ class Engine:
     # Every call by id takes the ``tenant`` asking: a stream another tenant owns is not found (it reads
     # exactly as a missing one), and creating its id is StreamIdTaken. The check is made once, at the
     # lookup; a socket holds its stream and is never checked again.
-    def create(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
+    #
+    # ``fps``, wherever a stream is opened, is its frame rate from then on (an open without one keeps it).
+    def create(
+        self, stream_id: str | None = None, tenant: Tenant = OPEN, fps: float | None = None
+    ) -> tuple[Stream, bool]:
         """``(stream, created)``: an existing id answers its stream (creation is idempotent)."""
         if stream_id is not None and stream_id in self.table.streams:
             stream = self.table.streams[stream_id]
             if not tenant.owns(stream):
                 raise taken(stream_id)
-            stream.last_seen = time.monotonic()
+            self.reopened(stream, fps)
             return stream, False
-        return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name), True
+        return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name, fps=fps), True
+
+    def reopened(self, stream: Stream, fps: float | None) -> None:
+        """An existing stream opened again: it is in use, at the rate this open names (if it names one)."""
+        stream.last_seen = time.monotonic()
+        if fps is not None:
+            self.table.set_fps(stream, fps)
 
     async def find(
         self, stream_id: str, tenant: Tenant = OPEN, foreign: Callable[[str], EngineError] = missing
@@ -183,14 +197,16 @@ class Engine:
             stream = await self.shared.take_over(stream_id, tenant, foreign)
         return stream
 
-    async def open(self, stream_id: str | None = None, tenant: Tenant = OPEN) -> tuple[Stream, bool]:
+    async def open(
+        self, stream_id: str | None = None, tenant: Tenant = OPEN, fps: float | None = None
+    ) -> tuple[Stream, bool]:
         """Like :meth:`create`, but a stream held elsewhere (the shared store) is taken over, not made anew."""
         if stream_id is not None and (stream := await self.find(stream_id, tenant, taken)) is not None:
             if not tenant.owns(stream):
                 raise taken(stream_id)
-            stream.last_seen = time.monotonic()
+            self.reopened(stream, fps)
             return stream, False
-        stream, created = self.create(stream_id, tenant)  # one created by another request meanwhile: returned
+        stream, created = self.create(stream_id, tenant, fps)  # one created by another request meanwhile: returned
         if created and self.shared is not None:
             await self.shared.created(stream)
         return stream, created
@@ -228,6 +244,7 @@ class Engine:
             "processed_seq": stream.done_seq,
             "step": int(self.table.step[stream.slot]),
             "pending_frames": stream.next_seq - stream.done_seq,
+            "fps": self.table.fps_of(stream),
             "created_at": stream.created_at,
             "idle_s": round(time.monotonic() - stream.last_seen, 3),
         }
@@ -235,7 +252,7 @@ class Engine:
     # --- frames ------------------------------------------------------------------------------
     def submit(self, stream: Stream, seq: int, frames: np.ndarray, reset: bool = False) -> asyncio.Future:
         """Accept frames ``seq .. seq+n-1`` of ``stream`` (or find a retry's results); the future yields
-        their progress. A caller that holds the stream across messages (a WebSocket) skips the lookup
+        their :class:`Estimates`. A caller that holds the stream across messages (a WebSocket) skips the lookup
         by id; a stream removed meanwhile answers :class:`StreamNotFound`.
 
         A retry may wait on the same future: callers that can be cancelled await it through
@@ -255,9 +272,9 @@ class Engine:
 
     def offer(
         self, stream: Stream, seq: int, frames: np.ndarray, reset: bool, part: Part | None = None
-    ) -> asyncio.Future | Part | np.ndarray:
+    ) -> asyncio.Future | Part | Estimates:
         """The one acceptance rule of every transport: frames ``seq ..`` accepted (answered through
-        ``part``, or a new future), a retry's stored outputs, or the waiter of the same chunk still pending;
+        ``part``, or a new future), a retry's stored answers, or the waiter of the same chunk still pending;
         raises the :class:`SeqConflict` (or other refusal) otherwise."""
         if stream.closed:
             raise StreamNotFound(f"stream {stream.id!r} was deleted or evicted")
@@ -292,7 +309,7 @@ class Engine:
 
     async def tick(self, entries: list[tuple[Stream, int, np.ndarray, bool] | BaseException]) -> list[Any]:
         """One multiplexed message: each entry ``(stream, seq, frames, reset)``, or the exception that
-        already refused it; answers, in order, an array of progress or the exception per entry. One future
+        already refused it; answers, in order, the :class:`Estimates` or the exception per entry. One future
         for the whole message; an entry's refusal leaves the others as they are. A copy here that is behind
         what an entry sends catches up from the shared store first, as for a single stream."""
         tick = Tick(self._loop, len(entries))
@@ -324,25 +341,25 @@ class Engine:
         answer = self.offer(*entry, part)
         if answer is part:
             return
-        if isinstance(answer, np.ndarray):
+        if isinstance(answer, Estimates):
             tick.settle(i, answer)
         else:
             tick.follow(i, answer)
 
     async def frames(
         self, stream_id: str, seq: int, frames: np.ndarray, reset: bool = False, tenant: Tenant = OPEN
-    ) -> tuple[np.ndarray, int]:
-        """Submit to the stream named ``stream_id`` and wait: ``(progress per frame, next_seq)``."""
+    ) -> tuple[Estimates, int]:
+        """Submit to the stream named ``stream_id`` and wait: ``(each frame's answers, next_seq)``."""
         stream = await self.get(stream_id, tenant)
         try:
             future = self.submit(stream, seq, frames, reset)
         except SeqConflict as conflict:
             future = await self.resubmit(stream, conflict, seq, frames, reset)
-        progress = await asyncio.shield(future)
-        return progress, stream.next_seq
+        answers = await asyncio.shield(future)
+        return answers, stream.next_seq
 
-    async def progress_once(self, frames: np.ndarray) -> np.ndarray:
-        """Stateless: every frame of one action through a temporary stream."""
+    async def progress_once(self, frames: np.ndarray) -> Estimates:
+        """Stateless: every frame of one action through a temporary stream (no frame rate: no seconds)."""
         # marked by its flag; its id has a character no client id may have, so it can never collide
         stream = self.table.create("~" + secrets.token_hex(8), durable=False)
         try:
@@ -413,7 +430,7 @@ def taken(stream_id: str) -> StreamIdTaken:
     return StreamIdTaken(f"stream id {stream_id!r} is taken: create with another id, or with none for a random one")
 
 
-def settle(future: asyncio.Future, value: np.ndarray | BaseException) -> None:
+def settle(future: asyncio.Future, value: Estimates | BaseException) -> None:
     if future.done():
         return
     if isinstance(value, BaseException):

@@ -122,12 +122,13 @@ class CellRuntime:
         return self.metadata.get("checkpoint_sha256", "")
 
     def describe(self) -> dict:
-        """What clients see at ``GET /v1/model``."""
+        """What clients see at ``GET /v1/model``: the metadata, with the JSON entries parsed and the band's
+        coverage a number (None for a version 1 cell, whatever its metadata says)."""
         meta = dict(self.metadata)
         for key in ("position_params", "model_config", "training_data", "metrics"):
             if key in meta:
                 meta[key] = json.loads(meta[key])
-        return {"path": str(self.path), "providers": self.providers, **meta}
+        return {"path": str(self.path), "providers": self.providers, **meta, COVERAGE_KEY: self.coverage}
 
     def step(
         self, embedding: np.ndarray, step: np.ndarray, state: np.ndarray

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from progress_stream.contract.errors import InferenceFailed, StreamNotFound, TooManyStreams
+from progress_stream.contract.replies import Estimates
 from progress_stream.engine.ticks import Part
 
 
@@ -28,7 +29,7 @@ class Chunk:
     reset: bool
     future: asyncio.Future | Part  # answered through this: a message's future, or a tick's part
     pos: int = 0  # frames of this chunk already processed
-    out: np.ndarray | None = None  # progress so far, for a chunk that spans several cycles
+    parts: list[Estimates] | None = None  # the answers so far, for a chunk that spans several cycles
 
 
 #: The owner of a stream made without a key, with the single ``PROGRESS_API_KEY``, or stored before streams
@@ -90,7 +91,8 @@ class Stream:
 class Batch:
     """The rows of one cycle: streams, their chunks, how many frames each, and the gathered inputs.
 
-    ``emb`` and ``out`` are ``(steps, rows, …)`` views of the batcher's preallocated buffers.
+    ``emb``, ``out`` (progress) and ``band`` (None for a cell without one) are ``(steps, rows, …)`` views
+    of the batcher's preallocated buffers.
     """
 
     streams: list[Stream]
@@ -101,6 +103,7 @@ class Batch:
     state: np.ndarray
     emb: np.ndarray
     out: np.ndarray
+    band: np.ndarray | None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -119,11 +122,28 @@ class Batch:
             self.state[rows],
             self.emb[:, rows],
             self.out[:, rows],
+            None if self.band is None else self.band[:, rows],
         )
 
 
+#: Slot arrays that came with the band and the time to finish: state files before version 4 and store
+#: blobs written before lack them (:func:`fill_added` makes them up).
+ADDED_ARRAYS = ("bands", "seen", "fps")
 #: The per-slot arrays of :class:`StreamTable`: what a snapshot keeps of each stream besides its counters.
-SLOT_ARRAYS = ("state", "step", "outputs", "chunk_seq", "chunk_shape", "chunk_digest")
+SLOT_ARRAYS = ("state", "step", "outputs", "chunk_seq", "chunk_shape", "chunk_digest", *ADDED_ARRAYS)
+
+
+def fill_added(rows: dict[str, np.ndarray], done_seq: np.ndarray | int) -> None:
+    """Give rows stored without the :data:`ADDED_ARRAYS` (one stream's, or ``(streams, …)``) their values:
+    no frame rate, no band (the servers that wrote them served only cells without one), and each retained
+    frame's place in its action from the stream's step, which counts from the last reset: exact for the frames
+    since, and 0 (not retained: a resend of it is refused as too old) for those before it."""
+    outputs = rows["outputs"]
+    window = outputs.shape[-1]
+    age = (np.asarray(done_seq)[..., None] - 1 - np.arange(window)) % window  # frames processed since each
+    rows["seen"] = np.maximum(np.asarray(rows["step"])[..., None] - age, 0)
+    rows["bands"] = np.zeros((*outputs.shape, 2), np.float32)
+    rows["fps"] = np.full(outputs.shape[:-1], np.nan)
 
 
 def chunk_digest(frames: np.ndarray) -> bytes:
@@ -133,15 +153,20 @@ def chunk_digest(frames: np.ndarray) -> bytes:
 
 
 class StreamTable:
-    """Streams by id; hidden state, step, the last ``window`` outputs and the chunks accepted over them
-    live in arrays indexed by slot (a chunk is recorded at the position of its first frame)."""
+    """Streams by id; hidden state, step, frame rate, the last ``window`` outputs (progress, band and each
+    frame's place in its action) and the chunks accepted over them live in arrays indexed by slot (a chunk is
+    recorded at the position of its first frame). ``band``: whether the cell answers one."""
 
-    def __init__(self, capacity: int, hidden_dim: int, window: int):
+    def __init__(self, capacity: int, hidden_dim: int, window: int, band: bool = True):
         self.capacity = capacity
         self.window = window
+        self.band = band
         self.state = np.zeros((capacity, hidden_dim), np.float32)
         self.step = np.zeros(capacity, np.int64)
+        self.fps = np.full(capacity, np.nan)  # NaN: the stream gave none
         self.outputs = np.zeros((capacity, window), np.float32)
+        self.bands = np.zeros((capacity, window, 2), np.float32)
+        self.seen = np.zeros((capacity, window), np.int64)  # 1-based frames into the action (0: not retained)
         # seq + 1 of the chunk that starts at this position (0: none), its frames × 2 + reset, its digest
         self.chunk_seq = np.zeros((capacity, window), np.int64)
         self.chunk_shape = np.zeros((capacity, window), np.int32)
@@ -154,16 +179,27 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def create(self, stream_id: str, durable: bool = True, owner: str = DEFAULT_OWNER) -> Stream:
+    def create(
+        self, stream_id: str, durable: bool = True, owner: str = DEFAULT_OWNER, fps: float | None = None
+    ) -> Stream:
         if not self._free:
             raise TooManyStreams(f"the server holds its maximum of {self.capacity} streams; retry later")
         slot = self._free.pop()
         self.state[slot] = 0.0
         self.step[slot] = 0
+        self.fps[slot] = np.nan if fps is None else fps
         self.chunk_seq[slot] = 0
         stream = Stream(stream_id, slot, owner, durable=durable)
         self.streams[stream_id] = stream
         return stream
+
+    def fps_of(self, stream: Stream) -> float | None:
+        fps = float(self.fps[stream.slot])
+        return None if np.isnan(fps) else fps
+
+    def set_fps(self, stream: Stream, fps: float) -> None:
+        """A stream opened again with a frame rate: its answers from now on use it."""
+        self.fps[stream.slot] = fps
 
     def get(self, stream_id: str) -> Stream:
         try:
@@ -192,9 +228,12 @@ class StreamTable:
         self.queued_frames += n
         return not stream.in_cycle and len(stream.pending) == 1
 
-    def gather(self, ready: deque[Stream], max_rows: int, emb: np.ndarray, out: np.ndarray) -> Batch | None:
+    def gather(
+        self, ready: deque[Stream], max_rows: int, emb: np.ndarray, out: np.ndarray, band: np.ndarray | None
+    ) -> Batch | None:
         """Up to ``max_rows`` ready streams, each with the next ``≤ len(emb)`` frames of its oldest chunk,
-        copied into the buffers ``emb (steps, rows, D)`` / ``out (steps, rows)``."""
+        copied into the buffers ``emb (steps, rows, D)``; ``out (steps, rows)`` and ``band (steps, rows, 2)``
+        (None for a cell without one) take the outputs."""
         streams, chunks, counts = [], [], []
         while ready and len(streams) < max_rows:
             stream = ready.popleft()
@@ -218,7 +257,8 @@ class StreamTable:
                 inputs[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
         resets = [i for i, c in enumerate(chunks) if c.reset and c.pos == 0]
         steps0[resets] = 0
-        return Batch(streams, chunks, slots, np.array(counts), steps0, self.state[slots], inputs, out[:k, :rows])
+        bands = None if band is None else band[:k, :rows]
+        return Batch(streams, chunks, slots, np.array(counts), steps0, self.state[slots], inputs, out[:k, :rows], bands)
 
     def complete(self, batch: Batch) -> list[Stream]:
         """Store a run batch's state and outputs, answer every chunk it finished; the streams that still
@@ -234,27 +274,37 @@ class StreamTable:
         self.state[batch.slots] = batch.state
         self.step[batch.slots] = batch.steps0 + batch.counts
         seqs = np.fromiter((ch.seq + ch.pos for ch in batch.chunks), np.int64, len(batch))
-        self.record(batch.slots, seqs, batch.counts, batch.out)
-        out = batch.out.T.copy()  # (rows, K), this batch's own: each whole chunk's result is a view into it
+        seen = batch.steps0[:, None] + np.arange(1, batch.out.shape[0] + 1)  # (rows, K): 1-based, in the action
+        self.record(batch, seqs, seen)
+        answers, timed = self.answers(batch, seen)
+        untimed = answers.untimed()
         again = []
-        for i, (stream, chunk, n) in enumerate(zip(batch.streams, batch.chunks, batch.counts.tolist(), strict=True)):
+        rows = zip(batch.streams, batch.chunks, batch.counts.tolist(), timed, strict=True)
+        for i, (stream, chunk, n, has_fps) in enumerate(rows):
             stream.done_seq += n
             stream.in_cycle = 0
-            if chunk.pos == 0 and n == len(chunk.frames):  # the whole chunk in this batch: the common case
-                result = out[i, :n]
-            else:
-                if chunk.out is None:
-                    chunk.out = np.empty(len(chunk.frames), np.float32)
-                chunk.out[chunk.pos : chunk.pos + n] = out[i, :n]
-                result = chunk.out
+            piece = (answers if has_fps else untimed)[i, :n]  # views into this batch's own arrays
+            if chunk.pos or n < len(chunk.frames):  # a chunk that spans cycles: answered whole, at its end
+                if chunk.parts is None:
+                    chunk.parts = []
+                chunk.parts.append(piece)
             chunk.pos += n
             if chunk.pos == len(chunk.frames):
                 stream.pending.popleft()
                 if not chunk.future.done():
-                    chunk.future.set_result(result)
+                    chunk.future.set_result(piece if chunk.parts is None else Estimates.join(chunk.parts))
             if stream.pending:
                 again.append(stream)
         return again
+
+    def answers(self, batch: Batch, seen: np.ndarray) -> tuple[Estimates, list[bool]]:
+        """Every row's answers ``(rows, K, …)``, computed for the whole batch at once, and which rows'
+        streams have a frame rate (the others answer without seconds)."""
+        progress = batch.out.T.copy()  # this batch's own (the buffers are reused): answers are views into it
+        band = None if batch.band is None else batch.band.transpose(1, 0, 2).copy()
+        fps = self.fps[batch.slots]
+        timed = ~np.isnan(fps)
+        return Estimates.at(progress, band, seen, fps[:, None] if timed.any() else None), timed.tolist()
 
     def rewind(self, batch: Batch, exc: Exception) -> None:
         """A failed model call: fail every waiting chunk of the batch's streams (later chunks built on
@@ -285,10 +335,12 @@ class StreamTable:
         return stream
 
     def overwrite(self, stream: Stream, done_seq: int, rows: dict[str, np.ndarray]) -> None:
-        """Replace an idle stream's state with a stored one (newer, from another replica)."""
+        """Replace an idle stream's state with a stored one (newer, from another replica; a store keeps
+        each row flat)."""
         stream.next_seq = stream.done_seq = stream.saved_seq = done_seq
         for name in SLOT_ARRAYS:
-            getattr(self, name)[stream.slot] = rows[name]
+            array = getattr(self, name)
+            array[stream.slot] = np.reshape(rows[name], array.shape[1:])
 
     def rows_of(self, streams: list[Stream]) -> dict[str, np.ndarray]:
         """Each slot array's rows for ``streams``, as a snapshot must hold them: a chunk partly processed
@@ -310,12 +362,18 @@ class StreamTable:
             name: (getattr(table, name).dtype, int(np.prod(getattr(table, name).shape[1:]))) for name in SLOT_ARRAYS
         }
 
-    def record(self, slots: np.ndarray, seqs: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
-        """Keep ``out[t, i]`` (frame ``seqs[i] + t`` of the stream in ``slots[i]``) for ``t < counts[i]``."""
+    def record(self, batch: Batch, seqs: np.ndarray, seen: np.ndarray) -> None:
+        """Keep what a retry is answered from, for frame ``seqs[i] + t`` of row ``i`` (``t < counts[i]``): its
+        progress, band and place in its action (``seen``, ``(rows, K)``)."""
+        counts, slots = batch.counts, batch.slots
         full = int(counts.min())
-        for t in range(out.shape[0]):
+        for t in range(batch.out.shape[0]):
             rows = slice(None) if t < full else np.flatnonzero(counts > t)
-            self.outputs[slots[rows], (seqs[rows] + t) % self.window] = out[t, rows]
+            at = (slots[rows], (seqs[rows] + t) % self.window)
+            self.outputs[at] = batch.out[t, rows]
+            self.seen[at] = seen[rows, t]
+            if batch.band is not None:
+                self.bands[at] = batch.band[t, rows]
 
     def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> None:
         """Record an accepted chunk, so that a retry of it can be told from a different chunk."""
@@ -338,8 +396,14 @@ class StreamTable:
             return "was accepted with different embeddings"
         return None
 
-    def replay(self, stream: Stream, seq: int, n: int) -> np.ndarray | None:
-        """Stored outputs of frames ``seq .. seq+n-1`` if all are processed and still retained."""
-        if seq >= stream.done_seq - self.window and seq + n <= stream.done_seq:
-            return self.outputs[stream.slot, np.arange(seq, seq + n) % self.window].copy()
-        return None
+    def replay(self, stream: Stream, seq: int, n: int) -> Estimates | None:
+        """The answers of frames ``seq .. seq+n-1`` again, if all are processed and still retained (at the
+        stream's frame rate now)."""
+        if seq < stream.done_seq - self.window or seq + n > stream.done_seq:
+            return None
+        at = (stream.slot, np.arange(seq, seq + n) % self.window)
+        seen = self.seen[at]
+        if not seen.all():  # stored before answers kept their place in the action, and a reset since
+            return None
+        band = self.bands[at] if self.band else None
+        return Estimates.at(self.outputs[at], band, seen, self.fps_of(stream))

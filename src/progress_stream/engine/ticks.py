@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
+from progress_stream.contract.replies import Estimates
 
 
 class Tick:
-    """The answers to ``n`` entries: each an array of progress or the exception that refused it."""
+    """The answers to ``n`` entries: each its :class:`Estimates` or the exception that refused it."""
 
     __slots__ = ("future", "left", "results")
 
@@ -29,7 +29,7 @@ class Tick:
     def part(self, index: int) -> Part:
         return Part(self, index)
 
-    def settle(self, index: int, value: np.ndarray | BaseException) -> None:
+    def settle(self, index: int, value: Estimates | BaseException) -> None:
         self.results[index] = value
         self.left -= 1
         if self.left == 0 and not self.future.done():
@@ -56,7 +56,7 @@ class Part:
     def done(self) -> bool:
         return self.settled
 
-    def set_result(self, result: np.ndarray) -> None:
+    def set_result(self, result: Estimates) -> None:
         self.settled = True
         self.tick.settle(self.index, result)
 

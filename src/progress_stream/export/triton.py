@@ -38,8 +38,10 @@ def triton_graph(cell: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def config_pbtxt(embedding_dim: int, hidden_dim: int, max_batch_size: int = 1024) -> str:
-    """``config.pbtxt``: ONNX Runtime backend, sequence batching with implicit state."""
+def config_pbtxt(embedding_dim: int, hidden_dim: int, max_batch_size: int = 1024, band: bool = True) -> str:
+    """``config.pbtxt``: ONNX Runtime backend, sequence batching with implicit state; ``band``: the cell has
+    the band output (format 2)."""
+    band_output = ',\n  { name: "band" data_type: TYPE_FP32 dims: [ 2 ] }' if band else ""
     return f"""name: "{MODEL_NAME}"
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}
@@ -47,8 +49,7 @@ input [
   {{ name: "embedding" data_type: TYPE_FP32 dims: [ {embedding_dim} ] }}
 ]
 output [
-  {{ name: "progress" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
-  {{ name: "band" data_type: TYPE_FP32 dims: [ 2 ] }}
+  {{ name: "progress" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}{band_output}
 ]
 sequence_batching {{
   max_sequence_idle_microseconds: 60000000
@@ -81,7 +82,8 @@ def write_repository(cell_path: Path, out: Path, max_batch_size: int = 1024) -> 
     folder = Path(out) / MODEL_NAME
     (folder / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(triton_graph(cell), folder / "1" / "model.onnx")
+    band = any(o.name == "band" for o in cell.graph.output)
     (folder / "config.pbtxt").write_text(
-        config_pbtxt(int(meta["embedding_dim"]), int(meta["hidden_dim"]), max_batch_size)
+        config_pbtxt(int(meta["embedding_dim"]), int(meta["hidden_dim"]), max_batch_size, band)
     )
     return folder

@@ -361,7 +361,7 @@ class _GatewayDriver(_PacedSocket):
         """Count and check every entry; the streams' next seqs; how many entries were answered."""
         n = MESSAGE_HEADER.unpack_from(data)[0]
         plain = reply_dtype(self.k)
-        if n == self.n and len(data) == MESSAGE_HEADER.size + n * plain.itemsize:
+        if n == self.n and len(data) >= MESSAGE_HEADER.size + n * plain.itemsize:  # the entries, then their trailer
             out = np.frombuffer(data, plain, n, MESSAGE_HEADER.size)
             if not out["status"].any():
                 good = (out["seq"] == self.seqs) & (out["count"] == self.k) & (out["next_seq"] == self.seqs + self.k)

@@ -46,9 +46,14 @@ def routing_error(request: Request, exc: StarletteHTTPException) -> ServiceError
     return RouteNotFound("no such route: see /docs for the API")
 
 
+#: Where FastAPI says a parameter came from: not part of its name.
+LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
 def validation_error(exc: RequestValidationError) -> BadInput:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    loc = first["loc"][1:] if first["loc"][:1] and first["loc"][0] in LOCATIONS else first["loc"]
+    field = ".".join(str(p) for p in loc) or "body"
     return BadInput(field, f"{field}: {first['msg']}")
 
 

@@ -130,7 +130,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         if self._refusal is not None:
             return
-        path = urllib.parse.unquote(httptools.parse_url(self.url).path.decode("ascii"))  # uvicorn leaves it unset
+        url = httptools.parse_url(self.url)
+        path = urllib.parse.unquote(url.path.decode("ascii"))  # uvicorn leaves it unset
         if self.native is None or not self.native.claims(path):
             super().handle_websocket_upgrade()
             return
@@ -139,7 +140,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         for name, value in self.scope["headers"]:
             request += [name, b": ", value, b"\r\n"]
         request.append(b"\r\n")
-        self.native.upgrade(self.transport, b"".join(request), path, self.scope["headers"], self.connections)
+        query = (url.query or b"").decode("latin-1")
+        self.native.upgrade(self.transport, b"".join(request), path, query, self.scope["headers"], self.connections)
 
     def _unsupported_upgrade_warning(self) -> None:
         if self._refusal is None:

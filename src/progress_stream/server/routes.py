@@ -25,7 +25,7 @@ from progress_stream.contract.replies import (
     StreamPage,
     StreamRow,
 )
-from progress_stream.contract.wire import STREAM_ID, STREAM_ID_RULE, Wire, check_stream_id
+from progress_stream.contract.wire import FPS_LIMITS, FPS_RULE, STREAM_ID, STREAM_ID_RULE, Wire, check_stream_id
 from progress_stream.engine.engine import Engine
 from progress_stream.engine.streams import Tenant
 from progress_stream.server import board
@@ -118,9 +118,14 @@ CREATED = {
 }
 
 
-async def created(engine: Engine, stream_id: str | None, tenant: Tenant) -> Response:
-    stream, new = await engine.open(stream_id, tenant)
-    reply = StreamCreated(stream_id=stream.id, next_seq=stream.next_seq, model=ModelSummary(**engine.model_summary()))
+async def created(engine: Engine, stream_id: str | None, tenant: Tenant, fps: float | None) -> Response:
+    stream, new = await engine.open(stream_id, tenant, fps)
+    reply = StreamCreated(
+        stream_id=stream.id,
+        next_seq=stream.next_seq,
+        fps=engine.table.fps_of(stream),
+        model=ModelSummary(**engine.model_summary()),
+    )
     return json_response(reply, 201 if new else 200)
 
 
@@ -131,20 +136,26 @@ async def created(engine: Engine, stream_id: str | None, tenant: Tenant) -> Resp
     summary="Create a stream (idempotent with an id)",
 )
 async def create_stream(request: Request, engine: EngineDep, tenant: TenantDep) -> Response:
-    return await created(engine, Wire.parse_create(await request.body()), tenant)
+    body = Wire.parse_create(await request.body())
+    return await created(engine, body.stream_id, tenant, body.fps)
 
 
 @v1_router.put("/streams/{stream_id}", responses=CREATED, summary="Create a stream with this id (idempotent)")
-async def put_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) -> Response:
+async def put_stream(
+    stream_id: StreamId,
+    engine: EngineDep,
+    tenant: TenantDep,
+    fps: Annotated[float | None, Query(**FPS_LIMITS, description=FPS_RULE)] = None,
+) -> Response:
     """Same as ``POST /v1/streams`` with an id, but the id is in the path, so a proxy can route by it."""
-    return await created(engine, stream_id, tenant)
+    return await created(engine, stream_id, tenant, fps)
 
 
 @v1_router.post(
     "/streams/{stream_id}/frames",
     response_model=FramesReply,
     responses={
-        200: {"description": "each frame's progress"},
+        200: {"description": "each frame's answer"},
         **error_responses(
             *BODY_ERRORS,
             "stream_not_found",
@@ -156,23 +167,23 @@ async def put_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDep) 
         ),
     },
     openapi_extra=json_body("FramesRequest"),
-    summary="Send frames seq.. of a stream; get each frame's progress",
+    summary="Send frames seq.. of a stream; get each frame's progress, band and time to finish",
 )
 async def post_frames(
     stream_id: StreamId, request: Request, engine: EngineDep, wire: WireDep, tenant: TenantDep
 ) -> Response:
     started = time.perf_counter()
     seq, frames, reset = wire.parse_frames(await request.body())
-    progress, next_seq = await engine.frames(stream_id, seq, frames, reset, tenant)
+    answers, next_seq = await engine.frames(stream_id, seq, frames, reset, tenant)
     engine.metrics.request_seconds.labels("http").observe(time.perf_counter() - started)
-    return Response(FramesReply.encode(stream_id, seq, progress, next_seq), media_type=JSON)
+    return Response(FramesReply.encode(stream_id, seq, answers, next_seq), media_type=JSON)
 
 
 @v1_router.post(
     "/frames",
     response_model=TickReply,
     responses={
-        200: {"description": "one result per entry, in order: its progress and next seq, or its error"},
+        200: {"description": "one result per entry, in order: each frame's answer and the next seq, or its error"},
         **error_responses("protocol_violation"),
     },
     openapi_extra=json_body("TickRequest"),
@@ -213,7 +224,7 @@ async def delete_stream(stream_id: StreamId, engine: EngineDep, tenant: TenantDe
     "/progress",
     response_model=ProgressReply,
     responses={
-        200: {"description": "each frame's progress"},
+        200: {"description": "each frame's answer"},
         **error_responses(*BODY_ERRORS, "too_many_streams", "overloaded", "shutting_down", "inference_failed"),
     },
     openapi_extra=json_body("ProgressRequest"),

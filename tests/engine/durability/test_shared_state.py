@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import redis
 
+from progress_stream.contract.replies import Estimates
 from progress_stream.engine.durability.store import FURTHER_ALONG, PREFIX, RedisStore, StreamState
-from progress_stream.engine.streams import StreamTable
+from progress_stream.engine.streams import ADDED_ARRAYS, StreamTable
 from progress_stream.server.process import RedisProcess, ServerProcess, free_port
-from tests.conftest import frames, offline
+from tests.conftest import assert_same, frames, offline, offline_answers
 from tests.engine.durability.test_state_files import serve_once
 
 INTERVAL = 0.2  # snapshot interval of the replicas here
@@ -182,3 +183,29 @@ def test_an_unreachable_store_stops_the_start_unless_not_required(tiny_model, tm
         readyz = httpx.get(f"{srv.url}/readyz").json()
         assert readyz == {"ready": True, "durability": "degraded", "unstored_streams": 0}
         assert httpx.put(f"{srv.url}/v1/streams/x").status_code == 503  # cannot tell if it exists elsewhere
+
+
+def test_a_takeover_keeps_the_streams_rate_and_reads_a_key_stored_before_rates(tiny_model_v1, tmp_path, store):
+    from progress_stream.engine.runtime import CellRuntime
+
+    x = frames(np.random.default_rng(36), 10)
+    a = replica(tiny_model_v1, tmp_path / "a.log", store, snapshot_interval_s=60).start()  # only the final write
+    httpx.put(f"{a.url}/v1/streams/timed", params={"fps": 20})
+    first = send(a.url, "timed", 0, x[:6]).json()
+    assert a.terminate() in (0, -signal.SIGTERM)
+    # the same stream as a server before frame rates stored it: its blob without the arrays added since
+    client = redis.Redis(port=store.port)
+    stored = client.hgetall(PREFIX + "timed")
+    layout = StreamTable.layout(CellRuntime(tiny_model_v1, providers="cpu").hidden_dim, 512)
+    before = sum(dtype.itemsize * items for name, (dtype, items) in layout.items() if name not in ADDED_ARRAYS)
+    client.hset(PREFIX + "older", mapping={**stored, b"blob": stored[b"blob"][:before]})
+    with replica(tiny_model_v1, tmp_path / "b.log", store) as b:
+        assert httpx.get(f"{b.url}/v1/streams/timed").json()["fps"] == 20
+        rest = send(b.url, "timed", 6, x[6:]).json()
+        older = httpx.get(f"{b.url}/v1/streams/older").json()
+        retried = send(b.url, "older", 0, x[:6]).json()  # a retry, answered from the stored window
+    expected = offline_answers(CellRuntime(tiny_model_v1, providers="cpu"), x, fps=20)
+    assert_same(Estimates.join([Estimates.read(first), Estimates.read(rest)]), expected)
+    assert older["fps"] is None and older["next_seq"] == 6
+    assert retried["remaining_s"] is None and retried["progress"] == first["progress"]
+    assert retried["remaining_frames"] == first["remaining_frames"]

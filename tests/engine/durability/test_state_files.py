@@ -4,6 +4,7 @@ or (``discard``) is moved aside; the server never overwrites a file it did not l
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 
 from progress_stream.client import StreamSession
+from progress_stream.contract.replies import Estimates
+from progress_stream.engine.streams import ADDED_ARRAYS
 from progress_stream.server.process import ServerProcess, free_port
-from tests.conftest import frames
+from tests.conftest import assert_same, frames, offline_answers
 from tests.server.test_operations import scrape
 
 STREAMS = 3
@@ -161,3 +164,58 @@ def test_a_snapshot_that_fails_later_is_counted_and_the_server_keeps_serving(tin
         assert len(s.send(frames(np.random.default_rng(2), 2))) == 2
     log = (tmp_path / "log").read_text()
     assert f"snapshot to {state} failed" in log and "Traceback" not in log
+
+
+def post(url: str, sid: str, seq: int, x: np.ndarray, reset: bool = False) -> httpx.Response:
+    return httpx.post(f"{url}/v1/streams/{sid}/frames", json={"seq": seq, "embeddings": x.tolist(), "reset": reset})
+
+
+def test_a_streams_frame_rate_and_its_full_answers_survive_a_restart(tiny_model, tmp_path, runtime):
+    x = frames(np.random.default_rng(6), 12)
+    settings = {"state_file": tmp_path / "streams.state", "retained_window": 32, "snapshot_interval_s": 60, **SMALL}
+    srv = ServerProcess(tiny_model, tmp_path / "a.log", **settings).start()
+    try:
+        with StreamSession(srv.url, stream_id="timed", fps=12.5) as s:
+            first = s.send(x[:8])
+        srv.terminate()  # the final snapshot
+    finally:
+        srv.kill()
+    with ServerProcess(tiny_model, tmp_path / "b.log", **settings) as srv:
+        assert httpx.get(f"{srv.url}/v1/streams/timed").json()["fps"] == 12.5
+        retry = post(srv.url, "timed", 0, x[:8]).json()  # answered from the restored window
+        rest = post(srv.url, "timed", 8, x[8:]).json()
+    assert_same(Estimates.read(retry), first)
+    assert_same(Estimates.join([first, Estimates.read(rest)]), offline_answers(runtime, x, fps=12.5))
+
+
+def as_version_3(path: Path) -> None:
+    """Rewrite a state file as the servers before frame rates and bands wrote it."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k not in ADDED_ARRAYS}
+    meta = json.loads(str(arrays.pop("meta")))
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps({**meta, "version": 3})), **arrays)
+
+
+def test_a_state_file_from_before_the_band_is_restored_and_its_retries_answered_where_known(tiny_model_v1, tmp_path):
+    from progress_stream.engine.runtime import CellRuntime
+
+    x = frames(np.random.default_rng(7), 10)
+    state = tmp_path / "streams.state"
+    settings = {"state_file": state, "retained_window": 32, "snapshot_interval_s": 60, **SMALL}
+    srv = ServerProcess(tiny_model_v1, tmp_path / "a.log", **settings).start()  # such files came from format-1 cells
+    try:
+        httpx.put(f"{srv.url}/v1/streams/old")
+        post(srv.url, "old", 0, x[:5])
+        after = post(srv.url, "old", 5, x[5:], reset=True).json()
+        srv.terminate()
+    finally:
+        srv.kill()
+    as_version_3(state)
+    with ServerProcess(tiny_model_v1, tmp_path / "b.log", **settings) as srv:
+        assert httpx.get(f"{srv.url}/v1/streams/old").json()["fps"] is None
+        retry = post(srv.url, "old", 5, x[5:], reset=True)  # the frames since the last reset: known in full
+        too_old = post(srv.url, "old", 0, x[:5])  # before that reset: their place in the action is not known
+    assert retry.json() == after
+    assert_same(Estimates.read(after), offline_answers(CellRuntime(tiny_model_v1, providers="cpu"), x, (5,))[5:])
+    assert too_old.status_code == 409 and too_old.json()["error"]["expected_seq"] == 10

@@ -4,8 +4,9 @@ One hash per stream, ``<prefix>:stream:<id>`` (the prefix, ``PROGRESS_STATE_PREF
 that share a database apart; a stream id has no ``:``, so no two prefixes share a key): ``seq`` (frames
 processed), ``model`` (the checkpoint's sha256), ``window``, ``created``, ``owner`` (the name of the key
 that created the stream, never the key; a hash without it is the tenant ``default``'s) and ``blob``, the
-stream's row of every slot array of the table (hidden state, step, retained outputs, chunk records) in a
-fixed layout. A write goes through a Lua script that refuses to move ``seq`` backwards or to change the
+stream's row of every slot array of the table (hidden state, step, retained outputs, chunk records, frame
+rate) in a fixed layout; a blob written before the last slot arrays were added (:data:`ADDED_ARRAYS`) is
+still read. A write goes through a Lua script that refuses to move ``seq`` backwards or to change the
 owner, so a stale copy on another replica can never overwrite newer state, nor a replica creating the
 same id for another key take the stream; many writes go in one pipelined round trip, and each write's
 outcome comes back (a write refused is the caller's to report: its stream is not stored). A delete names
@@ -31,7 +32,7 @@ import numpy as np
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from progress_stream.engine.streams import DEFAULT_OWNER
+from progress_stream.engine.streams import ADDED_ARRAYS, DEFAULT_OWNER, fill_added
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,15 @@ class RedisStore:
             created_at = float(created)
         except ValueError:
             raise BadKey(f"stream {stream_id!r} in the store: created {created[:20]!r} is not a time", owner) from None
-        if len(blob) != self.blob_size:
+        if len(blob) not in (self.blob_size, self.blob_size_before):
             raise BadKey(
                 f"stream {stream_id!r} in the store: its blob has {len(blob)} bytes, not {self.blob_size}", owner
             )
         rows, offset = {}, 0
         for name, (dtype, items) in self.layout.items():
+            if offset == len(blob):  # written before the added arrays: they come last
+                fill_added(rows, int(seq))
+                break
             rows[name] = np.frombuffer(blob, dtype, items, offset).reshape(() if items == 1 else (items,))
             offset += np.dtype(dtype).itemsize * items
         return StreamState(stream_id, int(seq), created_at, rows, owner)
@@ -176,6 +180,13 @@ class RedisStore:
     @property
     def blob_size(self) -> int:
         return sum(np.dtype(dtype).itemsize * items for dtype, items in self.layout.values())
+
+    @property
+    def blob_size_before(self) -> int:
+        """The size of a blob written before the :data:`ADDED_ARRAYS`."""
+        return self.blob_size - sum(
+            np.dtype(dtype).itemsize * items for name, (dtype, items) in self.layout.items() if name in ADDED_ARRAYS
+        )
 
     async def save(self, states: list[StreamState]) -> list[int]:
         """Write ``states`` in one pipelined round trip; each one's outcome (:data:`WRITTEN`,

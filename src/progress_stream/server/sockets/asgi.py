@@ -48,7 +48,8 @@ class SocketProtocol(WebSocketsSansIOProtocol):
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     services: Services = websocket.app.state.services
     try:
-        session = await open_socket(services, stream_id, websocket.scope[TENANT])
+        query = websocket.scope.get("query_string", b"").decode("latin-1")
+        session = await open_socket(services, stream_id, websocket.scope[TENANT], query)
     except Exception as exc:  # a refusal, or a bug: answered in the error shape either way, as on the native plane
         await websocket.send_denial_response(services.answers.error(exc).response())
         return
@@ -73,7 +74,7 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                     future = session.submit(data, binary)
                 except SeqConflict as conflict:
                     future = await session.resubmit(conflict)
-                progress = await future
+                answers = await future
             except Exception as exc:  # a bug too is answered (internal_error, 1011), never a silent socket
                 text, close = session.error(exc)
                 await websocket.send_text(text.decode())
@@ -83,9 +84,9 @@ async def serve(websocket: WebSocket, session: StreamSocket) -> None:
                     return
                 continue
             if binary:
-                await websocket.send_bytes(session.reply(progress, True))
+                await websocket.send_bytes(session.reply(answers, True))
             else:
-                await websocket.send_text(session.reply(progress, False).decode())
+                await websocket.send_text(session.reply(answers, False).decode())
             session.latency.observe(time.perf_counter() - started)
     except (WebSocketDisconnect, RuntimeError):
         return

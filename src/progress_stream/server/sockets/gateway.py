@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import ValidationError
 
-from progress_stream.contract.binary import FLAG_RESET
+from progress_stream.contract.binary import FLAG_RESET, reply_flags
 from progress_stream.contract.errors import BadInput, ProtocolViolation, ServiceError, TooManyFrames
 from progress_stream.contract.gateway import (
     ENTRY_HEADER,
@@ -29,15 +30,18 @@ from progress_stream.contract.gateway import (
     Attach,
     Detach,
     TickReply,
+    entry_trailer,
     reply_dtype,
     request_dtype,
+    trailer_dtype,
 )
 from progress_stream.contract.replies import ErrorReply
-from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, check_values
+from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, bad_input, check_values
 from progress_stream.engine.streams import Stream, Tenant
 from progress_stream.server.wiring import Services
 
 TICK = re.compile(r'\s*\{\s*"frames"\s*:')  # a JSON tick, told from attach and detach without parsing it twice
+KINDS = ("attach", "detach", "frames")
 STATUS = {code: i + 1 for i, code in enumerate(ERROR_CODES)}
 Entry = tuple[Stream, int, np.ndarray, bool] | BaseException
 
@@ -74,9 +78,10 @@ class GatewaySocket:
             head = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ProtocolViolation(f"malformed JSON: {exc}") from None
-        kind = next(iter(head), None) if isinstance(head, dict) and len(head) == 1 else None
+        kinds = [k for k in KINDS if k in head] if isinstance(head, dict) else []
+        kind = kinds[0] if len(kinds) == 1 else None
         if kind == "attach":
-            return orjson.dumps(await self.attach(self.message(Attach, head).attach))
+            return orjson.dumps(await self.attach(*self.attach_message(head)))
         if kind == "detach":
             return orjson.dumps({"detached": self.detach(self.message(Detach, head).detach)})
         if kind == "frames":
@@ -87,19 +92,36 @@ class GatewaySocket:
     def message(model: type[Attach | Detach], head: dict) -> Any:
         try:
             return model.model_validate(head)
-        except ValueError as exc:
-            raise ProtocolViolation(f"{model.__name__.lower()}: {str(exc).splitlines()[-1][:200]}") from None
+        except ValidationError as exc:
+            raise violation(model, exc) from None
+
+    @staticmethod
+    def attach_message(head: dict) -> tuple[list[str], float | BadInput | None]:
+        """An attach's ids and frame rate. A bad rate (the ids being fine) is each stream's error, answered in
+        its entry like any other field's; anything else wrong with the message is a protocol violation."""
+        try:
+            message = Attach.model_validate(head)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if not all(error["loc"][:1] == ("fps",) for error in errors):
+                raise violation(Attach, exc) from None
+            return head["attach"], bad_input(errors[0])
+        return message.attach, message.fps
 
     # --- attach ------------------------------------------------------------------------------
-    async def attach(self, ids: list[str]) -> dict:
-        """Create or resume each stream (taken over from the shared store if held elsewhere); its handle
-        and next seq, or its error. A stream already attached keeps its handle."""
+    async def attach(self, ids: list[str], fps: float | BadInput | None = None) -> dict:
+        """Create or resume each stream (taken over from the shared store if held elsewhere) at ``fps``; its
+        handle and next seq, or its error (a bad ``fps``: every stream's, counted once). A stream already
+        attached keeps its handle."""
+        if isinstance(fps, BadInput):
+            refused = ErrorReply.of(self.answers.error(fps).error)
+            return {"attached": [{"stream_id": stream_id, **refused} for stream_id in ids]}
         out = []
         for stream_id in ids:
             try:
                 if stream_id not in self.handles and len(self.handles) >= MAX_ATTACHED:
                     raise BadInput("attach", f"a connection attaches at most {MAX_ATTACHED} streams")
-                stream, _ = await self.engine.open(stream_id, self.tenant)
+                stream, _ = await self.engine.open(stream_id, self.tenant, fps)
             except ServiceError as exc:
                 out.append({"stream_id": stream_id, **ErrorReply.of(self.answers.error(exc).error)})
                 continue
@@ -197,12 +219,18 @@ class GatewaySocket:
                 for i, (h, s, f) in enumerate(zip(handles, seqs, flags, strict=True))
             ]
         results = await self.engine.tick(entries)
-        if not any(isinstance(r, BaseException) for r in results):  # the common case: one record array out
+        answered = not any(isinstance(r, BaseException) for r in results)
+        sections = {reply_flags(r) for r in results} if answered else set()
+        if len(sections) == 1:  # the common case: one record array for the entries, one for their trailer
             out = np.empty(n, reply_dtype(count))
             out["seq"], out["handle"], out["count"], out["status"] = records["seq"], records["handle"], count, 0
             out["next_seq"] = [entry[0].next_seq for entry in entries]
-            out["progress"] = results
-            return MESSAGE_HEADER.pack(n, VERSION) + out.tobytes()
+            out["progress"] = [r.progress for r in results]
+            trailer = np.empty(n, trailer_dtype(count, *sections))
+            trailer["flags"] = sections.pop()
+            for name in trailer.dtype.names[1:]:
+                trailer[name] = [getattr(r, name) for r in results]
+            return MESSAGE_HEADER.pack(n, VERSION) + out.tobytes() + trailer.tobytes()
         return self.reply(handles, seqs, entries, results)
 
     async def mixed_tick(self, data: bytes, n: int) -> bytes:
@@ -276,8 +304,9 @@ class GatewaySocket:
         return (self.streams[handle], seq, frames, bool(flags & FLAG_RESET))
 
     def reply(self, handles: list[int], seqs: list[int], entries: list[Entry], results: list[Any]) -> bytes:
-        """A binary reply entry by entry (some entries failed, or their lengths differ)."""
-        parts = [MESSAGE_HEADER.pack(len(entries), VERSION)]
+        """A binary reply entry by entry (some entries failed, their lengths differ, or their streams' frame
+        rates: some answers carry seconds, some do not)."""
+        parts, trailer = [MESSAGE_HEADER.pack(len(entries), VERSION)], []
         for handle, seq, entry, result in zip(handles, seqs, entries, results, strict=True):
             if isinstance(result, BaseException):
                 answer = self.answers.error(result)
@@ -285,7 +314,13 @@ class GatewaySocket:
                 if expected is None:
                     expected = entry[0].next_seq if isinstance(entry, tuple) else 0
                 parts.append(REPLY_ENTRY_HEADER.pack(seq, expected, handle, 0, STATUS[answer.error.code]))
+                trailer.append(entry_trailer(None))
             else:
                 parts.append(REPLY_ENTRY_HEADER.pack(seq, entry[0].next_seq, handle, len(result), 0))
-                parts.append(result.astype("<f4", copy=False).tobytes())
-        return b"".join(parts)
+                parts.append(result.progress.astype("<f4", copy=False).tobytes())
+                trailer.append(entry_trailer(result))
+        return b"".join(parts + trailer)
+
+
+def violation(model: type[Attach | Detach], exc: ValidationError) -> ProtocolViolation:
+    return ProtocolViolation(f"{model.__name__.lower()}: {str(exc).splitlines()[-1][:200]}")

@@ -78,11 +78,12 @@ class NativePlane:
         transport: asyncio.Transport,
         request: bytes,
         path: str,
+        query: str,
         headers: Iterable[tuple[bytes, bytes]],
         connections: set,
     ) -> None:
-        """Hand ``transport`` (whose upgrade ``request`` uvicorn has read) to picows once admitted;
-        ``connections`` is uvicorn's set of open connections (it shuts each down at a stop)."""
+        """Hand ``transport`` (whose upgrade ``request`` uvicorn has read, for ``path?query``) to picows once
+        admitted; ``connections`` is uvicorn's set of open connections (it shuts each down at a stop)."""
         outcome: list[WSUpgradeResponseWithListener] = []
         protocol = WSProtocol(
             None,  # host and port: a client's
@@ -105,7 +106,7 @@ class NativePlane:
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
         task = asyncio.get_running_loop().create_task(
-            self._admit(transport, protocol, outcome, request, path, dict(headers), connections)
+            self._admit(transport, protocol, outcome, request, path, query, dict(headers), connections)
         )
         self._admitting.add(task)
         task.add_done_callback(self._admitting.discard)
@@ -117,13 +118,14 @@ class NativePlane:
         outcome: list,
         request: bytes,
         path: str,
+        query: str,
         headers: dict[bytes, bytes],
         connections: set,
     ) -> None:
         services = self.services
         try:
             tenant = services.admission.check(headers, path, websocket=True)
-            session = await open_socket(services, socket_stream_id(path) or "", tenant)
+            session = await open_socket(services, socket_stream_id(path) or "", tenant, query)
         except Exception as exc:  # a refusal, or a bug: answered either way, never left to the handshake timeout
             outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import orjson
 
 from progress_stream.contract.binary import REQUEST_HEADER, binary_reply
 from progress_stream.contract.errors import BadInput, ProtocolViolation, SeqConflict, StreamIdTaken
-from progress_stream.contract.replies import SocketReply
-from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id
+from progress_stream.contract.replies import Estimates, SocketReply
+from progress_stream.contract.wire import WS_SUBPROTOCOL, check_stream_id, socket_fps
 from progress_stream.engine.streams import Stream, Tenant, missing
 from progress_stream.server.wiring import Services
 
@@ -33,12 +32,13 @@ def max_fragments(max_size: int) -> int:
     return max(2, min(MAX_FRAGMENTS, max_size // FRAGMENT_OVERHEAD))
 
 
-async def open_socket(services: Services, stream_id: str, tenant: Tenant) -> StreamSocket:
+async def open_socket(services: Services, stream_id: str, tenant: Tenant, query: str) -> StreamSocket:
     """A stream socket's handshake, on either plane, once admission has passed (it told the ``tenant``): the
-    id checked, the stream created or taken over; raises the :class:`ServiceError` that refuses the
-    handshake. A socket attaches to a stream: one of another tenant is not found, as it is over HTTP."""
+    id and the frame rate its ``query`` names (``fps=30``) checked, the stream created or taken over; raises
+    the :class:`ServiceError` that refuses the handshake. A socket attaches to a stream: one of another
+    tenant is not found, as it is over HTTP."""
     try:
-        stream, _ = await services.engine.open(check_stream_id(stream_id), tenant)
+        stream, _ = await services.engine.open(check_stream_id(stream_id), tenant, socket_fps(query))
     except StreamIdTaken:
         raise missing(stream_id) from None
     return StreamSocket(services, stream)
@@ -65,7 +65,7 @@ class StreamSocket:
         self.conflicted: tuple = ()  # (seq, frames, reset) of a message that just met a seq conflict
 
     def submit(self, data: bytes | str, binary: bool) -> asyncio.Future:
-        """Parse and submit one message; its future yields the progress of its frames."""
+        """Parse and submit one message; its future yields the :class:`Estimates` of its frames."""
         self.seq = None
         if binary:
             try:
@@ -93,11 +93,11 @@ class StreamSocket:
         conflicted, self.conflicted = self.conflicted, ()
         return await self.engine.resubmit(self.stream, conflict, *conflicted)
 
-    def reply(self, progress: np.ndarray, binary: bool) -> bytes:
+    def reply(self, answers: Estimates, binary: bool) -> bytes:
         """The answer to the message just processed (JSON as UTF-8 bytes)."""
         if binary:
-            return binary_reply(self.seq, self.stream.next_seq, progress)
-        return SocketReply.encode(self.seq, progress, self.stream.next_seq)
+            return binary_reply(self.seq, self.stream.next_seq, answers)
+        return SocketReply.encode(self.seq, answers, self.stream.next_seq)
 
     def error(self, exc: BaseException) -> tuple[bytes, int | None]:
         """The error message for ``exc`` and the close code that must follow it (None: stay open)."""
