@@ -32,6 +32,7 @@ BASE: dict[str, Any] = {
     "edge_weight": 0.0,
     "feature_offset": 0.0,
     "band_weight": 0.0,
+    "teacher_members": 0,
     "epochs": 40,
 }
 
@@ -78,6 +79,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset": _SINGLE,
     "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
+    "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3, "teacher_epochs": 20},
 }
 
 
