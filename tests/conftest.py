@@ -54,11 +54,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_tiny(data: Path, out: Path, **overrides) -> Path:
-    """One quick epoch on the tiny set through the real training loop; returns ``best.pt``."""
+    """One quick epoch on the tiny set through the real training loop (no teacher unless asked); returns
+    ``best.pt``."""
     from progress_stream.training.config import TrainConfig
     from progress_stream.training.train import train
 
-    cfg = TrainConfig(**{"epochs": 1, "hidden_dim": 16, "mlp_dim": 8, "min_segment_len": 1, **overrides})
+    base = {"epochs": 1, "hidden_dim": 16, "mlp_dim": 8, "min_segment_len": 1, "teacher_members": 0}
+    cfg = TrainConfig(**{**base, **overrides})
     train(cfg, data / "annotations.json", data / "features", out)
     return out / "best.pt"
 

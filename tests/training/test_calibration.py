@@ -79,3 +79,15 @@ def test_remaining_metrics_score_the_head_against_the_content_free_estimate():
     m = remaining_metrics(exact, lengths, np.array([4, 10, 10]))
     assert m["model"] == pytest.approx(0.0, abs=1e-4) and m["bayes"] > 0
     assert m["length_bins"]["1-5"]["n"] == 1 and m["length_bins"]["6-10"]["n"] == 1
+
+
+def test_a_head_with_a_teacher_trains_the_ensemble_first_and_learns_from_it(tiny_data: Path, tmp_path: Path):
+    import json
+
+    path = train_tiny(tiny_data, tmp_path, members=1, teacher_members=2, teacher_epochs=1, epochs=1)
+    teacher, _ = load_checkpoint(tmp_path / "teacher" / "best.pt")
+    student, ckpt = load_checkpoint(path)
+    assert teacher.config["members"] == 2 and student.config["members"] == 1
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert 0 < summary["teacher_seconds"] < summary["train_seconds"]
+    assert ckpt.train_config.teacher_members == 2  # the recipe, teacher included, is in the checkpoint

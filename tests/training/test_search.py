@@ -11,7 +11,7 @@ from progress_stream.training.train import load_training_data
 @pytest.mark.parametrize("trials", [3])
 def test_a_tiny_bounded_search_logs_trials_and_keeps_the_best(tiny_data, tmp_path, trials):
     data = load_training_data(tiny_data / "annotations.json", tiny_data / "features")
-    base = TrainConfig(epochs=1, hidden_dim=8, members=1, mlp_dim=4)
+    base = TrainConfig(epochs=1, hidden_dim=8, members=1, mlp_dim=4, teacher_members=0)
     best = run_search(base.replace(epochs=1), data, tmp_path, trials=trials, minutes=5)
     log = [json.loads(line) for line in (tmp_path / "search.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in log] == list(range(trials))
@@ -24,5 +24,7 @@ def test_a_tiny_bounded_search_logs_trials_and_keeps_the_best(tiny_data, tmp_pat
 
 def test_the_time_budget_stops_the_search(tiny_data, tmp_path):
     data = load_training_data(tiny_data / "annotations.json", tiny_data / "features")
-    run_search(TrainConfig(epochs=1, hidden_dim=8, members=1), data, tmp_path, trials=50, minutes=0.01)
+    run_search(
+        TrainConfig(epochs=1, hidden_dim=8, members=1, teacher_members=0), data, tmp_path, trials=50, minutes=0.01
+    )
     assert len((tmp_path / "search.jsonl").read_text().splitlines()) < 50
