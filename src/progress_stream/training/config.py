@@ -51,7 +51,6 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "feature_offset": (0.0, None),
     "distill_weight": (0.0, 1.0),
     "teacher_members": (0, None),
-    "teacher_epochs": (1, None),
 }
 
 #: The fields that shape the network; the model is built from these and the checkpoint stores them.
@@ -101,10 +100,9 @@ class TrainConfig:
     weight_cap: float = 10.0
     edge_weight: float = 0.5  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
-    # distillation: a teacher ensemble trained first, the head then learns from its progress too
+    # distillation: a teacher ensemble trained side by side, the head learns from its progress too
     teacher_members: int = 3  # <= members: no teacher
-    teacher_epochs: int = 20
-    distill_weight: float = 0.5  # the share of the progress loss taken against the teacher's progress
+    distill_weight: float = 0.5  # the share of the head's progress loss taken against the teacher's progress
     # the band
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
     band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses

@@ -79,7 +79,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset": _SINGLE,
     "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
-    "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3, "teacher_epochs": 20},
+    "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3},
 }
 
 

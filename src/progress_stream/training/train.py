@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from progress_stream.training.calibration import calibrate
-from progress_stream.training.checkpoint import load_checkpoint, save_checkpoint
+from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
 from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
@@ -107,10 +107,11 @@ def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, of
 
 
 def _loss(
-    model: ProgressHead, cfg: TrainConfig, batch, device: torch.device, teacher: ProgressHead | None = None
-) -> torch.Tensor:
-    """Mean over members of each member's per-action loss (plus the auxiliary log-length term); with a
-    ``teacher``, the progress loss is shared between the truth and the teacher's progress on the same frames."""
+    model: ProgressHead, cfg: TrainConfig, batch, device: torch.device, taught: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over members of each member's per-action loss (plus the auxiliary log-length term), and the
+    head's progress on the batch (detached: what it teaches). With ``taught`` (a teacher's progress on the
+    same frames), the progress loss is shared between the truth and it."""
     x, lengths, target, mask = (t.to(device) for t in batch)
     out = model.member_outputs(x, lengths)  # (M, B, T, N_OUTPUTS)
     if cfg.regime == "prefix":
@@ -120,9 +121,7 @@ def _loss(
     edge = cfg.edge_weight if cfg.regime == "dense" else 0.0
     per_member = [progress_loss(p, target, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge) for p in pred]
     loss = torch.stack(per_member).mean()
-    if teacher is not None:
-        with torch.no_grad():
-            taught = teacher.answer(x, lengths)[0]
+    if taught is not None:
         distilled = torch.stack([progress_loss(p, taught, mask, cfg.loss, edge=edge) for p in pred]).mean()
         loss = (1.0 - cfg.distill_weight) * loss + cfg.distill_weight * distilled
     if cfg.band_weight > 0:
@@ -139,7 +138,7 @@ def _loss(
         aux_target = (torch.log1p(total.to(torch.float32)) / torch.log1p(model.length_ref)).expand_as(target)
         aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., AUX]]).mean()
         loss = loss + cfg.aux_weight * aux
-    return loss
+    return loss, model.activate(raw.mean(dim=0)).detach()
 
 
 def seed_everything(seed: int) -> None:
@@ -151,26 +150,11 @@ def seed_everything(seed: int) -> None:
 def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -> dict:
     """Train on ``data.fit``, validating each epoch; the best epoch goes to ``out/best.pt``. Returns a summary.
 
-    With ``teacher_members`` above ``members``, a teacher of that many members (the same recipe otherwise,
-    ``teacher_epochs`` epochs) is trained first into ``out/teacher/``, and the head learns from it as well
-    as from the truth: one member that reads like the ensemble, at a third of its cost per frame.
+    With ``teacher_members`` above ``members``, a teacher of that many members (the same recipe otherwise)
+    trains side by side with the head on the same batches, and the head learns from the teacher's progress
+    as well as from the truth: one member that reads like the ensemble, at a third of its cost per frame.
+    Only the head is kept.
     """
-    if cfg.teacher_members <= cfg.members:
-        return _fit_one(cfg, data, out, verbose)
-    teacher_cfg = cfg.replace(members=cfg.teacher_members, epochs=cfg.teacher_epochs, teacher_members=0)
-    taught = _fit_one(teacher_cfg, data, Path(out) / "teacher", verbose)
-    teacher, _ = load_checkpoint(Path(out) / "teacher" / "best.pt")
-    summary = _fit_one(cfg, data, out, verbose, teacher.to(pick_device(cfg.device)))
-    summary["teacher_seconds"] = taught["train_seconds"]
-    summary["train_seconds"] += taught["train_seconds"]
-    (Path(out) / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _fit_one(
-    cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool, teacher: ProgressHead | None = None
-) -> dict:
-    """One head of ``cfg`` (its progress loss shared with ``teacher``'s progress, if given)."""
     if cfg.regime == "dense" and cfg.position_encoding == "relative":
         raise ConfigError("the relative encoding changes with the prefix length: train it with regime=prefix")
     seed_everything(cfg.seed)
@@ -178,7 +162,13 @@ def _fit_one(
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model = build_model(cfg, data).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    teacher, teacher_cfg = None, cfg
+    if cfg.teacher_members > cfg.members:
+        teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0)
+        teacher = build_model(teacher_cfg, data).to(device)
+        params += list(teacher.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng = np.random.default_rng(cfg.seed)
     offset_scale = cfg.feature_offset / model.input_scale.cpu().numpy() if cfg.feature_offset > 0 else None
@@ -190,14 +180,21 @@ def _fit_one(
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        if teacher is not None:
+            teacher.train()
         batches = list(_epoch_batches(cfg, data.fit, rng, offset_scale))
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
         running = None
         for batch in bar:
-            loss = _loss(model, cfg, batch, device, teacher)
+            if teacher is None:
+                loss, _ = _loss(model, cfg, batch, device)
+            else:
+                teacher_loss, taught = _loss(teacher, teacher_cfg, batch, device)
+                loss, _ = _loss(model, cfg, batch, device, taught)
+                loss = loss + teacher_loss
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
