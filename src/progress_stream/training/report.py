@@ -201,7 +201,7 @@ def family_summary(reports: list[Path]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for data, models in rows:
         bayes = models["length_bayes"]["ogpe"]
-        ratios = [f"{models[n]['ogpe'] / bayes:.2f}" if n in models else "—" for n in names]
+        ratios = [f"{models[n]['ogpe'] / bayes:.3f}" if n in models else "—" for n in names]
         checks = target_checks(models)
         met = (
             "yes"
