@@ -82,6 +82,24 @@ class LengthBayes:
         return np.where(t < len(self.table), self.table[np.minimum(t, len(self.table) - 1)], 1.0).astype(np.float32)
 
 
+class LengthBayesBand:
+    """Content-free band: after n frames, the central ``coverage`` interval of n/L over the training actions
+    with L ≥ n. No interval from the elapsed time alone does better per frames seen; its coverage per action
+    length shows what a band cannot do when the content does not tell the length."""
+
+    def __init__(self, train_lengths: np.ndarray, coverage: float):
+        lengths = np.sort(np.asarray(train_lengths, dtype=np.float64))
+        tails = (1.0 - coverage) / 2.0
+        self.table = np.array(
+            [np.quantile(n / lengths[lengths >= n], [tails, 1.0 - tails]) for n in range(1, int(lengths[-1]) + 1)],
+            dtype=np.float32,
+        )
+
+    def __call__(self, length: int) -> np.ndarray:
+        """``(length, 2)``: the band after each frame (the last row past the longest training action)."""
+        return self.table[np.minimum(np.arange(length), len(self.table) - 1)]
+
+
 def baselines(train_lengths: np.ndarray) -> dict[str, Callable[[int], np.ndarray]]:
     """The content-free reference predictors, each a function of an action's length."""
     return {

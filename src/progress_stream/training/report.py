@@ -11,6 +11,7 @@ from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.data import action_lengths, load_annotations, load_dataset, split_handles
 from progress_stream.training.evaluate import (
     LENGTH_BINS,
+    LengthBayesBand,
     band_metrics,
     baselines,
     bin_name,
@@ -58,6 +59,10 @@ def run_evaluation(
         }
     for name, fn in baselines(train_lengths).items():
         preds[name] = [fn(len(f)) for f in test.features]
+    if "model" in bands:  # the content-free band at the model's coverage: what the elapsed time alone gives
+        details["length_bayes"] = {"coverage_nominal": details["model"]["coverage_nominal"]}
+        content_free = LengthBayesBand(train_lengths, details["model"]["coverage_nominal"])
+        bands["length_bayes"] = [content_free(len(f)) for f in test.features]
     metrics = {name: progress_metrics(p, test.lengths) for name, p in preds.items()}
     for name, band in bands.items():
         metrics[name]["coverage_nominal"] = details[name]["coverage_nominal"]
@@ -222,26 +227,29 @@ def family_summary(reports: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def band_table(m: dict) -> str:
-    """Per length bin: the band's coverage and width, the time to finish's median error against the
-    content-free estimate's (frames)."""
+def band_table(models: dict[str, dict]) -> str:
+    """Per length bin: the band's coverage and width beside the content-free band's coverage, and the time
+    to finish's median error against the content-free estimate's (frames)."""
+    m, free = models["model"], models["length_bayes"].get("band")
     if "band" not in m:
         return "The model has no band (a relative head cannot stream)."
     lines = [
-        f"The band (nominal coverage {m['coverage_nominal']:.0%}) and the time to finish, per action length:",
+        f"The band (nominal coverage {m['coverage_nominal']:.0%}) and the time to finish, per action length "
+        "(content-free: the interval and the estimate from the elapsed time alone):",
         "",
-        "| length | actions | coverage | width | remaining MdAE | content-free MdAE |",
-        "|---|---|---|---|---|---|",
+        "| length | actions | coverage | content-free coverage | width | remaining MdAE | content-free MdAE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, b in m["band"]["length_bins"].items():
         r = m["remaining"]["length_bins"][name]
         if b["n"]:
             lines.append(
-                f"| {name} | {b['n']} | {b['coverage']:.3f} | {b['width']:.3f} | {r['model']:.1f} | {r['bayes']:.1f} |"
+                f"| {name} | {b['n']} | {b['coverage']:.3f} | {free['length_bins'][name]['coverage']:.3f} | "
+                f"{b['width']:.3f} | {r['model']:.1f} | {r['bayes']:.1f} |"
             )
     lines.append(
-        f"| all | | {m['band']['coverage']:.3f} | {m['band']['width']:.3f} | {m['remaining']['model']:.1f} | "
-        f"{m['remaining']['bayes']:.1f} |"
+        f"| all | | {m['band']['coverage']:.3f} | {free['coverage']:.3f} | {m['band']['width']:.3f} | "
+        f"{m['remaining']['model']:.1f} | {m['remaining']['bayes']:.1f} |"
     )
     return "\n".join(lines)
 
@@ -255,7 +263,7 @@ def _report(table: str, summary: dict, checkpoints: dict[str, Path]) -> str:
         f"- [{'x' if ok else ' '}] {what}: {value}" for what, ok, value in target_checks(summary["models"])
     )
     models = "\n".join(f"- `{name}`: `{path}`" for name, path in checkpoints.items())
-    band_section = band_table(summary["models"]["model"])
+    band_section = band_table(summary["models"])
     return f"""# Progress evaluation (causal, held-out test videos)
 
 Test set: {t["videos"]} videos, {t["actions"]} actions, {t["frames"]} frames.
