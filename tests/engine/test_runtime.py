@@ -8,7 +8,7 @@ from progress_stream.engine.runtime import CellRuntime, ModelError, choose_provi
 
 def test_loads_a_real_cell_and_describes_it(tiny_model):
     rt = CellRuntime(tiny_model, providers="cpu")
-    assert (rt.embedding_dim, rt.hidden_dim) == (16, 3 * 16)  # state width: the default's 3 members × hidden 16
+    assert (rt.embedding_dim, rt.hidden_dim) == (16, 16)  # state width: the default's one member × hidden 16
     assert rt.providers == ["CPUExecutionProvider"]
     info = rt.describe()
     assert info["position_encoding"] == "log" and "val" in info["metrics"]

@@ -28,7 +28,7 @@ def state_width(checkpoint) -> int:
 
 def test_graph_signature_is_exactly_the_contract(tiny_model, tiny_checkpoint):
     width = state_width(tiny_checkpoint)
-    assert width == 3 * 16  # the default's three members, concatenated
+    assert width == 16  # the default's one member of hidden 16
     model = onnx.load(tiny_model)
     onnx.checker.check_model(model, full_check=True)
     f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
