@@ -184,3 +184,25 @@ def test_a_stream_opened_again_with_a_rate_answers_at_it(server, runtime):
     assert httpx.put(f"{server.url}/v1/streams/rerated").json()["fps"] == 10  # an open without one keeps it
     rest = httpx.post(f"{server.url}/v1/streams/rerated/frames", json={"seq": 2, "embeddings": x[2:].tolist()})
     assert_same(Estimates.read(rest.json()), offline_answers(runtime, x, fps=10)[2:])
+
+
+def test_a_bad_frame_rate_for_an_open_stream_leaves_it_as_it_was(server, runtime):
+    x = frames(np.random.default_rng(46), 4)
+    url = f"{server.url}/v1/streams/kept-rate"
+    assert httpx.put(url, params={"fps": 10}).status_code == 201
+    httpx.post(f"{url}/frames", json={"seq": 0, "embeddings": x[:2].tolist()})
+    before = httpx.get(url).json()
+    for bad in (0, "x"):
+        refused = httpx.put(url, params={"fps": bad})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "fps"
+
+    async def attach() -> dict:
+        async with connect(f"{server.ws_url}/v1/ws") as gw:
+            await gw.send(orjson.dumps({"attach": ["kept-rate"], "fps": -1}).decode())
+            return orjson.loads(await gw.recv())["attached"][0]
+
+    assert asyncio.run(attach())["error"]["field"] == "fps"
+    after = httpx.get(url).json()
+    assert {k: after[k] for k in ("fps", "next_seq", "step")} == {k: before[k] for k in ("fps", "next_seq", "step")}
+    rest = httpx.post(f"{url}/frames", json={"seq": 2, "embeddings": x[2:].tolist()})
+    assert_same(Estimates.read(rest.json()), offline_answers(runtime, x, fps=10)[2:])
