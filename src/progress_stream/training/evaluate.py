@@ -119,13 +119,10 @@ def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
     errs = [np.abs(p - g) for p, g in zip(preds, gts, strict=True)]
     per_action = np.array([e.mean() for e in errs])
     const = np.array([np.abs(0.5 - g).mean() for g in gts])
-    bins = {}
-    for lo, hi in LENGTH_BINS:
-        sel = (lengths >= lo) & (lengths <= (hi if hi is not None else np.inf))
-        bins[bin_name(lo, hi)] = {
-            "ogpe": float(per_action[sel].mean()) if sel.any() else None,
-            "n": int(sel.sum()),
-        }
+    bins = {
+        name: {"ogpe": float(per_action[sel].mean()) if sel.any() else None, "n": int(sel.sum())}
+        for name, sel in length_bins(lengths).items()
+    }
     return {
         "ogpe": float(per_action.mean()),
         "ogpe_frames": float(sum(e.sum() for e in errs) / lengths.sum()),
@@ -140,11 +137,18 @@ def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
     }
 
 
-def _bins(lengths: np.ndarray) -> dict[str, np.ndarray]:
+def length_bins(lengths: np.ndarray) -> dict[str, np.ndarray]:
     """Each length bin's selector over ``lengths``."""
     return {
         bin_name(lo, hi): (lengths >= lo) & (lengths <= (hi if hi is not None else np.inf)) for lo, hi in LENGTH_BINS
     }
+
+
+def frame_bins(lengths: np.ndarray) -> list[tuple[str, np.ndarray, int]]:
+    """Each length bin: its name, its selector over the frames of every action (concatenated in order) and
+    how many actions it holds."""
+    per_frame = length_bins(np.repeat(lengths, lengths))
+    return [(name, per_frame[name], int(sel.sum())) for name, sel in length_bins(lengths).items()]
 
 
 def band_metrics(bands: list[np.ndarray], lengths: np.ndarray) -> dict:
@@ -154,16 +158,15 @@ def band_metrics(bands: list[np.ndarray], lengths: np.ndarray) -> dict:
         for b, g in ((b, ground_truth(int(n))) for b, n in zip(bands, lengths, strict=True))
     ]
     width = [b[:, 1] - b[:, 0] for b in bands]
-    per_frame_len = np.concatenate([np.full(int(n), n) for n in lengths])
     inside_all, width_all = np.concatenate(inside), np.concatenate(width)
-    bins = {}
-    for name, sel in _bins(per_frame_len).items():
-        n_actions = int(_bins(lengths)[name].sum())
-        bins[name] = {
+    bins = {
+        name: {
             "coverage": float(inside_all[sel].mean()) if sel.any() else None,
             "width": float(width_all[sel].mean()) if sel.any() else None,
-            "n": n_actions,
+            "n": n,
         }
+        for name, sel, n in frame_bins(lengths)
+    }
     return {"coverage": float(inside_all.mean()), "width": float(width_all.mean()), "length_bins": bins}
 
 
@@ -191,12 +194,12 @@ def remaining_metrics(progress: list[np.ndarray], lengths: np.ndarray, train_len
     seen = [np.arange(1, int(n) + 1) for n in lengths]
     model = np.concatenate([np.abs(remaining_frames(p, s) - t) for p, s, t in zip(progress, seen, truth, strict=True)])
     base = np.concatenate([np.abs(bayes(int(n)) - t) for n, t in zip(lengths, truth, strict=True)])
-    per_frame_len = np.concatenate([np.full(int(n), n) for n in lengths])
-    bins = {}
-    for name, sel in _bins(per_frame_len).items():
-        bins[name] = {
+    bins = {
+        name: {
             "model": float(np.median(model[sel])) if sel.any() else None,
             "bayes": float(np.median(base[sel])) if sel.any() else None,
-            "n": int(_bins(lengths)[name].sum()),
+            "n": n,
         }
+        for name, sel, n in frame_bins(lengths)
+    }
     return {"model": float(np.median(model)), "bayes": float(np.median(base)), "length_bins": bins}

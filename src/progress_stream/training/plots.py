@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from progress_stream.training.data import Dataset, ground_truth
+from progress_stream.training.evaluate import frame_bins
 
 
 def sample_actions(data: Dataset) -> dict[str, int]:
@@ -71,15 +72,11 @@ def band_plot(data: Dataset, bands: list[np.ndarray], nominal: float, path: Path
     inside = np.concatenate([(b[:, 0] <= g) & (g <= b[:, 1]) for b, g in zip(bands, gt, strict=True)])
     truth = np.concatenate(gt)
     decile = np.minimum((truth * 10).astype(int), 9)
-    lengths = np.concatenate([np.full(int(n), n) for n in data.lengths])
-    edges = [5, 10, 20, 50, 200]
-    length_bin = np.searchsorted(edges, lengths, side="left")
-    labels = ["1-5", "6-10", "11-20", "21-50", "51-200", "201+"]
+    bins = [(name, sel) for name, sel, n in frame_bins(data.lengths) if n]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot((np.arange(10) + 0.5) / 10, [inside[decile == d].mean() for d in range(10)], marker="o")
     axes[0].set(xlabel="true progress (decile centre)", ylabel="share of frames inside the band", ylim=(0, 1))
-    present = [b for b in range(len(labels)) if (length_bin == b).any()]
-    axes[1].bar([labels[b] for b in present], [inside[length_bin == b].mean() for b in present])
+    axes[1].bar([name for name, _ in bins], [inside[sel].mean() for _, sel in bins])
     axes[1].set(xlabel="action length (frames)", ylabel="share of frames inside the band", ylim=(0, 1))
     for ax in axes[:2]:
         ax.axhline(nominal, color="k", linestyle="--", label=f"nominal {nominal:.0%}")
