@@ -13,9 +13,8 @@ from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.sync.client import ClientConnection as SyncConnection
-from websockets.sync.client import connect as sync_connect
 
 from progress_stream.client.core import (
     Chunk,
@@ -29,7 +28,7 @@ from progress_stream.client.core import (
     waited,
 )
 from progress_stream.client.http import ServerError, auth_headers
-from progress_stream.client.ws import DROPPED, dropped
+from progress_stream.client.ws import DROPPED, Link, SyncLink, dropped
 from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.gateway import GATEWAY_SOCKET, decode_tick_reply, encode_entries
 from progress_stream.contract.replies import Estimates
@@ -132,7 +131,7 @@ class _Gateway:
         ]
 
 
-class Gateway(_Gateway):
+class Gateway(_Gateway, Link):
     """Many streams over one WebSocket (asyncio)."""
 
     @classmethod
@@ -142,7 +141,7 @@ class Gateway(_Gateway):
         return gateway
 
     async def _connect(self) -> None:
-        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+        await super()._connect()
         if self.streams:
             await self._attach(list(self.streams))
 
@@ -168,20 +167,12 @@ class Gateway(_Gateway):
 
     async def _transact(self, entries: Entries) -> list[Outcome]:
         try:
-            if self.conn is None:
-                await self._connect()
-            await self.conn.send(self._encode(entries))
-            return self._decode(await self.conn.recv())
+            return self._decode(await self._round_trip(self._encode(entries)))
         except DROPPED as exc:
-            self.conn = None
             return [dropped(exc)] * len(entries)
 
-    async def aclose(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
 
-
-class SyncGateway(_Gateway):
+class SyncGateway(_Gateway, SyncLink):
     """Blocking twin: ``with SyncGateway("ws://host:8000") as gw: gw.tick({...})``."""
 
     def __init__(self, url: str, **kwargs: Any):
@@ -189,9 +180,7 @@ class SyncGateway(_Gateway):
         self._connect()
 
     def _connect(self) -> None:
-        self.conn = sync_connect(
-            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
-        )
+        super()._connect()
         if self.streams:
             self._attach(list(self.streams))
 
@@ -214,20 +203,6 @@ class SyncGateway(_Gateway):
 
     def _transact(self, entries: Entries) -> list[Outcome]:
         try:
-            if self.conn is None:
-                self._connect()
-            self.conn.send(self._encode(entries))
-            return self._decode(self.conn.recv())
+            return self._decode(self._round_trip(self._encode(entries)))
         except DROPPED as exc:
-            self.conn = None
             return [dropped(exc)] * len(entries)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-    def __enter__(self) -> SyncGateway:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

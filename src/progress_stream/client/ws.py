@@ -6,7 +6,7 @@ re-sends the chunk (a retry of an already processed ``seq`` is answered from the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode
 
 import orjson
@@ -72,6 +72,66 @@ def refused(exc: InvalidStatus) -> Outcome:
     return action
 
 
+class Link:
+    """One reconnecting WebSocket to ``url`` (asyncio): connected on first use, forgotten when it drops."""
+
+    url: str
+    headers: dict[str, str]
+    conn: ClientConnection | None
+
+    async def _connect(self) -> None:
+        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+
+    async def _round_trip(self, message: bytes | str) -> bytes | str:
+        """Send ``message`` and return the reply; a connection that drops (:data:`DROPPED`) is forgotten and
+        the error raised, for the caller's :func:`dropped`."""
+        try:
+            if self.conn is None:
+                await self._connect()
+            await self.conn.send(message)
+            return await self.conn.recv()
+        except DROPPED:
+            self.conn = None
+            raise
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class SyncLink:
+    """The blocking twin of :class:`Link`; a context manager that closes it."""
+
+    url: str
+    headers: dict[str, str]
+    conn: SyncConnection | None
+
+    def _connect(self) -> None:
+        self.conn = sync_connect(
+            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
+        )
+
+    def _round_trip(self, message: bytes | str) -> bytes | str:
+        try:
+            if self.conn is None:
+                self._connect()
+            self.conn.send(message)
+            return self.conn.recv()
+        except DROPPED:
+            self.conn = None
+            raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _WsSession(SessionState):
     """``fps``: the stream's frame rate (every answer then carries the time to finish in seconds too), named
     in every handshake."""
@@ -93,7 +153,7 @@ class _WsSession(SessionState):
         self.conn: ClientConnection | SyncConnection | None = None
 
 
-class WsStreamSession(_WsSession):
+class WsStreamSession(_WsSession, Link):
     """``s = await WsStreamSession.open("ws://host:8000")``; ``await s.send(embeddings)``."""
 
     @classmethod
@@ -102,58 +162,28 @@ class WsStreamSession(_WsSession):
         await session._connect()
         return session
 
-    async def _connect(self) -> None:
-        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
-
     async def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     async def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            if self.conn is None:
-                await self._connect()
-            await self.conn.send(encode(chunk, self.binary))
-            return decode(await self.conn.recv())
+            return decode(await self._round_trip(encode(chunk, self.binary)))
         except DROPPED as exc:
-            self.conn = None
             return dropped(exc)
 
-    async def aclose(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
 
-
-class SyncWsStreamSession(_WsSession):
+class SyncWsStreamSession(_WsSession, SyncLink):
     """Blocking twin: ``with SyncWsStreamSession("ws://host:8000") as s: s.send(embeddings)``."""
 
     def __init__(self, url: str, **kwargs: Any):
         super().__init__(url, **kwargs)
         self._connect()
 
-    def _connect(self) -> None:
-        self.conn = sync_connect(
-            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
-        )
-
     def send(self, embeddings: Any, reset: bool = False) -> Estimates:
         return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
 
     def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            if self.conn is None:
-                self._connect()
-            self.conn.send(encode(chunk, self.binary))
-            return decode(self.conn.recv())
+            return decode(self._round_trip(encode(chunk, self.binary)))
         except DROPPED as exc:
-            self.conn = None
             return dropped(exc)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-    def __enter__(self) -> SyncWsStreamSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
