@@ -9,9 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from progress_stream.contract.errors import InferenceFailed
+from progress_stream.contract.errors import InferenceFailed, SeqConflict
+from progress_stream.contract.replies import Estimates
 from progress_stream.engine.engine import Engine, EngineConfig
 from progress_stream.engine.runtime import CellRuntime
+from tests.conftest import frames, offline
 
 
 def odd_cell(path) -> CellRuntime:
@@ -61,6 +63,33 @@ def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_pat
         streams = [engine.create(sid)[0] for sid in ("a", "b", "c")]
         results = await asyncio.gather(*(engine.submit(stream, 0, x) for stream in streams))
         assert all(len(r) == 1 and r.band is None for r in results)  # a batch of 3 runs fine after the failure
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_a_tick_of_idle_streams_is_one_block_and_any_other_goes_entry_by_entry(runtime):
+    async def main():
+        engine = Engine(runtime, EngineConfig(max_wait_us=0))
+        await engine.start()
+        rng = np.random.default_rng(13)
+        streams = [engine.create(f"g{i}")[0] for i in range(3)]
+        x = np.stack([frames(rng, 2) for _ in range(3)])
+        seqs, resets = np.zeros(3, np.int64), np.zeros(3, bool)
+        tick = asyncio.ensure_future(engine.tick_block(streams, seqs, x, resets))
+        await asyncio.sleep(0)  # accepted as a block, not yet run
+        assert all(s.block is not None for s in streams)
+        retry = engine.submit(streams[1], 0, x[1])  # the same chunk again, while its block is pending
+        answers = await tick
+        assert isinstance(answers, Estimates) and answers.progress.shape == (3, 2)
+        np.testing.assert_array_equal((await retry).progress, answers.progress[1])
+        for i in range(3):
+            np.testing.assert_allclose(answers.progress[i], offline(runtime, x[i]), atol=1e-5)
+        # one entry conflicts: the others are answered, each in its entry
+        y = np.stack([frames(rng, 1) for _ in range(3)])
+        mixed = await engine.tick_block(streams, np.array([2, 5, 2]), y, resets)
+        assert isinstance(mixed, list) and isinstance(mixed[1], SeqConflict) and mixed[1].expected_seq == 2
+        assert [s.next_seq for s in streams] == [3, 2, 3] and isinstance(mixed[0], Estimates)
         await engine.stop()
 
     asyncio.run(main())

@@ -2,7 +2,8 @@
 
 A cycle asks the stream table for a batch of up to ``max_batch`` ready streams, each with the next
 ``≤ steps_per_cycle`` frames of its oldest chunk gathered into a preallocated ``(steps, rows, D)``
-buffer, runs that many batched cell steps, and hands the batch back to the table. Per-row Python work
+buffer (and whole blocks, the usual gateway tick: :class:`~progress_stream.engine.ticks.Block`), runs that
+many batched cell steps, and hands the batch back to the table. Per-row Python work
 happens once per cycle, not once per frame. The steps run on the event loop by default (measured
 faster on CPU: handing each cycle to a worker thread cost more than it overlapped); ``in_thread``
 moves them to a worker thread (long GPU calls). The batcher owns no stream state: only the ready
@@ -22,6 +23,7 @@ import numpy as np
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import Batch, Stream, StreamTable
+from progress_stream.engine.ticks import Block
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,11 @@ class Batcher:
         self.table = table
         self.metrics = metrics
         self.max_batch = max_batch
+        self.steps_per_cycle = steps_per_cycle
         self.max_wait = max_wait_us / 1e6
         self.cycle_lock = asyncio.Lock()  # held while a cycle runs: snapshots take it to see a still table
-        self._ready: deque[Stream] = deque()
+        self._ready: deque[Stream | Block] = deque()
+        self._ready_rows = 0  # rows waiting in the ready queue (an estimate: a stream removed still counts)
         self._wake = asyncio.Event()
         self._enough = asyncio.Event()  # set when `_target` streams are ready
         self._target = 0
@@ -53,11 +57,12 @@ class Batcher:
         self._out = np.zeros((steps_per_cycle, max_batch), np.float32)
         self._band = np.zeros((steps_per_cycle, max_batch, 2), np.float32) if runtime.coverage is not None else None
 
-    def ready(self, stream: Stream) -> None:
-        """``stream`` has frames waiting and is in no batch: queue it for the next cycle."""
-        self._ready.append(stream)
+    def ready(self, item: Stream | Block) -> None:
+        """``item`` (a stream with frames waiting and in no batch, or a block) goes into the next cycles."""
+        self._ready.append(item)
+        self._ready_rows += 1 if isinstance(item, Stream) else len(item)
         self._wake.set()
-        if self._target and len(self._ready) >= self._target:
+        if self._target and self._ready_rows >= self._target:
             self._enough.set()
 
     async def run(self) -> None:
@@ -87,7 +92,7 @@ class Batcher:
         """Wait up to ``max_wait`` for as many streams as the last batch had (they are usually on their
         way back with their next message); never wait when they are already here."""
         target = min(self.max_batch, self._last_rows)
-        if len(self._ready) >= target:
+        if self._ready_rows >= target:
             return
         self._target = target
         self._enough.clear()
@@ -100,8 +105,9 @@ class Batcher:
 
     def gather(self) -> Batch | None:
         batch = self.table.gather(self._ready, self.max_batch, self._emb, self._out, self._band)
-        if batch is not None:
-            self._last_rows = len(batch)
+        rows = 0 if batch is None else len(batch)
+        self._last_rows = rows or self._last_rows
+        self._ready_rows = max(self._ready_rows - rows, len(self._ready)) if self._ready else 0
         return batch
 
     def execute(self, batch: Batch) -> None:
@@ -129,7 +135,7 @@ class Batcher:
     def finish(self, batch: Batch) -> None:
         self.metrics.frames.inc(int(batch.counts.sum()))
         for stream in self.table.complete(batch):
-            self._ready.append(stream)
+            self.ready(stream)
 
     async def drain(self) -> None:
         """Wait until every accepted frame has been processed."""

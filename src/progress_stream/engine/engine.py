@@ -44,7 +44,7 @@ from progress_stream.engine.streams import (
     chunk_digest,
     missing,
 )
-from progress_stream.engine.ticks import Part, Tick
+from progress_stream.engine.ticks import Block, Part, Tick
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,8 @@ class Engine:
         stored = self.table.replay(stream, seq, n)
         if stored is not None:
             return stored
+        if stream.block is not None and stream.done_seq == seq:  # the frames a block holds, still unanswered
+            return stream.block.waiter(stream)
         for chunk in stream.pending:
             if chunk.seq == seq:
                 return chunk.future
@@ -335,6 +337,37 @@ class Engine:
             except ServiceError as exc:
                 tick.settle(i, exc)
         return await tick.future
+
+    async def tick_block(
+        self, streams: list[Stream], seqs: np.ndarray, frames: np.ndarray, resets: np.ndarray
+    ) -> Estimates | list[Any]:
+        """A multiplexed message whose entries all carry ``k`` frames: entry ``i`` is frames ``seqs[i] ..`` of
+        ``streams[i]``, ``frames[i]`` of ``(entries, k, D)``, and ``resets[i]``. When every entry continues an
+        idle stream (the steady state of a gateway) the message is one :class:`Block`: accepted, batched and
+        answered as arrays, and the answer is every entry's :class:`Estimates` at once ``(entries, k)``.
+        Otherwise (a retry, a conflict, a stream with chunks waiting, a full queue) it is :meth:`tick`'s answer
+        per entry, and the rules are the same either way."""
+        n, k = frames.shape[:2]
+        if self.blockable(streams, seqs, n * k) and k <= self.batcher.steps_per_cycle:
+            block = Block(self._loop, streams, seqs, frames, resets)
+            self.table.accept_block(block)
+            self.batcher.ready(block)
+            return await asyncio.shield(block.future)
+        entries = zip(streams, seqs.tolist(), frames, resets.tolist(), strict=True)
+        return await self.tick([(stream, seq, x, bool(reset)) for stream, seq, x, reset in entries])
+
+    def blockable(self, streams: list[Stream], seqs: np.ndarray, frames: int) -> bool:
+        """Whether the entries can be one block: the engine accepts, there is room, each stream appears once,
+        and each is idle (no chunk waiting, in no block) with the entry's seq as its next one."""
+        if not (self.accepting and 0 < len(streams) <= self.batcher.max_batch):
+            return False
+        if self.table.queued_frames + frames > self.max_queue_frames:
+            return False
+        idle = all(
+            s.next_seq == seq and not s.pending and s.block is None and not s.closed
+            for s, seq in zip(streams, seqs.tolist(), strict=True)
+        )
+        return idle and len({s.slot for s in streams}) == len(streams)
 
     def _offer_part(self, tick: Tick, i: int, entry: tuple[Stream, int, np.ndarray, bool]) -> None:
         part = tick.part(i)

@@ -8,16 +8,18 @@ Transitions are synchronous and unit-tested as such (``tests/service/test_stream
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from progress_stream.contract.errors import InferenceFailed, StreamNotFound, TooManyStreams
 from progress_stream.contract.replies import Estimates
-from progress_stream.engine.ticks import Part
+from progress_stream.engine.ticks import Block, Part
 
 
 @dataclass(eq=False, slots=True)
@@ -72,14 +74,16 @@ class Stream:
     created_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     pending: deque[Chunk] = field(default_factory=deque)
-    in_cycle: int = 0  # frames of it in the batch now under inference
+    in_cycle: int = 0  # frames of its oldest chunk in the batch now under inference
+    block: Block | None = None  # the block holding its next frames, until that block is answered
     closed: bool = False  # removed from the table (a batch still holding it frees its slot when done)
     durable: bool = True  # snapshotted; False for the temporary stream of a stateless request
     saved_seq: int = -1  # done_seq at its last write to a shared store (-1: never written)
 
     @property
     def busy(self) -> bool:
-        return self.in_cycle > 0
+        """Frames of it are in a batch or a block: its slot stays taken until they are answered."""
+        return self.in_cycle > 0 or self.block is not None
 
     @property
     def queued(self) -> int:
@@ -89,7 +93,9 @@ class Stream:
 
 @dataclass(eq=False)
 class Batch:
-    """The rows of one cycle: streams, their chunks, how many frames each, and the gathered inputs.
+    """The rows of one cycle: streams, how many frames each, the seq of each row's first frame and the
+    gathered inputs. The first ``len(chunks)`` rows are single streams' chunks; ``blocks`` follow, each
+    from the row it starts at.
 
     ``emb``, ``out`` (progress) and ``band`` (None for a cell without one) are ``(steps, rows, …)`` views
     of the batcher's preallocated buffers.
@@ -97,8 +103,10 @@ class Batch:
 
     streams: list[Stream]
     chunks: list[Chunk]
+    blocks: list[tuple[int, Block]]
     slots: np.ndarray
     counts: np.ndarray
+    seqs: np.ndarray
     steps0: np.ndarray
     state: np.ndarray
     emb: np.ndarray
@@ -107,23 +115,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.streams)
-
-    def filter(self, keep: np.ndarray) -> Batch:
-        """The rows where the boolean mask ``keep`` holds (``self`` when it holds everywhere)."""
-        if keep.all():
-            return self
-        rows = np.flatnonzero(keep)
-        return Batch(
-            [self.streams[i] for i in rows],
-            [self.chunks[i] for i in rows],
-            self.slots[rows],
-            self.counts[rows],
-            self.steps0[rows],
-            self.state[rows],
-            self.emb[:, rows],
-            self.out[:, rows],
-            None if self.band is None else self.band[:, rows],
-        )
 
 
 #: Slot arrays that came with the band and the time to finish: state files before version 4 and store
@@ -146,10 +137,27 @@ def fill_added(rows: dict[str, np.ndarray], done_seq: np.ndarray | int) -> None:
     rows["fps"] = np.full(outputs.shape[:-1], np.nan)
 
 
-def chunk_digest(frames: np.ndarray) -> bytes:
-    """64 bits of BLAKE2b over a chunk's float32 bytes (C-contiguous, as parsed): a retry must carry the
-    same data. Kept as 8 bytes in a uint64 slot array (its little-endian value)."""
-    return hashlib.blake2b(frames, digest_size=8).digest()
+def chunk_digest(frames: np.ndarray) -> int:
+    """A chunk's 64-bit digest: a retry must carry the same data (see :func:`chunk_digests`)."""
+    return int(chunk_digests(frames[None])[0])
+
+
+def chunk_digests(chunks: np.ndarray) -> np.ndarray:
+    """The digests of chunks of one length ``(chunks, n, D)`` float32, at once: a multilinear hash of each
+    chunk's 32-bit words, ``Σ word_j × key_j mod 2^64`` with fixed odd keys. It tells a resent chunk from a
+    different one (two chunks that differ collide with probability at most 2^-33, not adversarially: a
+    client can only confuse its own streams), and costs a fraction of a byte-wise hash per chunk of a
+    gateway's tick."""
+    words = chunks.reshape(len(chunks), -1).view("<u4")
+    return words @ digest_keys(1 << (words.shape[1] - 1).bit_length())[: words.shape[1]]
+
+
+@functools.cache
+def digest_keys(size: int) -> np.ndarray:
+    """``size`` odd 64-bit keys from SHAKE-128 of a fixed label: the same on every server (digests are stored
+    in state files and the shared store), and each prefix of a longer run of keys is the shorter run."""
+    keys = np.frombuffer(hashlib.shake_128(b"progress-stream chunk digest").digest(8 * size), "<u8")
+    return keys | np.uint64(1)
 
 
 class StreamTable:
@@ -171,7 +179,6 @@ class StreamTable:
         self.chunk_seq = np.zeros((capacity, window), np.int64)
         self.chunk_shape = np.zeros((capacity, window), np.int32)
         self.chunk_digest = np.zeros((capacity, window), np.uint64)
-        self._digest_bytes = self.chunk_digest.view("V8")  # the same memory: a digest is stored as it comes
         self.streams: dict[str, Stream] = {}
         self.queued_frames = 0  # accepted frames not yet processed, over every stream
         self._free = list(range(capacity - 1, -1, -1))
@@ -226,61 +233,118 @@ class StreamTable:
         stream.pending.append(chunk)
         stream.next_seq += n
         self.queued_frames += n
-        return not stream.in_cycle and len(stream.pending) == 1
+        return not stream.in_cycle and stream.block is None and len(stream.pending) == 1
+
+    def accept_block(self, block: Block) -> None:
+        """Take ``block`` (each row's stream idle, with no chunk waiting, its seq the stream's ``next_seq``):
+        its streams stay busy until the block is answered; chunks accepted for them meanwhile wait behind it."""
+        k, now = block.steps, time.monotonic()
+        pos = block.seqs % self.window
+        self.chunk_seq[block.slots, pos] = block.seqs + 1
+        self.chunk_shape[block.slots, pos] = 2 * k + block.resets
+        self.chunk_digest[block.slots, pos] = chunk_digests(block.frames)
+        for stream in block.streams:
+            stream.next_seq += k
+            stream.block = block
+            stream.last_seen = now
+        self.queued_frames += len(block) * k
 
     def gather(
-        self, ready: deque[Stream], max_rows: int, emb: np.ndarray, out: np.ndarray, band: np.ndarray | None
+        self,
+        ready: deque[Stream | Block],
+        max_rows: int,
+        emb: np.ndarray,
+        out: np.ndarray,
+        band: np.ndarray | None,
     ) -> Batch | None:
-        """Up to ``max_rows`` ready streams, each with the next ``≤ len(emb)`` frames of its oldest chunk,
-        copied into the buffers ``emb (steps, rows, D)``; ``out (steps, rows)`` and ``band (steps, rows, 2)``
-        (None for a cell without one) take the outputs."""
-        streams, chunks, counts = [], [], []
-        while ready and len(streams) < max_rows:
-            stream = ready.popleft()
-            if stream.closed or not stream.pending:
-                continue
-            chunk = stream.pending[0]
-            stream.in_cycle = min(len(chunk.frames) - chunk.pos, len(emb))
-            streams.append(stream)
-            chunks.append(chunk)
-            counts.append(stream.in_cycle)
-        if not streams:
+        """Up to ``max_rows`` rows from the ready queue: each ready stream with the next ``≤ len(emb)`` frames
+        of its oldest chunk, each block whole (one that no longer fits waits for the next batch), copied into
+        the buffers ``emb (steps, rows, D)``; ``out (steps, rows)`` and ``band (steps, rows, 2)`` (None for a
+        cell without one) take the outputs."""
+        streams, chunks, counts, blocks, rows = [], [], [], [], 0
+        while ready and rows < max_rows:
+            item = ready[0]
+            if isinstance(item, Block):
+                if rows + len(item) > max_rows:
+                    break
+                blocks.append(item)
+                rows += len(item)
+            elif not (item.closed or not item.pending or item.block is not None):
+                chunk = item.pending[0]
+                item.in_cycle = min(len(chunk.frames) - chunk.pos, len(emb))
+                streams.append(item)
+                chunks.append(chunk)
+                counts.append(item.in_cycle)
+                rows += 1
+            ready.popleft()
+        if not rows:
             return None
-        rows, k = len(streams), max(counts)
+        singles = len(streams)
+        k = max(counts + [block.steps for block in blocks])
         inputs = emb[:k, :rows]
-        slots = np.fromiter((s.slot for s in streams), np.int64, rows)
-        steps0 = self.step[slots]
-        if k == 1:  # one frame per row (the common case of 1-frame messages): one copy for all rows
-            np.concatenate([c.frames[c.pos : c.pos + 1] for c in chunks], out=inputs[0])
+        slots = np.fromiter((s.slot for s in streams), np.int64, singles)
+        seqs = np.fromiter((c.seq + c.pos for c in chunks), np.int64, singles)
+        if singles and max(counts) == 1:  # one frame per row (1-frame messages): one copy for all rows
+            np.concatenate([c.frames[c.pos : c.pos + 1] for c in chunks], out=inputs[0, :singles])
         else:
             for i, (chunk, n) in enumerate(zip(chunks, counts, strict=True)):
                 inputs[:n, i] = chunk.frames[chunk.pos : chunk.pos + n]
         resets = [i for i, c in enumerate(chunks) if c.reset and c.pos == 0]
+        placed, at = [], singles
+        for block in blocks:
+            inputs[: block.steps, at : at + len(block)] = block.frames.transpose(1, 0, 2)
+            streams.extend(block.streams)
+            counts.extend([block.steps] * len(block))
+            resets.extend(at + np.flatnonzero(block.resets))
+            placed.append((at, block))
+            at += len(block)
+        if blocks:
+            slots = np.concatenate([slots, *(block.slots for block in blocks)])
+            seqs = np.concatenate([seqs, *(block.seqs for block in blocks)])
+        steps0 = self.step[slots]
         steps0[resets] = 0
         bands = None if band is None else band[:k, :rows]
-        return Batch(streams, chunks, slots, np.array(counts), steps0, self.state[slots], inputs, out[:k, :rows], bands)
+        counts_ = np.array(counts)
+        return Batch(
+            streams, chunks, placed, slots, counts_, seqs, steps0, self.state[slots], inputs, out[:k, :rows], bands
+        )
 
     def complete(self, batch: Batch) -> list[Stream]:
-        """Store a run batch's state and outputs, answer every chunk it finished; the streams that still
-        have frames waiting (to go back to the ready queue). Rows of streams removed meanwhile free
-        their slots and store nothing."""
+        """Store a run batch's state and outputs, answer every chunk and block it finished; the streams that
+        still have frames waiting (to go back to the ready queue). Streams removed meanwhile free their slots
+        once their rows are stored (a slot is reset when it is taken again) and are not answered: their
+        chunks were refused when they were removed, their rows of a block answer :class:`StreamNotFound`."""
         self.queued_frames -= int(batch.counts.sum())
+        self.state[batch.slots] = batch.state
+        self.step[batch.slots] = batch.steps0 + batch.counts
+        seen = batch.steps0[:, None] + np.arange(1, batch.out.shape[0] + 1)  # (rows, K): 1-based, in the action
+        self.record(batch, seen)
+        answers, timed = self.answers(batch, seen)
+        closed = None
         if any(s.closed for s in batch.streams):  # rare: only then build the mask
             closed = np.fromiter((s.closed for s in batch.streams), bool, len(batch))
             for stream in (s for s, gone in zip(batch.streams, closed, strict=True) if gone):
                 stream.in_cycle = 0
+                stream.block = None
                 self._free.append(stream.slot)
-            batch = batch.filter(~closed)
-        self.state[batch.slots] = batch.state
-        self.step[batch.slots] = batch.steps0 + batch.counts
-        seqs = np.fromiter((ch.seq + ch.pos for ch in batch.chunks), np.int64, len(batch))
-        seen = batch.steps0[:, None] + np.arange(1, batch.out.shape[0] + 1)  # (rows, K): 1-based, in the action
-        self.record(batch, seqs, seen)
-        answers, timed = self.answers(batch, seen)
+        again = self.answer_chunks(batch, answers, timed, closed)
+        for at, block in batch.blocks:
+            rows = slice(at, at + len(block))
+            gone = None if closed is None else closed[rows]
+            again += self.answer_block(block, answers[rows, : block.steps], timed[rows], gone)
+        return again
+
+    def answer_chunks(
+        self, batch: Batch, answers: Estimates, timed: np.ndarray, closed: np.ndarray | None
+    ) -> list[Stream]:
+        """Answer the single streams' chunks this batch finished; those streams with chunks still waiting."""
         untimed = answers.untimed()
         again = []
-        rows = zip(batch.streams, batch.chunks, batch.counts.tolist(), timed, strict=True)
+        singles = len(batch.chunks)
+        rows = zip(batch.streams, batch.chunks, batch.counts.tolist(), timed[:singles].tolist(), strict=False)
         for i, (stream, chunk, n, has_fps) in enumerate(rows):
+            if closed is not None and closed[i]:
+                continue
             stream.done_seq += n
             stream.in_cycle = 0
             piece = (answers if has_fps else untimed)[i, :n]  # views into this batch's own arrays
@@ -297,33 +361,61 @@ class StreamTable:
                 again.append(stream)
         return again
 
-    def answers(self, batch: Batch, seen: np.ndarray) -> tuple[Estimates, list[bool]]:
+    @staticmethod
+    def answer_block(block: Block, answers: Estimates, timed: np.ndarray, closed: np.ndarray | None) -> list[Stream]:
+        """Answer a finished block (its rows' ``answers``); its streams with chunks waiting behind it."""
+        k, again = block.steps, []
+        for stream in block.streams:
+            stream.done_seq += k
+            stream.block = None
+            if stream.pending:
+                again.append(stream)
+        if closed is None and (timed.all() or not timed.any()):  # the usual block: one array for every row
+            block.settle(answers if timed.any() else answers.untimed())
+            return again
+        rows: list[Any] = []
+        for i, stream in enumerate(block.streams):
+            if closed is not None and closed[i]:
+                rows.append(StreamNotFound(f"stream {stream.id!r} was deleted"))
+            else:
+                rows.append(answers[i] if timed[i] else answers[i].untimed())
+        block.settle(rows)
+        return again
+
+    def answers(self, batch: Batch, seen: np.ndarray) -> tuple[Estimates, np.ndarray]:
         """Every row's answers ``(rows, K, …)``, computed for the whole batch at once, and which rows'
         streams have a frame rate (the others answer without seconds)."""
         progress = batch.out.T.copy()  # this batch's own (the buffers are reused): answers are views into it
         band = None if batch.band is None else batch.band.transpose(1, 0, 2).copy()
         fps = self.fps[batch.slots]
         timed = ~np.isnan(fps)
-        return Estimates.at(progress, band, seen, fps[:, None] if timed.any() else None), timed.tolist()
+        return Estimates.at(progress, band, seen, fps[:, None] if timed.any() else None), timed
 
     def rewind(self, batch: Batch, exc: Exception) -> None:
-        """A failed model call: fail every waiting chunk of the batch's streams (later chunks built on
-        the failed one); the streams keep their state and go back to ``next_seq = done_seq``, from where
-        clients resend."""
+        """A failed model call: fail every waiting chunk and block row of the batch's streams (later chunks
+        built on the failed one); the streams keep their state and go back to ``next_seq = done_seq``, from
+        where clients resend."""
+        self.queued_frames -= int(batch.counts.sum())  # the batch's own; those waiting behind below
+
+        def failed(stream: Stream) -> InferenceFailed:
+            message = f"inference failed ({exc}); resend from seq {stream.done_seq}"
+            return InferenceFailed(message, stream.done_seq)
+
         for stream in batch.streams:
-            if stream.closed:  # removed meanwhile: only its frames in this batch are still counted
-                self.queued_frames -= stream.in_cycle
-                stream.in_cycle = 0
+            if not stream.closed:  # a removed one's waiting chunks were refused and counted off then
+                self.queued_frames -= stream.queued
+            stream.in_cycle = 0
+            stream.block = None
+            if stream.closed:
                 self._free.append(stream.slot)
                 continue
-            stream.in_cycle = 0
-            self.queued_frames -= stream.queued
             for chunk in stream.pending:
                 if not chunk.future.done():
-                    message = f"inference failed ({exc}); resend from seq {stream.done_seq}"
-                    chunk.future.set_exception(InferenceFailed(message, stream.done_seq))
+                    chunk.future.set_exception(failed(stream))
             stream.pending.clear()
             stream.next_seq = stream.done_seq
+        for _, block in batch.blocks:
+            block.settle([missing(s.id) if s.closed else failed(s) for s in block.streams])
 
     def restore(
         self, stream_id: str, done_seq: int, created_at: float, rows: dict[str, np.ndarray], owner: str = DEFAULT_OWNER
@@ -351,7 +443,7 @@ class StreamTable:
                 head = stream.pending[0]
                 pos = head.seq % self.window
                 rows["chunk_shape"][row, pos] = 2 * head.pos + head.reset
-                rows["chunk_digest"][row, pos] = int.from_bytes(chunk_digest(head.frames[: head.pos]), "little")
+                rows["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
         return rows
 
     @staticmethod
@@ -362,10 +454,10 @@ class StreamTable:
             name: (getattr(table, name).dtype, int(np.prod(getattr(table, name).shape[1:]))) for name in SLOT_ARRAYS
         }
 
-    def record(self, batch: Batch, seqs: np.ndarray, seen: np.ndarray) -> None:
+    def record(self, batch: Batch, seen: np.ndarray) -> None:
         """Keep what a retry is answered from, for frame ``seqs[i] + t`` of row ``i`` (``t < counts[i]``): its
         progress, band and place in its action (``seen``, ``(rows, K)``)."""
-        counts, slots = batch.counts, batch.slots
+        counts, slots, seqs = batch.counts, batch.slots, batch.seqs
         full = int(counts.min())
         for t in range(batch.out.shape[0]):
             rows = slice(None) if t < full else np.flatnonzero(counts > t)
@@ -375,14 +467,14 @@ class StreamTable:
             if batch.band is not None:
                 self.bands[at] = batch.band[t, rows]
 
-    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> None:
+    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> None:
         """Record an accepted chunk, so that a retry of it can be told from a different chunk."""
         pos = seq % self.window
         self.chunk_seq[stream.slot, pos] = seq + 1
         self.chunk_shape[stream.slot, pos] = 2 * n + reset
-        self._digest_bytes[stream.slot, pos] = digest
+        self.chunk_digest[stream.slot, pos] = digest
 
-    def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: bytes) -> str | None:
+    def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> str | None:
         """``None`` if frames ``seq..`` are the chunk accepted at ``seq``; otherwise what differs."""
         pos = seq % self.window
         if self.chunk_seq[stream.slot, pos] != seq + 1:
@@ -392,7 +484,7 @@ class StreamTable:
             return f"was accepted with {accepted_n} frames, not {n}"
         if accepted_reset != reset:
             return f"was accepted with reset {bool(accepted_reset)}, not {reset}"
-        if self._digest_bytes[stream.slot, pos].tobytes() != digest:
+        if self.chunk_digest[stream.slot, pos] != digest:
             return "was accepted with different embeddings"
         return None
 

@@ -4,12 +4,17 @@ The stream table answers each chunk through what it was accepted with; for a sin
 that is an asyncio future, for a tick's entry a :class:`Part`, which stores the result in its
 :class:`Tick` and resolves the tick's one future once every entry is answered. So a tick of a hundred
 streams costs one future, not a hundred.
+
+The usual tick (every entry continues an idle stream with the same number of frames) goes further: it is
+one :class:`Block`, accepted, batched and answered as arrays over its rows, with no Python object per entry.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+import numpy as np
 
 from progress_stream.contract.replies import Estimates
 
@@ -63,3 +68,49 @@ class Part:
     def set_exception(self, exc: BaseException) -> None:
         self.settled = True
         self.tick.settle(self.index, exc)
+
+
+class Block:
+    """``k`` frames of each of many idle streams (one per row, each stream once), from one message: they
+    enter a batch together, their answers are computed as one array, and ``future`` yields them, as the
+    :class:`Estimates` of every row ``(rows, k)``, or (some row's stream deleted meanwhile, or frame rates that
+    differ between rows) one :class:`Estimates` or exception per row."""
+
+    __slots__ = ("frames", "future", "resets", "seqs", "slots", "streams")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, streams: list, seqs: np.ndarray, frames: np.ndarray, resets: np.ndarray
+    ):
+        self.streams = streams
+        self.slots = np.fromiter((s.slot for s in streams), np.int64, len(streams))
+        self.seqs = seqs.astype(np.int64)
+        self.frames = frames  # (rows, k, D)
+        self.resets = resets
+        self.future: asyncio.Future[Estimates | list[Any]] = loop.create_future()
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @property
+    def steps(self) -> int:
+        return self.frames.shape[1]
+
+    def settle(self, value: Estimates | list[Any]) -> None:
+        self.future.set_result(value)  # never cancelled: its message awaits it shielded
+
+    def waiter(self, stream: Any) -> asyncio.Future:
+        """What a retry of ``stream``'s row gets: a future of that row's answers."""
+        row = self.streams.index(stream)
+        future = self.future.get_loop().create_future()
+
+        def answer(done: asyncio.Future) -> None:
+            if future.done():
+                return
+            value = done.result()[row]
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+        self.future.add_done_callback(answer)
+        return future

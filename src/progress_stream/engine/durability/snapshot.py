@@ -28,14 +28,14 @@ from progress_stream.engine.streams import ADDED_ARRAYS, DEFAULT_OWNER, SLOT_ARR
 log = logging.getLogger(__name__)
 
 #: 2: the accepted chunks' records (retries are checked against them); 3: owners; 4: frame rates, and the
-#: band and place in the action of each retained answer
-SNAPSHOT_VERSION = 4
+#: band and place in the action of each retained answer; 5: chunk digests by :func:`.streams.chunk_digests`
+SNAPSHOT_VERSION = 5
 #: The arrays of a snapshot, one row per stream: ``owners`` holds the name of the key that created each
 #: (never a key).
 ARRAYS = ("ids", "owners", "done_seq", "created_at", *SLOT_ARRAYS)
 #: Versions still read, and the arrays they lack: a version-2 file has no owners (its streams are the
 #: default tenant's); files before version 4 lack the :data:`ADDED_ARRAYS` (see :func:`fill_added`).
-READS = {2: ("owners", *ADDED_ARRAYS), 3: ADDED_ARRAYS, SNAPSHOT_VERSION: ()}
+READS = {2: ("owners", *ADDED_ARRAYS), 3: ADDED_ARRAYS, 4: (), SNAPSHOT_VERSION: ()}
 ON_MISMATCH = ("fail", "discard")
 
 
@@ -112,6 +112,8 @@ def read_snapshot(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         arrays["owners"] = np.full(len(arrays["ids"]), DEFAULT_OWNER)
     if "seen" not in arrays:
         fill_added(arrays, arrays["done_seq"])
+    if version < SNAPSHOT_VERSION:  # their chunks' digests were another hash: retries of them cannot be checked
+        arrays["chunk_seq"] = np.zeros_like(arrays["chunk_seq"])
     rows = {k: len(v) for k, v in arrays.items()}
     if len(set(rows.values())) != 1:
         raise SnapshotError(f"{path}: state file arrays disagree on the number of streams: {rows}")

@@ -4,8 +4,9 @@ connection, then answer each tick, the frames of any number of them, with one me
 Both data planes carry it (as they carry :mod:`.session` for single streams), and ``POST /v1/frames`` runs
 its ticks. A tick is one submission to the engine (:meth:`~progress_stream.engine.engine.Engine.tick`:
 one future, whatever the number of streams) and one reply. A binary tick whose entries all carry the
-same number of frames, the common case, is parsed, checked and answered as numpy records, so its Python
-work per stream is the engine's acceptance alone.
+same number of frames, the common case, is parsed, checked and answered as numpy records, and the engine
+takes it as one block (:meth:`~progress_stream.engine.engine.Engine.tick_block`), so its Python work per
+stream is a few attribute reads and writes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from progress_stream.contract.gateway import (
     request_dtype,
     trailer_dtype,
 )
-from progress_stream.contract.replies import ErrorReply
+from progress_stream.contract.replies import ErrorReply, Estimates
 from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, bad_input, check_values
 from progress_stream.engine.streams import Stream, Tenant
 from progress_stream.server.wiring import Services
@@ -208,30 +209,37 @@ class GatewaySocket:
         if count == 0 or count > self.max_frames or n > MAX_ATTACHED:
             entries: list[Entry] = [self.entry_error(count, n) for _ in range(n)]
         elif self.all_valid(records):  # the usual message: no entry needs a closer look
-            streams = self.streams
+            streams = [self.streams[h] for h in handles]
+            results = await self.engine.tick_block(streams, records["seq"], emb, records["flags"] == FLAG_RESET)
+            if isinstance(results, Estimates):  # every entry answered at once
+                return self.uniform_reply(records, count, streams, results)
             entries = [
-                (streams[h], s, e, f == FLAG_RESET) for h, s, e, f in zip(handles, seqs, emb, flags, strict=True)
+                (stream, seq, x, f == FLAG_RESET) for stream, seq, x, f in zip(streams, seqs, emb, flags, strict=True)
             ]
+            return self.reply(handles, seqs, entries, results)
         else:
             bad = self.bad_values(emb)
             entries = [
                 self.binary_entry(h, s, f, emb[i], bad, i)
                 for i, (h, s, f) in enumerate(zip(handles, seqs, flags, strict=True))
             ]
-        results = await self.engine.tick(entries)
-        answered = not any(isinstance(r, BaseException) for r in results)
-        sections = {reply_flags(r) for r in results} if answered else set()
-        if len(sections) == 1:  # the common case: one record array for the entries, one for their trailer
-            out = np.empty(n, reply_dtype(count))
-            out["seq"], out["handle"], out["count"], out["status"] = records["seq"], records["handle"], count, 0
-            out["next_seq"] = [entry[0].next_seq for entry in entries]
-            out["progress"] = [r.progress for r in results]
-            trailer = np.empty(n, trailer_dtype(count, *sections))
-            trailer["flags"] = sections.pop()
-            for name in trailer.dtype.names[1:]:
-                trailer[name] = [getattr(r, name) for r in results]
-            return MESSAGE_HEADER.pack(n, VERSION) + out.tobytes() + trailer.tobytes()
-        return self.reply(handles, seqs, entries, results)
+        return self.reply(handles, seqs, entries, await self.engine.tick(entries))
+
+    @staticmethod
+    def uniform_reply(records: np.ndarray, count: int, streams: list[Stream], answers: Estimates) -> bytes:
+        """The reply to entries all answered, ``count`` frames each, from their answers ``(entries, count)``:
+        one record array for the entries, one for their trailer."""
+        n = len(records)
+        out = np.empty(n, reply_dtype(count))
+        out["seq"], out["handle"], out["count"], out["status"] = records["seq"], records["handle"], count, 0
+        out["next_seq"] = [stream.next_seq for stream in streams]
+        out["progress"] = answers.progress
+        flags = reply_flags(answers)
+        trailer = np.empty(n, trailer_dtype(count, flags))
+        trailer["flags"] = flags
+        for name in trailer.dtype.names[1:]:
+            trailer[name] = getattr(answers, name)
+        return MESSAGE_HEADER.pack(n, VERSION) + out.tobytes() + trailer.tobytes()
 
     async def mixed_tick(self, data: bytes, n: int) -> bytes:
         """Entries of different lengths: walked one by one (framing checked as they come)."""
