@@ -185,7 +185,7 @@ def test_an_unreachable_store_stops_the_start_unless_not_required(tiny_model, tm
         assert httpx.put(f"{srv.url}/v1/streams/x").status_code == 503  # cannot tell if it exists elsewhere
 
 
-def test_a_takeover_keeps_the_streams_rate_and_reads_a_key_stored_before_rates(tiny_model_v1, tmp_path, store):
+def test_a_takeover_keeps_the_streams_rate_and_continues_a_key_stored_before_rates(tiny_model_v1, tmp_path, store):
     from progress_stream.engine.runtime import CellRuntime
 
     x = frames(np.random.default_rng(36), 10)
@@ -203,9 +203,10 @@ def test_a_takeover_keeps_the_streams_rate_and_reads_a_key_stored_before_rates(t
         assert httpx.get(f"{b.url}/v1/streams/timed").json()["fps"] == 20
         rest = send(b.url, "timed", 6, x[6:]).json()
         older = httpx.get(f"{b.url}/v1/streams/older").json()
-        retried = send(b.url, "older", 0, x[:6]).json()  # a retry, answered from the stored window
+        resent = send(b.url, "older", 0, x[:6])  # its chunks' digests were another hash: not answered again
+        older_rest = send(b.url, "older", 6, x[6:]).json()
     expected = offline_answers(CellRuntime(tiny_model_v1, providers="cpu"), x, fps=20)
     assert_same(Estimates.join([Estimates.read(first), Estimates.read(rest)]), expected)
     assert older["fps"] is None and older["next_seq"] == 6
-    assert retried["remaining_s"] is None and retried["progress"] == first["progress"]
-    assert retried["remaining_frames"] == first["remaining_frames"]
+    assert resent.status_code == 409 and resent.json()["error"]["expected_seq"] == 6
+    assert older_rest["remaining_s"] is None and older_rest["progress"] == rest["progress"]

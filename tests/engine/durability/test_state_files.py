@@ -197,25 +197,25 @@ def as_version_3(path: Path) -> None:
         np.savez(f, meta=np.array(json.dumps({**meta, "version": 3})), **arrays)
 
 
-def test_a_state_file_from_before_the_band_is_restored_and_its_retries_answered_where_known(tiny_model_v1, tmp_path):
+def test_a_state_file_from_before_the_band_is_restored_and_continues_exactly(tiny_model_v1, tmp_path):
     from progress_stream.engine.runtime import CellRuntime
 
-    x = frames(np.random.default_rng(7), 10)
+    x = frames(np.random.default_rng(7), 14)
     state = tmp_path / "streams.state"
     settings = {"state_file": state, "retained_window": 32, "snapshot_interval_s": 60, **SMALL}
     srv = ServerProcess(tiny_model_v1, tmp_path / "a.log", **settings).start()  # such files came from format-1 cells
     try:
         httpx.put(f"{srv.url}/v1/streams/old")
         post(srv.url, "old", 0, x[:5])
-        after = post(srv.url, "old", 5, x[5:], reset=True).json()
+        post(srv.url, "old", 5, x[5:10], reset=True)
         srv.terminate()
     finally:
         srv.kill()
     as_version_3(state)
     with ServerProcess(tiny_model_v1, tmp_path / "b.log", **settings) as srv:
         assert httpx.get(f"{srv.url}/v1/streams/old").json()["fps"] is None
-        retry = post(srv.url, "old", 5, x[5:], reset=True)  # the frames since the last reset: known in full
-        too_old = post(srv.url, "old", 0, x[:5])  # before that reset: their place in the action is not known
-    assert retry.json() == after
-    assert_same(Estimates.read(after), offline_answers(CellRuntime(tiny_model_v1, providers="cpu"), x, (5,))[5:])
-    assert too_old.status_code == 409 and too_old.json()["error"]["expected_seq"] == 10
+        resent = post(srv.url, "old", 5, x[5:10], reset=True)  # its digest was another hash: not answered again
+        rest = post(srv.url, "old", 10, x[10:]).json()
+    assert resent.status_code == 409 and resent.json()["error"]["expected_seq"] == 10
+    expected = offline_answers(CellRuntime(tiny_model_v1, providers="cpu"), x, (5,))[10:]
+    assert_same(Estimates.read(rest), expected)
