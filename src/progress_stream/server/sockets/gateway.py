@@ -156,28 +156,50 @@ class GatewaySocket:
     async def json_tick(self, data: bytes | str, lookup: Any = None) -> dict:
         """A JSON tick's reply; ``lookup`` (``POST /v1/frames``) finds streams by id instead of attachment."""
         parsed = self.services.wire.parse_tick(data)
-        entries: list[Entry] = []
-        for item in parsed:
-            if isinstance(item[-1], BaseException):
-                entries.append(item[-1])
-                continue
-            stream_id, seq, frames, reset = item
-            try:
-                stream = await lookup(stream_id) if lookup else self.attached(stream_id)
-            except ServiceError as exc:
-                entries.append(exc)
-                continue
-            entries.append((stream, seq, frames, reset))
-        results = await self.engine.tick(entries)
+        block = None if lookup else self.json_block(parsed)
+        if block is not None:  # the usual tick: the engine takes it whole
+            streams = block[0]
+            results = await self.engine.tick_block(*block)
+            if isinstance(results, Estimates):
+                results = [results[i] for i in range(len(streams))]
+        else:
+            entries = [await self.json_entry(item, lookup) for item in parsed]
+            streams = [entry[0] if isinstance(entry, tuple) else None for entry in entries]
+            results = await self.engine.tick(entries)
         out = []
-        for item, entry, result in zip(parsed, entries, results, strict=True):
+        for item, stream, result in zip(parsed, streams, results, strict=True):
             stream_id, seq = item[0], item[1]
             if isinstance(result, BaseException):
                 error = ErrorReply.of(self.answers.error(result).error)
                 out.append(TickReply.failed(stream_id, seq, error))
             else:
-                out.append(TickReply.entry(stream_id, seq, result, entry[0].next_seq))
+                out.append(TickReply.entry(stream_id, seq, result, stream.next_seq))
         return {"results": out}
+
+    async def json_entry(self, item: tuple, lookup: Any) -> Entry:
+        """One parsed entry with its stream (found by ``lookup``, else attached here), or its refusal."""
+        if isinstance(item[-1], BaseException):
+            return item[-1]
+        stream_id, seq, frames, reset = item
+        try:
+            stream = await lookup(stream_id) if lookup else self.attached(stream_id)
+        except ServiceError as exc:
+            return exc
+        return (stream, seq, frames, reset)
+
+    def json_block(self, parsed: list[tuple]) -> tuple[list[Stream], np.ndarray, np.ndarray, np.ndarray] | None:
+        """A JSON tick as :meth:`Engine.tick_block`'s arguments, if every entry is valid, names a stream attached
+        here and carries as many frames as the others; None otherwise (it goes entry by entry)."""
+        if any(isinstance(item[-1], BaseException) for item in parsed):
+            return None
+        count = len(parsed[0][2])
+        handles = self.handles
+        if any(len(item[2]) != count or item[0] not in handles for item in parsed):
+            return None
+        streams = [self.streams[handles[item[0]]] for item in parsed]
+        seqs = np.fromiter((item[1] for item in parsed), np.int64, len(parsed))
+        resets = np.fromiter((item[3] for item in parsed), bool, len(parsed))
+        return streams, seqs, np.stack([item[2] for item in parsed]), resets
 
     # --- binary ticks ---------------------------------------------------------------------------
     async def binary_tick(self, data: bytes) -> bytes:
