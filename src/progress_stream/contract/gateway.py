@@ -26,6 +26,7 @@ entries of the message are processed as if it were absent. Only broken framing c
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Annotated, Any
 
@@ -80,6 +81,7 @@ MAX_ATTACHED = MAX_TICK_ENTRIES
 __all__ = ["FLAG_RESET"]
 
 
+@functools.cache
 def request_dtype(dim: int, count: int) -> np.dtype:
     """One binary request entry of ``count`` frames, as a record (uniform messages parse as one array)."""
     return np.dtype(
@@ -87,6 +89,7 @@ def request_dtype(dim: int, count: int) -> np.dtype:
     )
 
 
+@functools.cache
 def reply_dtype(count: int) -> np.dtype:
     """One binary reply entry of ``count`` progress values, as a record."""
     return np.dtype(
@@ -101,6 +104,7 @@ def reply_dtype(count: int) -> np.dtype:
     )
 
 
+@functools.cache
 def trailer_dtype(count: int, flags: int) -> np.dtype:
     """One entry's part of a reply's trailer (``count`` frames, the sections ``flags`` names), as a record."""
     return np.dtype([("flags", "<u4"), *section_fields(count, flags)])

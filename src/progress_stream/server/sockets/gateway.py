@@ -254,7 +254,7 @@ class GatewaySocket:
         n = len(records)
         out = np.empty(n, reply_dtype(count))
         out["seq"], out["handle"], out["count"], out["status"] = records["seq"], records["handle"], count, 0
-        out["next_seq"] = [stream.next_seq for stream in streams]
+        out["next_seq"] = np.fromiter((stream.next_seq for stream in streams), np.uint64, n)
         out["progress"] = answers.progress
         flags = reply_flags(answers)
         trailer = np.empty(n, trailer_dtype(count, flags))
