@@ -111,7 +111,8 @@ def main() -> None:
     else:
         max_size = wire.max_body_bytes(settings.max_frames_per_message)
         answers = Answers(Counter("errors", "refusals at the edge", ["code"], registry=CollectorRegistry()))
-        uvicorn.Server(uvicorn_config(bare_app(wire), settings, max_size, answers, log_level="warning")).run()
+        config = uvicorn_config(bare_app(wire), settings, (max_size, max_size), answers, log_level="warning")
+        uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

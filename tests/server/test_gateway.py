@@ -1,5 +1,5 @@
-"""The gateway: many streams on one connection (WebSocket at /v1/ws, and POST /v1/frames), against real
-servers; every answer is checked against the cell run offline per stream."""
+"""The gateway: many streams on one connection (WebSocket at /v1/ws, on both data planes, and POST /v1/frames),
+against real servers; every answer is checked against the cell run offline per stream."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def state(server: ServerProcess, sid: str) -> dict:
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_many_streams_on_one_socket_answer_exactly(server, runtime, binary):
+def test_many_streams_on_one_socket_answer_exactly(ws_server, runtime, binary):
     rng = np.random.default_rng(7)
     ids = [f"gw-{binary:d}-{i}" for i in range(STREAMS)]
     x = {sid: frames(rng, 9) for sid in ids}
-    with SyncGateway(server.ws_url, binary=binary) as gw:
+    with SyncGateway(ws_server.ws_url, binary=binary) as gw:
         assert gw.attach(*ids) == dict.fromkeys(ids, 0)
         got = {sid: [] for sid in ids}
         for lo, hi in ((0, 1), (1, 4), (4, 5), (5, 9)):  # ticks of 1 and of several frames per stream
@@ -43,15 +43,15 @@ def test_many_streams_on_one_socket_answer_exactly(server, runtime, binary):
                 got[sid].append(answers[sid])
     for sid in ids:
         np.testing.assert_allclose(np.concatenate(got[sid]), offline(runtime, x[sid]), atol=1e-5)
-        assert state(server, sid)["next_seq"] == 9
+        assert state(ws_server, sid)["next_seq"] == 9
 
 
-def test_one_conflicting_entry_leaves_the_others_answered_and_unchanged(server, runtime):
+def test_one_conflicting_entry_leaves_the_others_answered_and_unchanged(ws_server, runtime):
     rng = np.random.default_rng(8)
     x = {sid: frames(rng, 3) for sid in ("mix-a", "mix-b", "mix-c")}
 
     async def run() -> tuple[list, dict]:
-        async with connect(ws(server)) as sock:
+        async with connect(ws(ws_server)) as sock:
             await sock.send(orjson.dumps({"attach": list(x)}).decode())
             handles = {e["stream_id"]: e["handle"] for e in orjson.loads(await sock.recv())["attached"]}
             entries = [(handles["mix-a"], 0, x["mix-a"][:1], False), (handles["mix-b"], 5, x["mix-b"][:1], False)]
@@ -69,16 +69,16 @@ def test_one_conflicting_entry_leaves_the_others_answered_and_unchanged(server, 
     np.testing.assert_allclose(c[4], offline(runtime, x["mix-c"][:2]), atol=1e-5)
     assert (b[0], b[1], b[2], b[3], len(b[4])) == (handles["mix-b"], 5, 0, "seq_conflict", 0)  # expected seq 0
     np.testing.assert_allclose(b_again[4], offline(runtime, x["mix-b"][:1]), atol=1e-5)
-    assert [state(server, s)["next_seq"] for s in x] == [1, 1, 2]
+    assert [state(ws_server, s)["next_seq"] for s in x] == [1, 1, 2]
 
 
-def test_malformed_entries_are_answered_in_their_entry_and_change_nothing(server, runtime):
+def test_malformed_entries_are_answered_in_their_entry_and_change_nothing(ws_server, runtime):
     rng = np.random.default_rng(9)
     good, bad = frames(rng, 1), frames(rng, 1)
     bad[0, 3] = np.nan
 
     async def run() -> list:
-        async with connect(ws(server)) as sock:
+        async with connect(ws(ws_server)) as sock:
             await sock.send(orjson.dumps({"attach": ["ok-1", "nan-1"]}).decode())
             await sock.recv()
             await sock.send(encode_entries([(0, 0, good, False), (1, 0, bad, False), (9, 0, good, False)]))
@@ -101,12 +101,12 @@ def test_malformed_entries_are_answered_in_their_entry_and_change_nothing(server
     assert results[1]["error"]["code"] == "wrong_dimension" and results[1]["error"]["field"].startswith("frames[1]")
     assert results[2]["error"]["code"] == "invalid_input" and results[2]["seq"] is None
     assert results[3]["error"]["code"] == "invalid_input" and results[3]["stream_id"] == "not-attached"
-    assert state(server, "nan-1")["next_seq"] == 0 and state(server, "ok-1")["next_seq"] == 2
+    assert state(ws_server, "nan-1")["next_seq"] == 0 and state(ws_server, "ok-1")["next_seq"] == 2
 
 
-def test_broken_framing_closes_the_gateway(server):
+def test_broken_framing_closes_the_gateway(ws_server):
     async def run() -> tuple[dict, int]:
-        async with connect(ws(server)) as sock:
+        async with connect(ws(ws_server)) as sock:
             await sock.send(b"\x01\x00")
             message = orjson.loads(await sock.recv())
             await sock.wait_closed()

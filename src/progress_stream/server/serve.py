@@ -27,7 +27,7 @@ from progress_stream.server.answers import Answers
 from progress_stream.server.app import create_app
 from progress_stream.server.http_protocol import http_protocol
 from progress_stream.server.settings import Settings, settings_error
-from progress_stream.server.sockets.asgi import SocketProtocol
+from progress_stream.server.sockets.asgi import socket_protocol
 from progress_stream.server.sockets.native import NativePlane
 from progress_stream.server.wiring import Services, build
 
@@ -41,7 +41,7 @@ GRACEFUL_SHUTDOWN_S = 20
 def uvicorn_config(
     app: ASGIApplication,
     settings: Settings,
-    max_size: int,
+    max_sizes: tuple[int, int],
     answers: Answers,
     native: NativePlane | None = None,
     log_level: str = "info",
@@ -49,15 +49,16 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """One process (it owns its streams), uvloop + httptools (with a header deadline and bounds, refusals
     answered through ``answers``), no per-message deflate; a WebSocket message may be as large as
-    ``max_size``; stream sockets go to the ``native`` plane if given; at most ``max_connections`` open."""
+    ``max_sizes`` says (a stream socket's, a gateway's); sockets go to the ``native`` plane if given; at most
+    ``max_connections`` open."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http=http_protocol(settings.header_timeout_s, answers, max_connections, native),
-        ws=SocketProtocol,  # uvicorn's websockets-sansio, with a bound on a message's frames
-        ws_max_size=max_size,
+        ws=socket_protocol(max_sizes[0]),  # uvicorn's websockets-sansio, with the native plane's bounds
+        ws_max_size=max_sizes[1],
         ws_ping_interval=settings.ws_ping_interval_s,  # the native plane pings with the same settings
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=False,
@@ -82,11 +83,10 @@ def run(model: Path | None = None, host: str | None = None, port: int | None = N
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
     stream_max = services.wire.max_body_bytes(settings.max_frames_per_message)
-    native = NativePlane(services, stream_max) if settings.ws_plane == "native" else None
-    # uvicorn's sockets: only the gateway's beside the native plane (a tick's size), else both (one message's)
-    max_size = services.wire.max_body_bytes(settings.max_frames_per_tick) if native else stream_max
+    tick_max = services.wire.max_body_bytes(settings.max_frames_per_tick)
+    native = NativePlane(services, stream_max, tick_max) if settings.ws_plane == "native" else None
     app = create_app(services)
-    config = uvicorn_config(app, settings, max_size, services.answers, native, log_level, max_connections)
+    config = uvicorn_config(app, settings, (stream_max, tick_max), services.answers, native, log_level, max_connections)
     StoppingServer(config, services).run()
 
 

@@ -16,6 +16,7 @@ import time
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
+from websockets.http11 import Request
 
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
 from progress_stream.contract.gateway import GATEWAY_SOCKET
@@ -31,17 +32,31 @@ gateway_router = APIRouter()
 
 class SocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol (websockets' sans-I/O parser, uvicorn's ``ws="websockets-sansio"``)
-    with the native plane's bound on the frames of one message: past it, close 1009."""
+    with the native plane's bounds: a message is at most a tick (uvicorn's ``ws_max_size``) on the gateway's
+    socket and :attr:`stream_max_size` bytes on a stream's, in a bounded number of frames; past either,
+    close 1009. :func:`socket_protocol` makes the class for one server."""
+
+    stream_max_size: int
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101 and self.scope["path"] != GATEWAY_SOCKET:
+            self.conn.max_message_size = self.stream_max_size
 
     def handle_cont(self, event: Frame) -> None:
         if self.close_sent:
             return
-        limit = max_fragments(self.config.ws_max_size)
+        limit = max_fragments(self.conn.max_message_size)
         if len(self.frames) >= limit:
             self.conn.send_close(MESSAGE_TOO_BIG, f"message in more than {limit} frames")
             self.handle_parser_exception()  # sends the close, tells the app, closes the transport
             return
         super().handle_cont(event)
+
+
+def socket_protocol(stream_max_size: int) -> type[SocketProtocol]:
+    """The protocol class for uvicorn's ``ws=``, a stream socket's messages bounded to ``stream_max_size``."""
+    return type("SocketProtocol", (SocketProtocol,), {"stream_max_size": stream_max_size})
 
 
 @ws_router.websocket(STREAM_SOCKET)
@@ -103,17 +118,18 @@ async def gateway_socket(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            binary = message.get("bytes") is not None
+            binary, started = message.get("bytes") is not None, time.perf_counter()
             try:
                 reply = await gateway.answer(message["bytes"] if binary else message.get("text") or "", binary)
             except Exception as exc:  # broken framing (or a bug): the errors that close a gateway
-                answer = services.answers.error(exc)
-                await websocket.send_text(answer.socket_message(None).decode())
-                await websocket.close(answer.close or 1008, answer.error.message[:120])
+                text, close = gateway.error(exc)
+                await websocket.send_text(text.decode())
+                await websocket.close(close, exc.message[:120] if isinstance(exc, ServiceError) else "internal error")
                 return
             if binary:
                 await websocket.send_bytes(reply)
             else:
                 await websocket.send_text(reply.decode())
+            gateway.latency.observe(time.perf_counter() - started)
     except (WebSocketDisconnect, RuntimeError):
         return

@@ -11,8 +11,8 @@ stream is a few attribute reads and writes.
 
 from __future__ import annotations
 
+import asyncio
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -63,14 +63,17 @@ class GatewaySocket:
         self.latency = self.engine.metrics.request_seconds.labels("gateway")
 
     async def answer(self, data: bytes | str, binary: bool) -> bytes:
-        """The reply to one message; raises :class:`ProtocolViolation` for broken framing (the socket closes)."""
-        started = time.perf_counter()
+        """The reply to one message; raises :class:`ProtocolViolation` for broken framing (the socket closes).
+        The transport observes :attr:`latency` around it."""
         if binary:
-            reply = await self.binary_tick(data)
-        else:
-            reply = await self.text(data)
-        self.latency.observe(time.perf_counter() - started)
-        return reply
+            return await self.binary_tick(data)
+        return await self.text(data)
+
+    def error(self, exc: BaseException) -> tuple[bytes, int]:
+        """The message for what :meth:`answer` raised, and the close code that follows it: every such error
+        closes a gateway (an entry's own errors are answered in its entry)."""
+        answer = self.answers.error(exc)
+        return answer.socket_message(None), answer.close or 1008
 
     async def text(self, data: bytes | str) -> bytes:
         if TICK.match(data[:32] if isinstance(data, str) else data[:32].decode("utf-8", "replace")):
@@ -354,3 +357,24 @@ class GatewaySocket:
 
 def violation(model: type[Attach | Detach], exc: ValidationError) -> ProtocolViolation:
     return ProtocolViolation(f"{model.__name__.lower()}: {str(exc).splitlines()[-1][:200]}")
+
+
+class NativeGateway:
+    """A gateway connection as the native plane drives a socket (:class:`.native.NativeSocket`, which answers
+    one message at a time, in order): each message's answer is a task, whose result is the reply."""
+
+    __slots__ = ("gateway", "latency")
+
+    def __init__(self, gateway: GatewaySocket):
+        self.gateway = gateway
+        self.latency = gateway.latency
+
+    def submit(self, data: bytes | str, binary: bool) -> asyncio.Future:
+        return asyncio.get_running_loop().create_task(self.gateway.answer(data, binary))
+
+    @staticmethod
+    def reply(reply: bytes, binary: bool) -> bytes:
+        return reply
+
+    def error(self, exc: BaseException) -> tuple[bytes, int]:
+        return self.gateway.error(exc)

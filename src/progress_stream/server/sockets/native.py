@@ -1,4 +1,5 @@
-"""The native data plane: ``/v1/streams/{id}/ws`` on picows, in the same process, event loop and port.
+"""The native data plane: ``/v1/streams/{id}/ws`` and the gateway's ``/v1/ws`` on picows, in the same
+process, event loop and port.
 
 uvicorn parses a handshake request like any other request. At the upgrade,
 :class:`~progress_stream.server.http_protocol.HeaderDeadlineProtocol` hands the connection of a stream
@@ -6,7 +7,8 @@ socket to :meth:`NativePlane.upgrade` instead of uvicorn's WebSocket protocol: t
 API key) and the same handshake (:func:`.session.open_socket`) as the ASGI route, then picows (Cython)
 parses the frames and calls :class:`NativeSocket` once per message. There is no ASGI message, task or
 coroutine per message: the result's future calls back, and the reply is written at once. Both planes
-speak :mod:`.session`, so the protocol, its errors and its close codes are the same.
+speak :mod:`.session` (and :mod:`.gateway`), so the protocol, its errors and its close codes are the same.
+A gateway message is answered by a task (its answer may wait on the shared store), still one per message.
 
 One public port: nothing changes for clients, nginx or compose. ``PROGRESS_WS_PLANE=asgi`` serves
 the socket through FastAPI instead.
@@ -33,8 +35,10 @@ from picows import (
 from picows.picows import WSProtocol
 
 from progress_stream.contract.errors import MESSAGE_TOO_BIG, SeqConflict, ServiceError
+from progress_stream.contract.gateway import GATEWAY_SOCKET
 from progress_stream.contract.wire import socket_stream_id
 from progress_stream.server.answers import ErrorAnswer
+from progress_stream.server.sockets.gateway import GatewaySocket, NativeGateway
 from progress_stream.server.sockets.session import StreamSocket, max_fragments, open_socket, subprotocol
 from progress_stream.server.wiring import Services
 
@@ -52,11 +56,13 @@ HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class NativePlane:
-    """Takes over the stream sockets of one server; ``max_size`` is the largest message, as on the ASGI plane."""
+    """Takes over the stream sockets and gateways of one server; ``max_size`` is the largest message of a stream
+    socket, as on the ASGI plane, ``gateway_max_size`` the largest tick."""
 
-    def __init__(self, services: Services, max_size: int):
+    def __init__(self, services: Services, max_size: int, gateway_max_size: int):
         self.services = services
         self.max_size = max_size
+        self.gateway_max_size = gateway_max_size
         # the ASGI plane's settings (uvicorn's ws_ping_interval and ws_ping_timeout): a dead peer is
         # noticed on either plane, and its stream and read buffer let go
         self.ping_interval = services.settings.ws_ping_interval_s
@@ -71,7 +77,7 @@ class NativePlane:
         return len(self._admitting)
 
     def claims(self, path: str) -> bool:
-        return socket_stream_id(path) is not None
+        return path == GATEWAY_SOCKET or socket_stream_id(path) is not None
 
     def upgrade(
         self,
@@ -85,6 +91,7 @@ class NativePlane:
         """Hand ``transport`` (whose upgrade ``request`` uvicorn has read, for ``path?query``) to picows once
         admitted; ``connections`` is uvicorn's set of open connections (it shuts each down at a stop)."""
         outcome: list[WSUpgradeResponseWithListener] = []
+        max_size = self.gateway_max_size if path == GATEWAY_SOCKET else self.max_size
         protocol = WSProtocol(
             None,  # host and port: a client's
             None,  # path: a client's
@@ -98,7 +105,7 @@ class NativePlane:
             self.ping_timeout,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # answer pings
-            self.max_size,
+            max_size,
             None,  # extra headers: a client's
             16 * 1024,
         )
@@ -106,7 +113,7 @@ class NativePlane:
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
         task = asyncio.get_running_loop().create_task(
-            self._admit(transport, protocol, outcome, request, path, query, dict(headers), connections)
+            self._admit(transport, protocol, outcome, request, path, query, dict(headers), connections, max_size)
         )
         self._admitting.add(task)
         task.add_done_callback(self._admitting.discard)
@@ -121,16 +128,20 @@ class NativePlane:
         query: str,
         headers: dict[bytes, bytes],
         connections: set,
+        max_size: int,
     ) -> None:
         services = self.services
         try:
             tenant = services.admission.check(headers, path, websocket=True)
-            session = await open_socket(services, socket_stream_id(path) or "", tenant, query)
+            if path == GATEWAY_SOCKET:
+                session: StreamSocket | NativeGateway = NativeGateway(GatewaySocket(services, tenant))
+            else:
+                session = await open_socket(services, socket_stream_id(path) or "", tenant, query)
         except Exception as exc:  # a refusal, or a bug: answered either way, never left to the handshake timeout
             outcome.append(WSUpgradeResponseWithListener(refusal(services.answers.error(exc)), None))
         else:
             chosen = subprotocol(headers.get(b"sec-websocket-protocol", b"").decode("latin-1"))
-            listener = NativeSocket(session, connections, self.max_size, self.write_timeout)
+            listener = NativeSocket(session, connections, max_size, self.write_timeout)
             extra = {"Sec-WebSocket-Protocol": chosen} if chosen else None
             outcome.append(WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener))
         if transport.is_closing():  # the client left meanwhile
@@ -172,7 +183,7 @@ class NativeSocket(WSListener):
     the client to take them. A client whose replies stay there ``write_timeout`` seconds is dropped
     (its buffer cannot drain, so no close frame would reach it)."""
 
-    def __init__(self, session: StreamSocket, connections: set, max_size: int, write_timeout: float):
+    def __init__(self, session: StreamSocket | NativeGateway, connections: set, max_size: int, write_timeout: float):
         self.session = session
         self.connections = connections
         self.max_size = max_size
