@@ -132,6 +132,26 @@ def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed, unchanged):
     assert memory_kb(pid, "VmRSS") - before < 30_000
 
 
+def test_a_refused_upload_is_read_and_dropped_after_its_answer_not_reset(keyed):
+    """After refusing a body it did not read, the server half-closes and goes on reading (dropping) what the
+    client still sends: a close at once would answer those bytes with a reset, which can destroy the
+    answer before the client reads it."""
+    head = (
+        b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):  # the answer, then the server's FIN
+            answer += chunk
+        for _ in range(4):  # the body goes on: read and dropped, so no reset comes back
+            sock.sendall(b"x" * (256 * 1024))
+            time.sleep(0.05)
+    status, body = status_and_body(answer)
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
 def test_d1_a_declared_oversized_body_is_refused_before_reading(keyed, unchanged):
     head = (
         b"POST /v1/streams HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n"

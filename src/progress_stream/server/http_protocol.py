@@ -16,6 +16,12 @@ tuples before any check ran. Here a head past nginx's default (:data:`MAX_LINE` 
 :data:`MAX_HEAD` in all) or past :data:`MAX_FIELDS` fields is answered 431 ``headers_too_large`` and
 the connection closed; nothing past those limits is stored. The fields httptools hands over are counted
 as they come; the bytes of a line it still holds (one that has not ended) are counted after each read.
+
+A connection closed while its request's body is still coming (a refusal answered before the body was read:
+401, 413, 431…) closes *lingering*, as nginx does: the answer is followed by a FIN, and what the client
+still sends is read and dropped for up to :data:`LINGER_S` seconds or :data:`LINGER_BYTES` bytes, then
+the connection closes. Closed at once, the kernel would answer the unread bytes with a reset, which can
+destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,49 @@ MAX_LINE = 8 * 1024
 MAX_HEAD = 32 * 1024
 #: Header fields of one request.
 MAX_FIELDS = 100
+#: How long, and how many bytes of a refused body, a closing connection still reads (and drops).
+LINGER_S = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+
+
+class LingeringTransport:
+    """The connection's transport as uvicorn's HTTP code sees it: the same in all but :meth:`close`, which
+    lingers while the request's body is still coming (see the module's doc)."""
+
+    def __init__(self, inner: asyncio.Transport, protocol: HeaderDeadlineProtocol):
+        self.inner = inner
+        self.protocol = protocol
+        self.lingering = False
+        self.dropped = 0  # bytes read and dropped while lingering
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self.inner.is_closing()
+
+    def close(self) -> None:
+        inner = self.inner
+        if self.lingering or inner.is_closing():
+            return
+        if not self.protocol.body_coming or not inner.can_write_eof():
+            inner.close()
+            return
+        self.lingering = True
+        inner.write_eof()
+        inner.resume_reading()  # flow control may have paused it: what comes must be read to be dropped
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, inner.close)
+
+    def drop(self, data: bytes) -> None:
+        """Bytes read while lingering: dropped; past :data:`LINGER_BYTES`, the connection closes."""
+        self.dropped += len(data)
+        if self.dropped > LINGER_BYTES:
+            self.inner.close()
+
+    def lost(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -45,7 +94,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     native: NativePlane | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self.body_coming = False  # a request has begun and its body has not ended: a close lingers
+        super().connection_made(LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._deadline = self.loop.call_later(self.header_timeout, self._headers_late)
         self._head_open = True  # a request's head is being read (until its headers are complete)
         self._head_read = 0  # bytes read while it was: the fields stored and the part httptools still holds
@@ -60,6 +110,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         return len(self.connections) + (self.native.admitting if self.native is not None else 0)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:
+            self.transport.drop(data)
+            return
         super().data_received(data)  # first: a body in the same read is not counted as head
         if self._head_open and not self.transport.is_closing():
             self._head_read += len(data)
@@ -70,6 +123,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.body_coming = True
         self._head_open, self._head_read, self._head_stored = True, 0, 0
         if self._deadline is None:  # a later request on a kept-alive connection
             self._deadline = self.loop.call_later(self.header_timeout, self._headers_late)
@@ -112,8 +166,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.body_coming = False
         if self._refusal is None:
             super().on_message_complete()
+
+    def eof_received(self) -> bool | None:
+        if self.transport.lingering:  # the client has sent all it will: done
+            self.transport.inner.close()
+            return None
+        return super().eof_received()
 
     def _refuse(self) -> None:
         """Answer the refusal in the error shape and close; while an earlier response on this connection
@@ -132,6 +193,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             return
         url = httptools.parse_url(self.url)
         path = urllib.parse.unquote(url.path.decode("ascii"))  # uvicorn leaves it unset
+        self.transport = self.transport.inner  # a WebSocket's close never lingers (it is no longer HTTP)
         if self.native is None or not self.native.claims(path):
             super().handle_websocket_upgrade()
             return
@@ -149,6 +211,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if isinstance(self.transport, LingeringTransport):
+            self.transport.lost()
         super().connection_lost(exc)
 
     def _disarm(self) -> None:
