@@ -146,7 +146,7 @@ def chunk_digest(frames: np.ndarray) -> int:
 def chunk_digests(chunks: np.ndarray) -> np.ndarray:
     """The digests of chunks of one length ``(chunks, n, D)`` float32, at once: a multilinear hash of each
     chunk's 32-bit words, ``Σ word_j × key_j mod 2^64`` with fixed odd keys. It tells a resent chunk from a
-    different one (two chunks that differ collide with probability at most 2^-33, not adversarially: a
+    different one (two chunks that differ collide with probability at most about 2^-32, not adversarially: a
     client can only confuse its own streams), and costs a fraction of a byte-wise hash per chunk of a
     gateway's tick."""
     words = chunks.reshape(len(chunks), -1).view("<u4")
