@@ -235,7 +235,7 @@ class StreamTable:
     def accept(self, stream: Stream, chunk: Chunk) -> bool:
         """Take ``chunk`` (its seq is ``next_seq``); True if the stream just became ready for a batch."""
         n = len(chunk.frames)
-        self.remember(stream, chunk.seq, n, chunk.reset, chunk_digest(chunk.frames))
+        self.remember(stream.slot, chunk.seq, n, chunk.reset, chunk_digest(chunk.frames))
         stream.pending.append(chunk)
         stream.next_seq += n
         self.queued_frames += n
@@ -245,10 +245,7 @@ class StreamTable:
         """Take ``block`` (each row's stream idle, with no chunk waiting, its seq the stream's ``next_seq``):
         its streams stay busy until the block is answered; chunks accepted for them meanwhile wait behind it."""
         k, now = block.steps, time.monotonic()
-        pos = block.seqs % self.window
-        self.chunk_seq[block.slots, pos] = block.seqs + 1
-        self.chunk_shape[block.slots, pos] = 2 * k + block.resets
-        self.chunk_digest[block.slots, pos] = chunk_digests(block.frames)
+        self.remember(block.slots, block.seqs, k, block.resets, chunk_digests(block.frames))
         for stream in block.streams:
             stream.next_seq += k
             stream.block = block
@@ -473,12 +470,15 @@ class StreamTable:
             if batch.band is not None:
                 self.bands[at] = batch.band[t, rows]
 
-    def remember(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> None:
-        """Record an accepted chunk, so that a retry of it can be told from a different chunk."""
-        pos = seq % self.window
-        self.chunk_seq[stream.slot, pos] = seq + 1
-        self.chunk_shape[stream.slot, pos] = 2 * n + reset
-        self.chunk_digest[stream.slot, pos] = digest
+    def remember(
+        self, slots: int | np.ndarray, seqs: int | np.ndarray, n: int, resets: bool | np.ndarray, digests: Any
+    ) -> None:
+        """Record accepted chunks of ``n`` frames (one, or one per row of a block: the other arguments scalars
+        or arrays), so that a retry of one can be told from a different chunk."""
+        pos = seqs % self.window
+        self.chunk_seq[slots, pos] = seqs + 1
+        self.chunk_shape[slots, pos] = 2 * n + resets
+        self.chunk_digest[slots, pos] = digests
 
     def difference(self, stream: Stream, seq: int, n: int, reset: bool, digest: int) -> str | None:
         """``None`` if frames ``seq..`` are the chunk accepted at ``seq``; otherwise what differs."""

@@ -229,26 +229,25 @@ class GatewaySocket:
 
     async def uniform_tick(self, records: np.ndarray) -> bytes:
         n, count = len(records), int(records["count"][0])
-        handles, seqs, flags = records["handle"].tolist(), records["seq"].tolist(), records["flags"].tolist()
         emb = records["emb"]
         if count == 0 or count > self.max_frames or n > MAX_ATTACHED:
+            results: list[Any] | None = None
             entries: list[Entry] = [self.entry_error(count, n) for _ in range(n)]
         elif self.all_valid(records):  # the usual message: no entry needs a closer look
-            streams = [self.streams[h] for h in handles]
-            results = await self.engine.tick_block(streams, records["seq"], emb, records["flags"] == FLAG_RESET)
-            if isinstance(results, Estimates):  # every entry answered at once
-                return self.uniform_reply(records, count, streams, results)
-            entries = [
-                (stream, seq, x, f == FLAG_RESET) for stream, seq, x, f in zip(streams, seqs, emb, flags, strict=True)
-            ]
-            return self.reply(handles, seqs, entries, results)
+            streams = [self.streams[h] for h in records["handle"].tolist()]
+            answered = await self.engine.tick_block(streams, records["seq"], emb, records["flags"] == FLAG_RESET)
+            if isinstance(answered, Estimates):  # every entry answered at once
+                return self.uniform_reply(records, count, streams, answered)
+            results = answered
+            resets = (records["flags"] == FLAG_RESET).tolist()
+            entries = list(zip(streams, records["seq"].tolist(), emb, resets, strict=True))
         else:
-            bad = self.bad_values(emb)
-            entries = [
-                self.binary_entry(h, s, f, emb[i], bad, i)
-                for i, (h, s, f) in enumerate(zip(handles, seqs, flags, strict=True))
-            ]
-        return self.reply(handles, seqs, entries, await self.engine.tick(entries))
+            results, bad = None, self.bad_values(emb)
+            columns = zip(records["handle"].tolist(), records["seq"].tolist(), records["flags"].tolist(), strict=True)
+            entries = [self.binary_entry(h, s, f, emb[i], bad, i) for i, (h, s, f) in enumerate(columns)]
+        if results is None:
+            results = await self.engine.tick(entries)
+        return self.reply(records["handle"].tolist(), records["seq"].tolist(), entries, results)
 
     @staticmethod
     def uniform_reply(records: np.ndarray, count: int, streams: list[Stream], answers: Estimates) -> bytes:
