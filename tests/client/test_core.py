@@ -1,7 +1,9 @@
 import numpy as np
+import orjson
 import pytest
 
 from progress_stream.client.core import Chunk, ReplayLog, SeqError, exchange, resend_plan
+from progress_stream.client.http import ServerError
 from progress_stream.contract.replies import Estimates
 
 
@@ -76,8 +78,15 @@ def test_a_chunk_answered_in_two_sends_joins_every_field():
 def test_a_gateway_attaches_each_stream_at_its_rate_again_after_a_reconnect():
     from progress_stream.client.gateway import _Gateway
 
-    gw = _Gateway("ws://127.0.0.1:1")  # no connection: only the messages
-    assert gw._attach_messages(["a", "b"], fps=25.0) == ['{"attach":["a","b"],"fps":25.0}']
-    assert gw._attach_messages(["c"]) == ['{"attach":["c"]}']
+    gw = _Gateway("ws://127.0.0.1:1")  # no connection: only the messages and the server's replies to them
+    assert gw._attach_messages(["a", "b"], fps=25.0) == [('{"attach":["a","b"],"fps":25.0}', 25.0)]
+    accepted = [{"stream_id": sid, "handle": i, "next_seq": 0} for i, sid in enumerate("ab")]
+    gw._attached(orjson.dumps({"attached": accepted}), 25.0)
+    assert gw._attach_messages(["c"]) == [('{"attach":["c"]}', None)]
+    # a rate the server refused is not kept: the stream is attached again without it
+    refused = '{"attached":[{"stream_id":"c","error":{"code":"invalid_input","field":"fps","message":"bad"}}]}'
+    with pytest.raises(ServerError):
+        gw._attached(refused, 5000.0)
     # a reconnect attaches every stream again, each at the rate it was attached with
-    assert gw._attach_messages(["a", "c", "b"]) == ['{"attach":["a","b"],"fps":25.0}', '{"attach":["c"]}']
+    again = [('{"attach":["a","b"],"fps":25.0}', 25.0), ('{"attach":["c"]}', None)]
+    assert gw._attach_messages(["a", "c", "b"]) == again

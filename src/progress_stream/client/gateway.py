@@ -83,26 +83,27 @@ class _Gateway:
         self.rates: dict[str, float] = {}  # the frame rate each stream was attached with, if any
         self.conn: ClientConnection | SyncConnection | None = None
 
-    def _attach_messages(self, ids: Collection[str], fps: float | None = None) -> list[str]:
+    def _attach_messages(self, ids: Collection[str], fps: float | None = None) -> list[tuple[str, float | None]]:
         """The messages that attach ``ids`` at ``fps`` (None: each at the rate it was attached with before,
-        one message per rate: a reconnect names every stream's rate again)."""
-        if fps is not None:
-            self.rates.update(dict.fromkeys(ids, fps))
+        one message per rate: a reconnect names every stream's rate again), each with its rate."""
         groups: dict[float | None, list[str]] = {}
         for sid in ids:
-            groups.setdefault(self.rates.get(sid), []).append(sid)
+            groups.setdefault(fps if fps is not None else self.rates.get(sid), []).append(sid)
         return [
-            orjson.dumps({"attach": group} if rate is None else {"attach": group, "fps": rate}).decode()
+            (orjson.dumps({"attach": group} if rate is None else {"attach": group, "fps": rate}).decode(), rate)
             for rate, group in groups.items()
         ]
 
-    def _attached(self, reply: bytes | str) -> dict[str, int]:
-        """Record handles; a stream this client has not sent on yet starts at the server's next seq."""
+    def _attached(self, reply: bytes | str, fps: float | None) -> dict[str, int]:
+        """Record handles and, once the server took it, the rate ``fps`` each was attached at; a stream this
+        client has not sent on yet starts at the server's next seq."""
         out = {}
         for entry in orjson.loads(reply)["attached"]:
             if "error" in entry:
                 raise ServerError(400, entry)
             sid = entry["stream_id"]
+            if fps is not None:
+                self.rates[sid] = fps
             self.handles[sid] = entry["handle"]
             state = self.streams.setdefault(sid, SessionState(sid, self.history))
             if state.next_seq == 0:
@@ -147,9 +148,9 @@ class Gateway(_Gateway, Link):
 
     async def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
         attached = {}
-        for message in self._attach_messages(ids, fps):
+        for message, rate in self._attach_messages(ids, fps):
             await self.conn.send(message)
-            attached |= self._attached(await self.conn.recv())
+            attached |= self._attached(await self.conn.recv(), rate)
         return attached
 
     async def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
@@ -186,9 +187,9 @@ class SyncGateway(_Gateway, SyncLink):
 
     def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
         attached = {}
-        for message in self._attach_messages(ids, fps):
+        for message, rate in self._attach_messages(ids, fps):
             self.conn.send(message)
-            attached |= self._attached(self.conn.recv())
+            attached |= self._attached(self.conn.recv(), rate)
         return attached
 
     def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
