@@ -68,6 +68,9 @@ def test_unknown_format_version_and_missing_metadata(tmp_path):
         CellRuntime(_identity_graph(tmp_path / "v.onnx", *ios, {**META, "format_version": "99"}))
     with pytest.raises(ModelError, match="metadata lacks"):
         CellRuntime(_identity_graph(tmp_path / "m.onnx", *ios, {}))
+    for coverage in ({}, {"coverage": "high"}, {"coverage": "1.5"}):  # a version 2 cell must state its band's
+        with pytest.raises(ModelError, match="needs 'coverage' in \\(0, 1\\)"):
+            CellRuntime(_identity_graph(tmp_path / "c.onnx", *ios, {**META, "format_version": "2", **coverage}))
 
 
 def test_provider_choice():

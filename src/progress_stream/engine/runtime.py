@@ -97,6 +97,13 @@ class CellRuntime:
                 f"{self.path}: unknown format version {meta['format_version']!r}; "
                 f"this runtime reads {sorted(SUPPORTED_FORMAT_VERSIONS)}"
             )
+        if "band" in OUTPUTS_BY_VERSION[meta["format_version"]]:
+            try:
+                coverage = float(meta.get(COVERAGE_KEY, ""))
+            except ValueError:
+                coverage = float("nan")
+            if not 0 < coverage < 1:
+                raise ModelError(f"{self.path}: a cell with a band needs {COVERAGE_KEY!r} in (0, 1) in its metadata")
         return meta
 
     def _check_signature(self) -> None:
