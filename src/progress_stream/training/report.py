@@ -161,14 +161,19 @@ def target_checks(models: dict[str, dict], name: str = "model") -> list[tuple[st
     ]
 
 
+def worst_coverage(m: dict) -> float:
+    """The band's coverage farthest from nominal: overall or in a length bin with enough actions."""
+    nominal = m["coverage_nominal"]
+    bins = [v["coverage"] for v in m["band"]["length_bins"].values() if v["n"] >= MIN_BIN_ACTIONS]
+    return max([m["band"]["coverage"], *bins], key=lambda c: abs(c - nominal))
+
+
 def band_checks(m: dict) -> list[tuple[str, bool, str]]:
     """The band's coverage (overall and per length bin with enough actions) within
     :data:`MAX_COVERAGE_ERROR` of nominal; the time to finish ahead of the content-free estimate."""
     if "band" not in m:
         return []
-    nominal = m["coverage_nominal"]
-    bins = {k: v for k, v in m["band"]["length_bins"].items() if v["n"] >= MIN_BIN_ACTIONS}
-    worst = max([m["band"]["coverage"], *(v["coverage"] for v in bins.values())], key=lambda c: abs(c - nominal))
+    nominal, worst = m["coverage_nominal"], worst_coverage(m)
     rem = {k: v for k, v in m["remaining"]["length_bins"].items() if v["n"] >= MIN_BIN_ACTIONS}
     beaten = m["remaining"]["model"] < m["remaining"]["bayes"] and all(v["model"] < v["bayes"] for v in rem.values())
     return [
@@ -216,7 +221,7 @@ def family_summary(reports: list[Path]) -> str:
         m = models["model"]
         band = (
             [
-                f"{m['band']['coverage']:.3f} ({checks[3][2].split(' ')[1]})",
+                f"{m['band']['coverage']:.3f} ({worst_coverage(m):.3f})",
                 f"{m['band']['width']:.3f}",
                 f"{m['remaining']['model']:.1f} ({m['remaining']['bayes']:.1f})",
             ]
