@@ -166,22 +166,25 @@ class Wire:
     def parse_progress(self, body: bytes | str) -> np.ndarray:
         return check_values(np.array(self._validate(self.progress_request, body).embeddings, np.float32))
 
-    def parse_tick(self, body: bytes | str) -> list[tuple[str, int, np.ndarray, bool] | tuple[Any, Any, BadInput]]:
+    def parse_tick(self, body: bytes | str) -> tuple[list[Any], np.ndarray | None]:
         """A JSON tick ``{"frames": [entries]}`` → per entry ``(stream_id, seq, frames, reset)``, or
-        ``(stream_id?, seq?, BadInput)`` for an entry that is invalid (the others stand). A body that is
-        not such an object at all is a :class:`ProtocolViolation`. A valid message is validated whole (one
-        pass, in pydantic's core); only a message with an invalid entry is looked at entry by entry."""
+        ``(stream_id?, seq?, BadInput)`` for an entry that is invalid (the others stand); and, when every entry
+        is valid and carries as many frames as the others (the usual tick), all their frames as one
+        ``(entries, n, D)`` array, of which each entry's are a view (else None). A body that is not such an
+        object at all is a :class:`ProtocolViolation`. A valid message is validated whole (one pass, in
+        pydantic's core); only a message with an invalid entry is looked at entry by entry."""
         try:
             ticks = self.tick_request.model_validate_json(body).frames
         except ValidationError:
-            return self._parse_tick_entries(body)
+            return self._parse_tick_entries(body), None
         # the model bounds every value (finite, within ±MAX_ABS_VALUE): no check left but the conversion
-        lengths = {len(entry.embeddings) for entry in ticks}
-        if len(lengths) == 1:  # the usual tick: one conversion for every entry
-            frames = list(np.array([entry.embeddings for entry in ticks], np.float32))
+        block = None
+        if len({len(entry.embeddings) for entry in ticks}) == 1:  # the usual tick: one conversion for all
+            block = np.array([entry.embeddings for entry in ticks], np.float32)
+            frames = list(block)
         else:
             frames = [np.array(entry.embeddings, np.float32) for entry in ticks]
-        return [(e.stream_id, e.seq, x, e.reset) for e, x in zip(ticks, frames, strict=True)]
+        return [(e.stream_id, e.seq, x, e.reset) for e, x in zip(ticks, frames, strict=True)], block
 
     def _parse_tick_entries(self, body: bytes | str) -> list[Any]:
         try:

@@ -158,8 +158,8 @@ class GatewaySocket:
     # --- JSON ticks -----------------------------------------------------------------------------
     async def json_tick(self, data: bytes | str, lookup: Any = None) -> dict:
         """A JSON tick's reply; ``lookup`` (``POST /v1/frames``) finds streams by id instead of attachment."""
-        parsed = self.services.wire.parse_tick(data)
-        block = None if lookup else self.json_block(parsed)
+        parsed, frames = self.services.wire.parse_tick(data)
+        block = None if lookup or frames is None else self.json_block(parsed, frames)
         if block is not None:  # the usual tick: the engine takes it whole
             streams = block[0]
             results = await self.engine.tick_block(*block)
@@ -190,19 +190,21 @@ class GatewaySocket:
             return exc
         return (stream, seq, frames, reset)
 
-    def json_block(self, parsed: list[tuple]) -> tuple[list[Stream], np.ndarray, np.ndarray, np.ndarray] | None:
-        """A JSON tick as :meth:`Engine.tick_block`'s arguments, if every entry is valid, names a stream attached
-        here and carries as many frames as the others; None otherwise (it goes entry by entry)."""
-        if any(isinstance(item[-1], BaseException) for item in parsed):
-            return None
-        count = len(parsed[0][2])
-        handles = self.handles
-        if any(len(item[2]) != count or item[0] not in handles for item in parsed):
-            return None
-        streams = [self.streams[handles[item[0]]] for item in parsed]
+    def json_block(
+        self, parsed: list[tuple], frames: np.ndarray
+    ) -> tuple[list[Stream], np.ndarray, np.ndarray, np.ndarray] | None:
+        """A JSON tick whose entries are all valid and of one length (their ``frames`` one array) as
+        :meth:`Engine.tick_block`'s arguments, if every entry names a stream attached here; else None (it goes
+        entry by entry)."""
+        handles, streams = self.handles, []
+        for item in parsed:
+            handle = handles.get(item[0])
+            if handle is None:
+                return None
+            streams.append(self.streams[handle])
         seqs = np.fromiter((item[1] for item in parsed), np.int64, len(parsed))
         resets = np.fromiter((item[3] for item in parsed), bool, len(parsed))
-        return streams, seqs, np.stack([item[2] for item in parsed]), resets
+        return streams, seqs, frames, resets
 
     # --- binary ticks ---------------------------------------------------------------------------
     async def binary_tick(self, data: bytes) -> bytes:
