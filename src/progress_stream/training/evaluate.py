@@ -151,14 +151,15 @@ def frame_bins(lengths: np.ndarray) -> list[tuple[str, np.ndarray, int]]:
     return [(name, per_frame[name], int(sel.sum())) for name, sel in length_bins(lengths).items()]
 
 
+def band_inside(bands: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """Whether each frame's true progress lies in its band, over every action's frames in order."""
+    truths = (ground_truth(int(n)) for n in lengths)
+    return np.concatenate([(b[:, 0] <= g) & (g <= b[:, 1]) for b, g in zip(bands, truths, strict=True)])
+
+
 def band_metrics(bands: list[np.ndarray], lengths: np.ndarray) -> dict:
     """Coverage (share of frames whose truth lies in the band) and mean width, over all frames and per length bin."""
-    inside = [
-        (b[:, 0] <= g) & (g <= b[:, 1])
-        for b, g in ((b, ground_truth(int(n))) for b, n in zip(bands, lengths, strict=True))
-    ]
-    width = [b[:, 1] - b[:, 0] for b in bands]
-    inside_all, width_all = np.concatenate(inside), np.concatenate(width)
+    inside_all, width_all = band_inside(bands, lengths), np.concatenate([b[:, 1] - b[:, 0] for b in bands])
     bins = {
         name: {
             "coverage": float(inside_all[sel].mean()) if sel.any() else None,

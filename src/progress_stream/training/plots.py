@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from progress_stream.training.data import Dataset, ground_truth
-from progress_stream.training.evaluate import frame_bins
+from progress_stream.training.evaluate import band_inside, frame_bins
 
 
 def sample_actions(data: Dataset) -> dict[str, int]:
@@ -69,8 +69,7 @@ def band_plot(data: Dataset, bands: list[np.ndarray], nominal: float, path: Path
     """How well the band holds its nominal coverage: the share of frames inside it per true-progress decile
     and per action-length bin, beside the nominal line; and one long action's band around its curve."""
     gt = [ground_truth(int(n)) for n in data.lengths]
-    inside = np.concatenate([(b[:, 0] <= g) & (g <= b[:, 1]) for b, g in zip(bands, gt, strict=True)])
-    truth = np.concatenate(gt)
+    inside, truth = band_inside(bands, data.lengths), np.concatenate(gt)
     decile = np.minimum((truth * 10).astype(int), 9)
     bins = [(name, sel) for name, sel, n in frame_bins(data.lengths) if n]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
