@@ -190,7 +190,8 @@ def assert_close(got: Estimates, expected: Estimates) -> None:
 
 def block_of(table: StreamTable, batcher: Batcher, loop, streams, x: np.ndarray, seq: int = 0) -> Block:
     """Frames ``x (rows, k, D)`` of ``streams`` at ``seq``, taken as one block (as the engine takes a gateway tick)."""
-    block = Block(loop, streams, np.full(len(streams), seq), x, np.zeros(len(streams), bool))
+    slots = np.array([s.slot for s in streams])
+    block = Block(loop, streams, slots, np.full(len(streams), seq), x, np.zeros(len(streams), bool))
     table.accept_block(block)
     batcher.ready(block)
     return block

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import secrets
 import time
 from collections.abc import Callable
@@ -36,7 +35,12 @@ from progress_stream.engine.durability.takeover import SharedStreams
 from progress_stream.engine.metrics import Metrics
 from progress_stream.engine.runtime import CellRuntime
 from progress_stream.engine.streams import (
+    BLOCK,
+    CLOSED,
+    NEXT_SEQ,
     OPEN,
+    PENDING,
+    SLOT,
     SLOT_ARRAYS,
     Chunk,
     Stream,
@@ -48,8 +52,6 @@ from progress_stream.engine.streams import (
 from progress_stream.engine.ticks import Block, Part, Tick
 
 log = logging.getLogger(__name__)
-#: What :meth:`Engine.blockable` reads of each stream of a tick (in C, not in a Python loop per entry).
-NEXT_SEQ, PENDING, BLOCK, CLOSED, SLOT = map(operator.attrgetter, ("next_seq", "pending", "block", "closed", "slot"))
 
 
 @dataclass(frozen=True)
@@ -351,25 +353,29 @@ class Engine:
         Otherwise (a retry, a conflict, a stream with chunks waiting, a full queue) it is :meth:`tick`'s answer
         per entry, and the rules are the same either way."""
         n, k = frames.shape[:2]
-        if self.blockable(streams, seqs, n * k) and k <= self.batcher.steps_per_cycle:
-            block = Block(self._loop, streams, seqs, frames, resets)
+        slots = self.blockable(streams, seqs, n * k) if k <= self.batcher.steps_per_cycle else None
+        if slots is not None:
+            block = Block(self._loop, streams, slots, seqs, frames, resets)
             self.table.accept_block(block)
             self.batcher.ready(block)
             return await asyncio.shield(block.future)
         entries = zip(streams, seqs.tolist(), frames, resets.tolist(), strict=True)
         return await self.tick([(stream, seq, x, bool(reset)) for stream, seq, x, reset in entries])
 
-    def blockable(self, streams: list[Stream], seqs: np.ndarray, frames: int) -> bool:
-        """Whether the entries can be one block: the engine accepts, there is room, each stream appears once,
-        and each is idle (no chunk waiting, in no block) with the entry's seq as its next one."""
+    def blockable(self, streams: list[Stream], seqs: np.ndarray, frames: int) -> np.ndarray | None:
+        """The streams' slots if the entries can be one block (the engine accepts, there is room, each stream
+        appears once, and each is idle, with no chunk waiting and in no block, at the entry's seq); else None."""
         if not (self.accepting and 0 < len(streams) <= self.batcher.max_batch):
-            return False
+            return None
         if self.table.queued_frames + frames > self.max_queue_frames:
-            return False
+            return None
         n = len(streams)
         continues = list(map(NEXT_SEQ, streams)) == seqs.tolist()
         idle = not any(map(PENDING, streams)) and list(map(BLOCK, streams)).count(None) == n
-        return continues and idle and not any(map(CLOSED, streams)) and len(set(map(SLOT, streams))) == n
+        if not (continues and idle and not any(map(CLOSED, streams))):
+            return None
+        slots = np.fromiter(map(SLOT, streams), np.int64, n)
+        return slots if len(set(slots.tolist())) == n else None
 
     def _offer_part(self, tick: Tick, i: int, entry: tuple[Stream, int, np.ndarray, bool]) -> None:
         part = tick.part(i)

@@ -79,10 +79,16 @@ class Block:
     __slots__ = ("frames", "future", "resets", "seqs", "slots", "streams")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, streams: list, seqs: np.ndarray, frames: np.ndarray, resets: np.ndarray
+        self,
+        loop: asyncio.AbstractEventLoop,
+        streams: list,
+        slots: np.ndarray,
+        seqs: np.ndarray,
+        frames: np.ndarray,
+        resets: np.ndarray,
     ):
         self.streams = streams
-        self.slots = np.fromiter((s.slot for s in streams), np.int64, len(streams))
+        self.slots = slots
         self.seqs = seqs.astype(np.int64)
         self.frames = frames  # (rows, k, D)
         self.resets = resets

@@ -38,7 +38,7 @@ from progress_stream.contract.gateway import (
 )
 from progress_stream.contract.replies import ErrorReply, Estimates
 from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, bad_input, check_values
-from progress_stream.engine.streams import Stream, Tenant
+from progress_stream.engine.streams import NEXT_SEQ, Stream, Tenant
 from progress_stream.server.wiring import Services
 
 TICK = re.compile(r'\s*\{\s*"frames"\s*:')  # a JSON tick, told from attach and detach without parsing it twice
@@ -258,7 +258,7 @@ class GatewaySocket:
         n = len(records)
         out = np.empty(n, reply_dtype(count))
         out["seq"], out["handle"], out["count"], out["status"] = records["seq"], records["handle"], count, 0
-        out["next_seq"] = np.fromiter((stream.next_seq for stream in streams), np.uint64, n)
+        out["next_seq"] = np.fromiter(map(NEXT_SEQ, streams), np.uint64, n)
         out["progress"] = answers.progress
         flags = reply_flags(answers)
         trailer = np.empty(n, trailer_dtype(count, flags))
