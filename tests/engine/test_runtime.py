@@ -1,9 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from progress_stream.engine.runtime import CellRuntime, ModelError, choose_providers
+from progress_stream.server.process import free_port
 
 
 def test_loads_a_real_cell_and_describes_it(tiny_model):
@@ -88,3 +92,18 @@ def test_a_version_1_cell_still_loads_and_answers_without_a_band(tiny_model, tin
     progress, band = v1.run_action(x)
     assert band is None and v2.run_action(x)[1].shape == (6, 2)
     np.testing.assert_array_equal(progress, v2.run_action(x)[0])
+
+
+def test_a_server_refuses_a_banded_cell_without_its_coverage_in_one_line(tiny_model, tmp_path):
+    model = onnx.load(tiny_model)
+    kept = [p for p in model.metadata_props if p.key != "coverage"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    path = tmp_path / "no-coverage.onnx"
+    onnx.save(model, path)
+    cmd = [sys.executable, "-m", "progress_stream.cli", "serve", "--model", str(path), "--port", str(free_port())]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: {path}: a cell with a band needs 'coverage' in (0, 1) in its metadata"
+    )

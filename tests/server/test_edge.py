@@ -132,7 +132,7 @@ def test_d1_a_huge_body_without_the_key_is_refused_unread(keyed, unchanged):
     assert memory_kb(pid, "VmRSS") - before < 30_000
 
 
-def test_a_refused_upload_is_read_and_dropped_after_its_answer_not_reset(keyed):
+def test_a_refused_upload_is_read_and_dropped_after_its_answer_not_reset(keyed, unchanged):
     """After refusing a body it did not read, the server half-closes and goes on reading (dropping) what the
     client still sends: a close at once would answer those bytes with a reset, which can destroy the
     answer before the client reads it."""

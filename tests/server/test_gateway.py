@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from progress_stream.client import Gateway, SyncGateway
 from progress_stream.contract.gateway import decode_tick_reply, encode_entries, encode_tick
@@ -114,6 +114,26 @@ def test_broken_framing_closes_the_gateway(ws_server):
 
     message, code = asyncio.run(run())
     assert message["error"]["code"] == "protocol_violation" and code == 1008
+
+
+def test_a_tick_larger_than_a_stream_message_is_answered_and_one_past_a_tick_closes_1009(ws_server, runtime):
+    rng = np.random.default_rng(11)
+    ids = [f"big-{i}" for i in range(40)]
+    x = {sid: frames(rng, 16) for sid in ids}  # 640 frames: about 83 KB, ten stream messages' worth
+    with SyncGateway(ws_server.ws_url) as gw:
+        answers = gw.tick(x)
+    for sid in ids:
+        np.testing.assert_allclose(answers[sid].progress, offline(runtime, x[sid]), atol=1e-5)
+
+    async def too_big() -> int:
+        async with connect(ws(ws_server), max_size=None, compression=None) as sock:
+            with pytest.raises(ConnectionClosedError):
+                await sock.send(b"\0" * (600 * 1024))  # past a tick of PROGRESS_MAX_FRAMES_PER_TICK frames
+                await sock.recv()
+            return sock.close_code
+
+    assert asyncio.run(too_big()) == 1009
+    assert all(state(ws_server, sid)["next_seq"] == 16 for sid in ids)  # the streams are as they were
 
 
 def test_http_batch_answers_each_entry(server, runtime):
