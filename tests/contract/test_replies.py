@@ -17,8 +17,9 @@ from progress_stream.contract.binary import (
 )
 from progress_stream.contract.cell import remaining_frames
 from progress_stream.contract.errors import BadInput, InferenceFailed, Overloaded, SeqConflict
-from progress_stream.contract.gateway import EntryResult, TickReply, decode_tick_reply, entry_trailer
+from progress_stream.contract.gateway import EntryResult, decode_tick_reply, entry_trailer
 from progress_stream.contract.replies import (
+    PER_FRAME,
     ErrorReply,
     Estimates,
     FramesReply,
@@ -26,6 +27,8 @@ from progress_stream.contract.replies import (
     SocketErrorReply,
     SocketReply,
     StreamRow,
+    per_frame,
+    stream_answers,
 )
 
 PROGRESS = np.array([0.5, 0.25, 1.0], np.float32)
@@ -58,7 +61,7 @@ BARE_FIELDS = {**FIELDS, "band": None, "remaining_band": None, "remaining_s": No
         (ProgressReply, ProgressReply.encode(BARE), BARE_FIELDS),
         (
             EntryResult,
-            orjson.dumps(TickReply.entry("cam-1", 7, FULL, 10), option=orjson.OPT_SERIALIZE_NUMPY),
+            orjson.dumps(stream_answers(["cam-1"], [7], FULL[None], [10])[0], option=orjson.OPT_SERIALIZE_NUMPY),
             {"stream_id": "cam-1", "seq": 7, **FIELDS, "next_seq": 10, "error": None},
         ),
         (
@@ -75,6 +78,21 @@ def test_encoders_write_their_model(model, encoded, expected):
     dumped = model.model_validate_json(encoded).model_dump()  # extra fields are forbidden
     np.testing.assert_equal(dumped, expected)
     assert set(expected) == set(model.model_fields)
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_blocks_answers_are_each_rows_own_with_every_per_frame_field_in_order(timed):
+    rows = Estimates.at(
+        np.stack([PROGRESS, PROGRESS[::-1]]),
+        np.stack([BAND, BAND[::-1]]),
+        np.stack([SEEN, SEEN + 5]),
+        np.array([[4.0], [2.0]], np.float32) if timed else None,
+    )
+    got = stream_answers(["cam-1", "cam-2"], [7, 30], rows, [10, 33])
+    assert [list(entry) for entry in got] == [["stream_id", "seq", *PER_FRAME, "next_seq"]] * 2
+    for entry, stream_id, seq, i in zip(got, ["cam-1", "cam-2"], [7, 30], [0, 1], strict=True):
+        np.testing.assert_equal(entry, {"stream_id": stream_id, "seq": seq, **per_frame(rows[i]), "next_seq": seq + 3})
+    assert (got[1]["remaining_s"] is None) is not timed
 
 
 def test_the_time_to_finish_is_the_cell_contracts_and_seconds_divide_it_by_the_rate():

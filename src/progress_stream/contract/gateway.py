@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from progress_stream.contract.binary import FLAG_RESET, pack_sections, read_sections, reply_flags, section_fields
-from progress_stream.contract.replies import DESCRIBE, ErrorBody, Estimates, Interval, per_frame
+from progress_stream.contract.replies import DESCRIBE, ErrorBody, Estimates, Interval
 from progress_stream.contract.wire import MAX_TICK_ENTRIES, STREAM_ID, Fps
 
 GATEWAY_SOCKET = "/v1/ws"
@@ -214,10 +214,6 @@ class TickReply(BaseModel):
 
     model_config = GATEWAY
     results: list[EntryResult]
-
-    @staticmethod
-    def entry(stream_id: str, seq: int, answers: Estimates, next_seq: int) -> dict[str, Any]:
-        return {"stream_id": stream_id, "seq": seq, **per_frame(answers), "next_seq": next_seq}
 
     @staticmethod
     def failed(stream_id: str | None, seq: int | None, error: dict[str, Any]) -> dict[str, Any]:

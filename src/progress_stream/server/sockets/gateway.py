@@ -36,7 +36,7 @@ from progress_stream.contract.gateway import (
     request_dtype,
     trailer_dtype,
 )
-from progress_stream.contract.replies import ErrorReply, Estimates
+from progress_stream.contract.replies import ErrorReply, Estimates, stream_answers
 from progress_stream.contract.wire import MAX_ABS_VALUE, MAX_SEQ, bad_input, check_values
 from progress_stream.engine.streams import NEXT_SEQ, Stream, Tenant
 from progress_stream.server.wiring import Services
@@ -163,8 +163,9 @@ class GatewaySocket:
         if block is not None:  # the usual tick: the engine takes it whole
             streams = block[0]
             results = await self.engine.tick_block(*block)
-            if isinstance(results, Estimates):
-                results = [results[i] for i in range(len(streams))]
+            if isinstance(results, Estimates):  # every entry answered at once
+                ids, seqs = [item[0] for item in parsed], block[1].tolist()
+                return {"results": stream_answers(ids, seqs, results, list(map(NEXT_SEQ, streams)))}
         else:
             entries = [await self.json_entry(item, lookup) for item in parsed]
             streams = [entry[0] if isinstance(entry, tuple) else None for entry in entries]
@@ -176,7 +177,7 @@ class GatewaySocket:
                 error = ErrorReply.of(self.answers.error(result).error)
                 out.append(TickReply.failed(stream_id, seq, error))
             else:
-                out.append(TickReply.entry(stream_id, seq, result, stream.next_seq))
+                out.extend(stream_answers([stream_id], [seq], result[None], [stream.next_seq]))
         return {"results": out}
 
     async def json_entry(self, item: tuple, lookup: Any) -> Entry:
