@@ -155,7 +155,7 @@ def chunk_digests(chunks: np.ndarray) -> np.ndarray:
     client can only confuse its own streams), and costs a fraction of a byte-wise hash per chunk of a
     gateway's tick."""
     words = chunks.reshape(len(chunks), -1).view("<u4")
-    return words @ keys_for(words.shape[1])
+    return np.einsum("ij,j->i", words, keys_for(words.shape[1]))  # a quarter cheaper than matmul's uint64 loop
 
 
 def keys_for(words: int) -> np.ndarray:
