@@ -242,6 +242,10 @@ class Engine:
             raise conflict
         return self.submit(stream, seq, frames, reset)
 
+    def fps_of(self, stream: Stream) -> float | None:
+        """The frame rate ``stream`` was opened with (None: none, its answers carry no seconds)."""
+        return self.table.fps_of(stream)
+
     def describe(self, stream: Stream) -> dict:
         return {
             "stream_id": stream.id,
@@ -249,7 +253,7 @@ class Engine:
             "processed_seq": stream.done_seq,
             "step": int(self.table.step[stream.slot]),
             "pending_frames": stream.next_seq - stream.done_seq,
-            "fps": self.table.fps_of(stream),
+            "fps": self.fps_of(stream),
             "created_at": stream.created_at,
             "idle_s": round(time.monotonic() - stream.last_seen, 3),
         }

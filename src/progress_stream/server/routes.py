@@ -123,7 +123,7 @@ async def created(engine: Engine, stream_id: str | None, tenant: Tenant, fps: fl
     reply = StreamCreated(
         stream_id=stream.id,
         next_seq=stream.next_seq,
-        fps=engine.table.fps_of(stream),
+        fps=engine.fps_of(stream),
         model=ModelSummary(**engine.model_summary()),
     )
     return json_response(reply, 201 if new else 200)
