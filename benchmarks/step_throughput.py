@@ -39,18 +39,20 @@ def rate(fn: Callable[[], None], frames: int, seconds: float) -> float:
     return n * frames / elapsed
 
 
+def step_inputs(runtime: CellRuntime, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step's inputs for ``batch`` rows of ``runtime``'s cell: embeddings, steps and hidden states."""
+    rng = np.random.default_rng(0)
+    return (
+        rng.standard_normal((batch, runtime.embedding_dim)).astype(np.float32),
+        rng.integers(0, 50, size=batch).astype(np.int64),
+        rng.standard_normal((batch, runtime.hidden_dim)).astype(np.float32),
+    )
+
+
 def cell_rates(args: argparse.Namespace, head: ProgressHead, threads: int) -> dict[int, tuple[float, float]]:
     """``{batch: (onnx fps, torch fps)}``; each engine is timed alone so idle thread pools don't interfere."""
     runtime = CellRuntime(args.model, providers="cpu", threads=threads)
-    rng = np.random.default_rng(0)
-    inputs = {
-        b: (
-            rng.standard_normal((b, runtime.embedding_dim)).astype(np.float32),
-            rng.integers(0, 50, size=b).astype(np.int64),
-            rng.standard_normal((b, runtime.hidden_dim)).astype(np.float32),
-        )
-        for b in args.batches
-    }
+    inputs = {b: step_inputs(runtime, b) for b in args.batches}
     onnx_fps = {b: rate(lambda a=a, r=runtime: r.step(*a), b, args.seconds) for b, a in inputs.items()}
     del runtime
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -88,31 +90,27 @@ def recipe_cell(config: Path, head: ProgressHead, folder: Path) -> Path:
     return folder / "compared.onnx"
 
 
-def cost_per_frame(model: Path, batch: int, seconds: float) -> float:
-    """µs of one thread per frame of ``model``'s cell at ``batch`` rows."""
-    runtime = CellRuntime(model, providers="cpu", threads=1)
-    rng = np.random.default_rng(0)
-    args = (
-        rng.standard_normal((batch, runtime.embedding_dim)).astype(np.float32),
-        rng.integers(0, 50, size=batch).astype(np.int64),
-        rng.standard_normal((batch, runtime.hidden_dim)).astype(np.float32),
-    )
-    return 1e6 / rate(lambda: runtime.step(*args), batch, seconds)
+def cost_per_frame(runtime: CellRuntime, batch: int, seconds: float) -> float:
+    """µs of one thread per frame of ``runtime``'s cell at ``batch`` rows."""
+    inputs = step_inputs(runtime, batch)
+    return 1e6 / rate(lambda: runtime.step(*inputs), batch, seconds)
 
 
 def compare_cells(args: argparse.Namespace, head: ProgressHead) -> None:
-    """This cell's cost per frame against the compared recipe's, interleaved and repeated (medians)."""
+    """This cell's cost per frame against the compared recipe's, interleaved and repeated (medians); each cell's
+    session is made once, on one thread."""
     with tempfile.TemporaryDirectory() as folder:
         other = recipe_cell(args.compare_config, head, Path(folder))
+        mine, theirs = (CellRuntime(model, providers="cpu", threads=1) for model in (args.model, other))
         print(f"\n# Cost per frame, 1 thread: this cell vs {args.compare_config} (median of {args.repeats})\n")
         print(f"| batch | this cell µs/frame | {args.compare_config} µs/frame | this ÷ compared |")
         print("|---|---|---|---|")
         for batch in args.compare_batches:
-            mine, theirs = [], []
-            for _ in range(args.repeats):
-                mine.append(cost_per_frame(args.model, batch, args.seconds))
-                theirs.append(cost_per_frame(other, batch, args.seconds))
-            a, b = float(np.median(mine)), float(np.median(theirs))
+            costs = [
+                (cost_per_frame(mine, batch, args.seconds), cost_per_frame(theirs, batch, args.seconds))
+                for _ in range(args.repeats)
+            ]
+            a, b = np.median(costs, axis=0).tolist()
             print(f"| {batch} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
 
 
