@@ -16,29 +16,22 @@ import numpy as np
 import torch
 
 from progress_stream.training.data import Dataset, ground_truth
+from progress_stream.training.evaluate import predict_causal
 from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS, ProgressHead
-from progress_stream.training.sampling import pad
 
 #: A bin with fewer validation frames than this takes the offset of all frames together.
 MIN_BIN_FRAMES = 50
 
 
-@torch.no_grad()
-def band_scores(model: ProgressHead, data: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def band_scores(model: ProgressHead, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Every frame's conformity score (the least offset whose band holds the truth) and its frames-seen count."""
-    model.eval()
-    device = next(model.parameters()).device
-    scores, seen = [], []
-    for start in range(0, len(data.features), batch_size):
-        feats = data.features[start : start + batch_size]
-        x, lengths = pad(feats)
-        progress, quantiles = (t.cpu().numpy() for t in model.answer(x.to(device), lengths.to(device)))
-        for row, n in enumerate(lengths.tolist()):
-            p, q, y = progress[row, :n], quantiles[row, :n], ground_truth(n)
-            # the band is [min(lo − c, p), max(hi + c, p)]: below p it needs lo − c ≤ y, above it y ≤ hi + c
-            scores.append(np.where(y < p, q[:, 0] - y, np.where(y > p, y - q[:, 1], -np.inf)))
-            seen.append(np.arange(1, n + 1))
-    return np.concatenate(scores), np.concatenate(seen)
+    answers = predict_causal(model, data, raw=True)
+    scores = []
+    for p, q, n in zip(answers.progress, answers.band, data.lengths.tolist(), strict=True):
+        y = ground_truth(n)
+        # the band is [min(lo − c, p), max(hi + c, p)]: below p it needs lo − c ≤ y, above it y ≤ hi + c
+        scores.append(np.where(y < p, q[:, 0] - y, np.where(y > p, y - q[:, 1], -np.inf)))
+    return np.concatenate(scores), np.concatenate([np.arange(1, n + 1) for n in data.lengths.tolist()])
 
 
 def conformal_offset(scores: np.ndarray, coverage: float) -> float:

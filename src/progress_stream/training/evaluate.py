@@ -30,12 +30,15 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256) -> Predictions:
-    """Progress and band at every frame of every action, using only frames from the action's start to it.
+def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256, raw: bool = False) -> Predictions:
+    """Progress and band at every frame of every action, using only frames from the action's start to it
+    (``raw``: the quantiles before calibration's offset in place of the band, what calibration scores).
 
     A streamable (or position-free) head is causal in one pass; the ``relative`` head's feature
     depends on the prefix length, so each prefix is recomputed, as its design implies.
     """
+    if raw and not model.streamable:
+        raise ValueError("raw quantiles are read in one pass, from a streamable head only")
     model.eval()
     device = next(model.parameters()).device
     preds = Predictions(
@@ -46,7 +49,9 @@ def predict_causal(model: ProgressHead, data: Dataset, batch_size: int = 256) ->
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             x, lengths = pad([data.features[i] for i in idx])
-            progress, band = (t.cpu().numpy() for t in model(x.to(device), lengths.to(device), dense=True))
+            x, lengths = x.to(device), lengths.to(device)
+            outputs = model.answer(x, lengths) if raw else model(x, lengths, dense=True)
+            progress, band = (t.cpu().numpy() for t in outputs)
             for row, i in enumerate(idx):
                 preds.progress[i] = progress[row, : lengths[row]]
                 preds.band[i] = band[row, : lengths[row]]
