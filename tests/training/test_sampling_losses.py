@@ -42,6 +42,18 @@ def test_loss_averages_per_sequence_and_ignores_padding():
     assert progress_loss(pred, gt, mask, kind="l2").item() == pytest.approx(((0.25 + 1) / 2 + 0.25 / 3) / 2)
 
 
+def test_a_teachers_progress_is_weighted_by_the_true_progress_of_its_frames():
+    pred = torch.tensor([[0.0, 0.0]])
+    taught, truth = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.5, 1.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    # weights 2 and 1 (the truth's, not the teacher's 1 and 1) over errors 1 and 1
+    assert progress_loss(pred, taught, mask, weighted=True, truth=truth).item() == pytest.approx(1.0)
+    assert progress_loss(pred, taught, mask, weighted=True, truth=truth, kind="l2").item() == pytest.approx(1.0)
+    pred = torch.tensor([[0.0, 1.0]])  # error only where the truth weighs 2: (2·1 + 1·0) / 3
+    assert progress_loss(pred, taught, mask, weighted=True, truth=truth).item() == pytest.approx(2 / 3)
+    assert progress_loss(pred, taught, mask, weighted=True).item() == pytest.approx(1 / 2)
+
+
 def test_edge_masks_take_the_first_and_last_tenth_at_least_one_frame():
     mask = torch.arange(12).unsqueeze(0) < torch.tensor([[12], [3]])
     start, end = edge_masks(mask)

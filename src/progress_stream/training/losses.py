@@ -39,17 +39,19 @@ def progress_loss(
     weighted: bool = False,
     cap: float = 10.0,
     edge: float = 0.0,
+    truth: Tensor | None = None,
 ) -> Tensor:
     """Mean over sequences of each sequence's (weighted) mean error over its ``mask``ed frames.
 
     ``kind`` is ``l1`` (``|pred − gt|``) or ``l2`` (``(pred − gt)²``). Works for dense ``(B, T)``
     outputs and for one target per sequence ``(B, 1)`` alike; averaging per sequence first makes every
     action count once, as the per-action OGPE does. ``edge`` > 0 adds ``edge`` × (mean error over
-    the start frames + mean error over the end frames) per sequence.
+    the start frames + mean error over the end frames) per sequence. ``weighted`` weighs each frame by its
+    true progress, ``truth`` where ``gt`` is not the truth (a teacher's progress) and ``gt`` otherwise.
     """
     w = mask.to(pred.dtype)
     if weighted:
-        w = w * progress_weights(gt, cap)
+        w = w * progress_weights(gt if truth is None else truth, cap)
     err = (pred - gt).abs() if kind == "l1" else (pred - gt) ** 2
     per_seq = _per_sequence_mean(err, w)
     if edge > 0:

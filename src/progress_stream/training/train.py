@@ -122,7 +122,9 @@ def _loss(
     per_member = [progress_loss(p, target, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge) for p in pred]
     loss = torch.stack(per_member).mean()
     if taught is not None:
-        distilled = torch.stack([progress_loss(p, taught, mask, cfg.loss, edge=edge) for p in pred]).mean()
+        distilled = torch.stack(
+            [progress_loss(p, taught, mask, cfg.loss, cfg.weighted_loss, cfg.weight_cap, edge, target) for p in pred]
+        ).mean()
         loss = (1.0 - cfg.distill_weight) * loss + cfg.distill_weight * distilled
     if cfg.band_weight > 0:
         tails = (1.0 - cfg.coverage) / 2.0
