@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from progress_stream.contract.errors import ERRORS, Action
 from progress_stream.contract.replies import Estimates
@@ -72,7 +73,14 @@ def resend_plan(log: ReplayLog, chunk: Chunk, expected_seq: int) -> list[Chunk]:
 
 
 def frames_json(chunk: Chunk) -> dict:
-    return {"seq": chunk.seq, "embeddings": np.asarray(chunk.frames, np.float32).tolist(), "reset": chunk.reset}
+    """A chunk's JSON fields, its embeddings a float32 array (for :func:`json_bytes`)."""
+    return {"seq": chunk.seq, "embeddings": np.ascontiguousarray(chunk.frames, np.float32), "reset": chunk.reset}
+
+
+def json_bytes(body: Any) -> bytes:
+    """``body`` as JSON, a float32 array's values each in the shortest form that reads back as the same float32:
+    about half the bytes (and the server's parsing) of the same values as Python floats."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def stitch(chunk: Chunk, sent: list[Chunk], results: list[Estimates]) -> Estimates:

@@ -25,6 +25,7 @@ from progress_stream.client.core import (
     error_outcome,
     exchange,
     frames_json,
+    json_bytes,
     waited,
 )
 from progress_stream.client.http import ServerError, auth_headers
@@ -114,7 +115,7 @@ class _Gateway:
     def _encode(self, entries: Entries) -> bytes | str:
         if self.binary:
             return encode_entries([(self.handles[sid], c.seq, c.frames, c.reset) for sid, c in entries])
-        return orjson.dumps({"frames": [{"stream_id": sid, **frames_json(c)} for sid, c in entries]}).decode()
+        return json_bytes({"frames": [{"stream_id": sid, **frames_json(c)} for sid, c in entries]}).decode()
 
     @staticmethod
     def _decode(reply: bytes | str) -> list[Outcome]:

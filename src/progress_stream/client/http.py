@@ -16,6 +16,7 @@ from progress_stream.client.core import (
     error_outcome,
     exchange,
     frames_json,
+    json_bytes,
 )
 from progress_stream.contract.replies import Estimates
 
@@ -32,6 +33,11 @@ class ServerError(RuntimeError):
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def frames_body(chunk: Chunk) -> dict[str, Any]:
+    """A frames POST's body (JSON, see :func:`json_bytes`) and its content type, as ``httpx`` arguments."""
+    return {"content": json_bytes(frames_json(chunk)), "headers": {"content-type": "application/json"}}
 
 
 def response_body(response: httpx.Response) -> Any:
@@ -102,7 +108,7 @@ class StreamSession(_Session):
 
     def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            return outcome(self.http.post(self._path(), json=frames_json(chunk)))
+            return outcome(self.http.post(self._path(), **frames_body(chunk)))
         except httpx.TransportError:
             return "wait", RETRY_DELAY
 
@@ -132,7 +138,7 @@ class AsyncStreamSession(_Session):
 
     async def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            return outcome(await self.http.post(self._path(), json=frames_json(chunk)))
+            return outcome(await self.http.post(self._path(), **frames_body(chunk)))
         except httpx.TransportError:
             return "wait", RETRY_DELAY
 

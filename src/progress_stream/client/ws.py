@@ -25,6 +25,7 @@ from progress_stream.client.core import (
     error_outcome,
     exchange,
     frames_json,
+    json_bytes,
 )
 from progress_stream.client.http import PROXY_GATEWAY_ERRORS, ServerError, auth_headers
 from progress_stream.contract.binary import binary_request, parse_binary_reply
@@ -34,7 +35,7 @@ from progress_stream.contract.replies import Estimates
 def encode(chunk: Chunk, binary: bool) -> bytes | str:
     if binary:
         return binary_request(chunk.seq, chunk.frames, chunk.reset)
-    return orjson.dumps(frames_json(chunk)).decode()
+    return json_bytes(frames_json(chunk)).decode()
 
 
 def decode(message: bytes | str) -> Outcome:

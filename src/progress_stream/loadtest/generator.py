@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 from picows import WSCloseCode, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
+from progress_stream.client.core import json_bytes
 from progress_stream.contract.binary import REPLY_HEADER, REQUEST_HEADER
 from progress_stream.contract.gateway import (
     GATEWAY_SOCKET,
@@ -184,7 +185,7 @@ class _Driver:
     def __init__(self, spec: LoadSpec, stats: _Stats, measure_from: float, until: float, x: np.ndarray):
         self.spec, self.stats, self.measure_from, self.until = spec, stats, measure_from, until
         self.k = spec.frames_per_message
-        self.body = x.tobytes() if spec.binary else json.dumps(x.tolist())
+        self.body = x.tobytes() if spec.binary else json_bytes(x).decode()  # as the client writes it
         self.interval = self.k / spec.fps if spec.fps else 0.0
 
     def payload(self, seq: int) -> str:
