@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from websockets.asyncio.client import connect
 
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
 from progress_stream.engine.durability.store import (
@@ -330,6 +331,38 @@ def test_7_a_socket_opened_with_the_pages_subprotocol_belongs_to_its_key(tenants
     assert httpx.get(f"{url}/v1/streams/alice-socket", headers=as_("alice")).status_code == 200
     assert httpx.get(f"{url}/v1/streams/alice-socket", headers=as_("bob")).status_code == 404
     assert handshake(tenants, "/v1/streams/alice-socket/ws", {"Sec-WebSocket-Protocol": bearer})[0] == 101
+
+
+def test_7_a_key_holds_at_most_its_quota_of_streams_and_the_others_are_unaffected(plane, tiny_model, tmp_path):
+    """PROGRESS_MAX_STREAMS_PER_KEY: one key cannot fill the table for the others."""
+    with ServerProcess(tiny_model, tmp_path / "log", ws_plane=plane, max_streams_per_key=2, **TENANTS) as srv:
+        url = srv.url
+        assert [httpx.put(f"{url}/v1/streams/a-{i}", headers=as_("alice")).status_code for i in (1, 2)] == [201] * 2
+        refused = [
+            httpx.put(f"{url}/v1/streams/a-3", headers=as_("alice")),
+            httpx.post(f"{url}/v1/streams", headers=as_("alice"), json={}),
+        ]
+        for res in refused:
+            assert res.status_code == 429 and res.headers["retry-after"] == "5"
+            assert res.json()["error"]["code"] == "stream_quota"
+        status, body = handshake(srv, "/v1/streams/a-3/ws", as_("alice"))
+        assert status == 429 and body["error"]["code"] == "stream_quota"
+
+        async def attach() -> list[dict]:
+            headers = {**as_("alice"), "Origin": url}
+            async with connect(f"ws://127.0.0.1:{srv.port}/v1/ws", additional_headers=headers) as sock:
+                await sock.send(orjson.dumps({"attach": ["a-1", "a-4"]}).decode())
+                return orjson.loads(await sock.recv())["attached"]
+
+        reopened, over = asyncio.run(attach())
+        assert reopened["stream_id"] == "a-1" and reopened["next_seq"] == 0
+        assert over["stream_id"] == "a-4" and over["error"]["code"] == "stream_quota"
+        assert httpx.put(f"{url}/v1/streams/a-1", headers=as_("alice")).status_code == 200  # its own: reopened
+        assert sorted(listed(url, "alice")) == ["a-1", "a-2"]
+        assert httpx.put(f"{url}/v1/streams/b-1", headers=as_("bob")).status_code == 201
+        assert [httpx.post(f"{url}/v1/streams", headers=as_("admin")).status_code for _ in range(3)] == [201] * 3
+        assert httpx.delete(f"{url}/v1/streams/a-2", headers=as_("alice")).status_code == 204
+        assert httpx.put(f"{url}/v1/streams/a-3", headers=as_("alice")).status_code == 201
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,13 @@ ERRORS: dict[str, ErrorSpec] = {
     "protocol_violation": ErrorSpec(400, Action.FIX, "a WebSocket message breaks the framing", POLICY_VIOLATION),
     "inference_failed": ErrorSpec(500, Action.RESUME, "the model call failed; the frames were not processed"),
     "too_many_streams": ErrorSpec(503, Action.WAIT, "the server holds max_streams streams", TRY_AGAIN_LATER, 5),
+    "stream_quota": ErrorSpec(
+        429,
+        Action.WAIT,
+        "this API key holds max_streams_per_key streams: delete some, or wait for idle ones to expire",
+        TRY_AGAIN_LATER,
+        5,
+    ),
     "overloaded": ErrorSpec(503, Action.WAIT, "too many frames wait for inference", TRY_AGAIN_LATER, 1),
     "shutting_down": ErrorSpec(503, Action.RECONNECT, "the server is stopping", SERVICE_RESTART, 1),
     "too_many_connections": ErrorSpec(
@@ -229,6 +236,10 @@ class Overloaded(EngineError):
 
 class TooManyStreams(EngineError):
     code = "too_many_streams"
+
+
+class StreamQuota(EngineError):
+    code = "stream_quota"
 
 
 class ShuttingDown(EngineError):

@@ -74,6 +74,7 @@ ERROR_CODES: tuple[str, ...] = (
     "internal_error",
     "wrong_host",
     "stream_id_taken",
+    "stream_quota",
 )
 #: The most streams one connection attaches.
 MAX_ATTACHED = MAX_TICK_ENTRIES

@@ -26,6 +26,7 @@ from progress_stream.contract.errors import (
     ShuttingDown,
     StreamIdTaken,
     StreamNotFound,
+    StreamQuota,
 )
 from progress_stream.contract.replies import Estimates
 from progress_stream.engine.batcher import Batcher
@@ -62,6 +63,7 @@ class EngineConfig:
     """
 
     max_streams: int = 10_000
+    max_streams_per_key: int | None = None  # None: only max_streams bounds one key's streams
     idle_ttl_s: float = 600.0
     max_batch: int = 1024
     max_wait_us: int = 200
@@ -184,6 +186,9 @@ class Engine:
                 raise taken(stream_id)
             self.reopened(stream, fps)
             return stream, False
+        quota = self.config.max_streams_per_key
+        if quota is not None and not tenant.admin and self.table.owned[tenant.name] >= quota:
+            raise StreamQuota(f"this API key holds its maximum of {quota} streams; delete one or retry later")
         return self.table.create(stream_id or secrets.token_hex(16), owner=tenant.name, fps=fps), True
 
     def reopened(self, stream: Stream, fps: float | None) -> None:

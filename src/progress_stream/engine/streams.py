@@ -12,7 +12,7 @@ import functools
 import hashlib
 import operator
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,7 @@ class StreamTable:
         self.chunk_shape = np.zeros((capacity, window), np.int32)
         self.chunk_digest = np.zeros((capacity, window), np.uint64)
         self.streams: dict[str, Stream] = {}
+        self.owned: Counter[str] = Counter()  # streams held per owner (a key's name), for its quota
         self.queued_frames = 0  # accepted frames not yet processed, over every stream
         self._free = list(range(capacity - 1, -1, -1))
 
@@ -209,6 +210,7 @@ class StreamTable:
         self.chunk_seq[slot] = 0
         stream = Stream(stream_id, slot, owner, durable=durable)
         self.streams[stream_id] = stream
+        self.owned[owner] += 1
         return stream
 
     def fps_of(self, stream: Stream) -> float | None:
@@ -227,7 +229,8 @@ class StreamTable:
 
     def remove(self, stream: Stream) -> None:
         """Forget ``stream``; its waiting chunks fail, its slot is freed once no batch holds it."""
-        self.streams.pop(stream.id, None)
+        if self.streams.pop(stream.id, None) is stream:
+            self.owned[stream.owner] -= 1
         self.queued_frames -= stream.queued  # frames in a running batch are counted off when it completes
         for chunk in stream.pending:
             if not chunk.future.done():

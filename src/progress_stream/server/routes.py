@@ -114,7 +114,7 @@ v1_router = APIRouter(prefix="/v1", responses=error_responses(*EDGE_ERRORS), tag
 CREATED = {
     201: {"model": StreamCreated, "description": "created"},
     200: {"model": StreamCreated, "description": "the stream already exists: its state"},
-    **error_responses("invalid_input", "stream_id_taken", "too_many_streams", *STORE_ERRORS),
+    **error_responses("invalid_input", "stream_id_taken", "too_many_streams", "stream_quota", *STORE_ERRORS),
 }
 
 

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_streams: int = Field(ENGINE.max_streams, ge=1, description="streams held at once; creating more answers 503")
+    max_streams_per_key: int | None = Field(
+        ENGINE.max_streams_per_key,
+        ge=1,
+        description="streams one API key holds at once (the admin key aside); creating more answers 429 "
+        "stream_quota. Unset: only max_streams bounds them",
+    )
     idle_ttl_s: float = Field(ENGINE.idle_ttl_s, gt=0, description="a stream idle this long is evicted")
     max_batch: int = Field(ENGINE.max_batch, ge=1, description="most streams (one frame each) per inference call")
     max_wait_us: int = Field(
