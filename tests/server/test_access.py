@@ -21,6 +21,8 @@ import redis
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 
+from progress_stream.client import SyncGateway
+from progress_stream.client.http import ServerError
 from progress_stream.contract.wire import STREAM_ID_RULE, bearer_subprotocol
 from progress_stream.engine.durability.store import (
     BAD_KEY,
@@ -357,6 +359,9 @@ def test_7_a_key_holds_at_most_its_quota_of_streams_and_the_others_are_unaffecte
         reopened, over = asyncio.run(attach())
         assert reopened["stream_id"] == "a-1" and reopened["next_seq"] == 0
         assert over["stream_id"] == "a-4" and over["error"]["code"] == "stream_quota"
+        with SyncGateway(url.replace("http", "ws"), api_key=KEYS["alice"]) as gw, pytest.raises(ServerError) as exc:
+            gw.attach("a-4")
+        assert exc.value.status == 429 and exc.value.body["error"]["code"] == "stream_quota"
         assert httpx.put(f"{url}/v1/streams/a-1", headers=as_("alice")).status_code == 200  # its own: reopened
         assert sorted(listed(url, "alice")) == ["a-1", "a-2"]
         assert httpx.put(f"{url}/v1/streams/b-1", headers=as_("bob")).status_code == 201

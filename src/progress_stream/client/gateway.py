@@ -69,7 +69,7 @@ def entry_outcome(error: dict | None, expected_seq: int | None, answers: Estimat
         error = {**error, "expected_seq": expected_seq}
     action = error_outcome({"error": error})
     if action is None:
-        raise ServerError(400, {"error": error})
+        raise ServerError.of({"error": error})
     return action
 
 
@@ -101,7 +101,7 @@ class _Gateway:
         out = {}
         for entry in orjson.loads(reply)["attached"]:
             if "error" in entry:
-                raise ServerError(400, entry)
+                raise ServerError.of(entry)
             sid = entry["stream_id"]
             if fps is not None:
                 self.rates[sid] = fps
@@ -126,7 +126,7 @@ class _Gateway:
             ]
         body = orjson.loads(reply)
         if "results" not in body:
-            raise ServerError(400, body)
+            raise ServerError.of(body)
         return [
             entry_outcome(r.get("error"), r.get("next_seq"), None if "error" in r else Estimates.read(r))
             for r in body["results"]

@@ -18,6 +18,7 @@ from progress_stream.client.core import (
     frames_json,
     json_bytes,
 )
+from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.replies import Estimates
 
 #: A proxy's own answers when its upstream replica failed (not the service's error JSON).
@@ -29,6 +30,14 @@ class ServerError(RuntimeError):
         super().__init__(f"HTTP {status}: {body}")
         self.status = status
         self.body = body
+
+    @classmethod
+    def of(cls, body: Any) -> ServerError:
+        """An error answered in a WebSocket message (no HTTP status of its own): the status its code has in the
+        error table (400 for a body without a known code)."""
+        error = body.get("error") if isinstance(body, dict) else None
+        spec = ERRORS.get(error.get("code")) if isinstance(error, dict) else None
+        return cls(400 if spec is None else spec.status, body)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

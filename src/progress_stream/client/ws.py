@@ -46,7 +46,7 @@ def decode(message: bytes | str) -> Outcome:
         return "ok", Estimates.read(body)
     action = error_outcome(body)
     if action is None:
-        raise ServerError(400, body)
+        raise ServerError.of(body)
     return action
 
 
