@@ -93,3 +93,74 @@ def test_a_tick_of_idle_streams_is_one_block_and_any_other_goes_entry_by_entry(r
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_an_entry_sent_twice_in_one_tick_is_answered_twice(runtime):
+    """A retry inside its own message (a client that repeats an entry) follows that entry, not the whole tick."""
+
+    async def main():
+        engine = Engine(runtime, EngineConfig(max_wait_us=0))
+        await engine.start()
+        rng = np.random.default_rng(5)
+        a, _ = engine.create("twice")
+        x, y = frames(rng, 2), frames(rng, 2)
+        same = await asyncio.wait_for(
+            engine.tick_block([a, a], np.zeros(2, np.int64), np.stack([x, x]), np.zeros(2, bool)), 5
+        )
+        np.testing.assert_array_equal(same[0].progress, same[1].progress)
+        np.testing.assert_allclose(same[0].progress, offline(runtime, x), atol=1e-5)
+        other = await asyncio.wait_for(engine.tick([(a, 2, x, False), (a, 2, y, False)]), 5)
+        assert isinstance(other[0], Estimates) and isinstance(other[1], SeqConflict)
+        assert a.next_seq == 4
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_a_retry_after_its_message_was_cancelled_gets_its_chunks_answers(runtime):
+    async def main():
+        engine = Engine(runtime, EngineConfig(max_wait_us=0))
+        await engine.start()
+        rng = np.random.default_rng(6)
+        streams = [engine.create(f"c{i}")[0] for i in range(2)]
+        x = [frames(rng, 3) for _ in streams]
+        async with engine.batcher.cycle_lock:  # no batch runs until the retry is in
+            message = asyncio.ensure_future(engine.tick([(s, 0, xi, False) for s, xi in zip(streams, x, strict=True)]))
+            await asyncio.sleep(0)  # accepted, not answered
+            message.cancel()
+            await asyncio.sleep(0.01)
+            assert message.cancelled() and streams[1].pending
+            retry = engine.submit(streams[1], 0, x[1])
+        retried = await asyncio.wait_for(retry, 5)
+        np.testing.assert_allclose(retried.progress, offline(runtime, x[1]), atol=1e-5)
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def odd_frames(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_normal((n, 4)).astype(np.float32)
+
+
+def test_a_chunk_refused_by_a_failed_call_is_not_answered_from_frames_processed_in_its_place(tmp_path):
+    """After a failed call the client resends from done_seq, here other frames in another chunking: a late retry
+    of a refused chunk is a conflict, never the answers of the frames processed where it would have been."""
+
+    async def main():
+        engine = Engine(odd_cell(tmp_path / "odd.onnx"), EngineConfig(max_wait_us=0, retained_window=256))
+        await engine.start()
+        rng = np.random.default_rng(7)
+        a, _ = engine.create("a")
+        refused = odd_frames(rng, 3)
+        first, second = engine.submit(a, 0, odd_frames(rng, 1)), engine.submit(a, 1, refused)  # a batch of 1 fails
+        for future in (first, second):
+            with pytest.raises(InferenceFailed):
+                await future
+        others = [engine.create(sid)[0] for sid in ("b", "c")]
+        resent = [engine.submit(s, 0, odd_frames(rng, 4)) for s in (a, *others)]  # batches of 3 run
+        await asyncio.gather(*resent)
+        with pytest.raises(SeqConflict):
+            await engine.submit(a, 1, refused)
+        await engine.stop()
+
+    asyncio.run(main())

@@ -350,7 +350,7 @@ class Engine:
                 self._offer_part(tick, i, entry)
             except ServiceError as exc:
                 tick.settle(i, exc)
-        return await tick.future
+        return await asyncio.shield(tick.future)  # a cancelled caller leaves its entries to their retries
 
     async def tick_block(
         self, streams: list[Stream], seqs: np.ndarray, frames: np.ndarray, resets: np.ndarray

@@ -415,6 +415,8 @@ class StreamTable:
         for stream in batch.streams:
             if not stream.closed:  # a removed one's waiting chunks were refused and counted off then
                 self.queued_frames -= stream.queued
+                slot = stream.slot
+                self.unprocessed_records(stream, self.chunk_seq[slot], self.chunk_shape[slot], self.chunk_digest[slot])
             stream.in_cycle = 0
             stream.block = None
             if stream.closed:
@@ -450,12 +452,25 @@ class StreamTable:
         is recorded as its processed head, so a client's resend of that head still matches after a restore."""
         rows = {name: getattr(self, name)[np.array([s.slot for s in streams], np.int64)] for name in SLOT_ARRAYS}
         for row, stream in enumerate(streams):
-            if stream.pending and stream.pending[0].pos:
-                head = stream.pending[0]
-                pos = head.seq % self.window
-                rows["chunk_shape"][row, pos] = 2 * head.pos + head.reset
-                rows["chunk_digest"][row, pos] = chunk_digest(head.frames[: head.pos])
+            if stream.pending or stream.block is not None:
+                records = rows["chunk_seq"][row], rows["chunk_shape"][row], rows["chunk_digest"][row]
+                self.unprocessed_records(stream, *records)
         return rows
+
+    def unprocessed_records(self, stream: Stream, seqs: np.ndarray, shapes: np.ndarray, digests: np.ndarray) -> None:
+        """Rewrite ``stream``'s chunk records (its rows of ``chunk_seq``, ``chunk_shape``, ``chunk_digest``) as they
+        read once it goes back to ``done_seq`` (a failed model call, a restore): a chunk partly processed as its
+        processed head, which a client's resend of that head then matches; a chunk or block row not processed at
+        all as never accepted, so that a retry of it cannot match once other frames are processed there."""
+        for chunk in stream.pending:
+            pos = chunk.seq % self.window
+            if chunk.pos:
+                shapes[pos] = 2 * chunk.pos + chunk.reset
+                digests[pos] = chunk_digest(chunk.frames[: chunk.pos])
+            else:
+                seqs[pos] = 0
+        if stream.block is not None:  # its row starts at done_seq: the stream was idle when the block came
+            seqs[stream.done_seq % self.window] = 0
 
     @staticmethod
     def layout(hidden_dim: int, window: int) -> dict[str, tuple[np.dtype, int]]:

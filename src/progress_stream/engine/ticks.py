@@ -12,6 +12,7 @@ one :class:`Block`, accepted, batched and answered as arrays over its rows, with
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,33 +42,49 @@ class Tick:
             self.future.set_result(self.results)
 
     def follow(self, index: int, waiter: asyncio.Future | Part) -> None:
-        """Answer entry ``index`` with what another message's pending chunk gets (a retry of it)."""
+        """Answer entry ``index`` with what a pending chunk gets (a retry of it: from another message, or an
+        earlier entry of this one)."""
         if isinstance(waiter, Part):
-            waiter.tick.future.add_done_callback(lambda _: self.settle(index, waiter.tick.results[waiter.index]))
+            waiter.follow(lambda value: self.settle(index, value))
             return
         waiter.add_done_callback(lambda f: self.settle(index, f.exception() or f.result()))
 
 
 class Part:
-    """One entry of a tick, as the stream table sees it: it is completed like a future."""
+    """One entry of a tick, as the stream table sees it: it is completed like a future. A retry of its chunk
+    follows the entry itself, not its whole tick (which may be the retry's own: an entry sent twice)."""
 
-    __slots__ = ("index", "settled", "tick")
+    __slots__ = ("followers", "index", "settled", "tick")
 
     def __init__(self, tick: Tick, index: int):
         self.tick = tick
         self.index = index
         self.settled = False
+        self.followers: list[Callable[[Any], None]] | None = None
 
     def done(self) -> bool:
         return self.settled
 
     def set_result(self, result: Estimates) -> None:
-        self.settled = True
-        self.tick.settle(self.index, result)
+        self._settle(result)
 
     def set_exception(self, exc: BaseException) -> None:
+        self._settle(exc)
+
+    def _settle(self, value: Estimates | BaseException) -> None:
         self.settled = True
-        self.tick.settle(self.index, exc)
+        self.tick.settle(self.index, value)
+        for follower in self.followers or ():
+            follower(value)
+
+    def follow(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback`` with this entry's answer, now if it has one."""
+        if self.settled:
+            callback(self.tick.results[self.index])
+        elif self.followers is None:
+            self.followers = [callback]
+        else:
+            self.followers.append(callback)
 
 
 class Block:
