@@ -1,9 +1,23 @@
+import socket
+import threading
+
 import numpy as np
 import orjson
 import pytest
 
-from progress_stream.client.core import Chunk, ReplayLog, SeqError, exchange, frames_json, json_bytes, resend_plan
+from progress_stream.client.core import (
+    RETRY_DELAY,
+    Chunk,
+    ReplayLog,
+    SeqError,
+    SessionState,
+    exchange,
+    frames_json,
+    json_bytes,
+    resend_plan,
+)
 from progress_stream.client.http import ServerError
+from progress_stream.client.ws import SyncWsStreamSession, _WsSession
 from progress_stream.contract.replies import Estimates
 
 
@@ -102,3 +116,26 @@ def test_a_json_chunk_reads_back_as_the_same_float32_in_about_half_the_bytes_of_
         back = np.array(message["embeddings"], np.float32)
         assert back.view(np.uint32).tolist() == frames.view(np.uint32).tolist()
     assert len(body) < 0.7 * len(orjson.dumps(frames.tolist()))
+
+
+def test_a_chunk_is_a_copy_of_two_dimensional_frames():
+    state = SessionState("cam", 16)
+    buffer = np.ones((2, 4), np.float32)
+    chunk = state.new_chunk(buffer, False)
+    buffer[:] = 7.0  # a capture loop refills its buffer: what was sent, and is replayed, stays as it was
+    assert (chunk.frames == 1.0).all() and (state.log.between(0, 2)[0].frames == 1.0).all()
+    with pytest.raises(ValueError, match="x\\[None\\]"):
+        state.new_chunk(np.ones(4, np.float32), False)
+    assert state.next_seq == 2
+
+
+def test_a_handshake_the_peer_closes_unanswered_is_a_drop_to_retry_not_an_error():
+    """A server that is stopping (or a TCP balancer without a backend) accepts and closes at once."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        closer = threading.Thread(target=lambda: [listener.accept()[0].close() for _ in range(1)], daemon=True)
+        closer.start()
+        session = SyncWsStreamSession.__new__(SyncWsStreamSession)  # not connected yet: the reconnect path
+        _WsSession.__init__(session, f"ws://127.0.0.1:{port}", stream_id="cam")
+        assert session._transact(Chunk(0, np.ones((1, 4), np.float32))) == ("wait", RETRY_DELAY)
+        closer.join(5)

@@ -142,7 +142,12 @@ class SessionState:
         self.log = ReplayLog(history)
 
     def new_chunk(self, embeddings: Any, reset: bool) -> Chunk:
-        chunk = Chunk(self.next_seq, np.asarray(embeddings, np.float32), reset)
+        """The next chunk, ``embeddings`` ``(frames, dim)`` copied: the replay log must keep what was sent, and
+        a capture loop may refill its buffer for the next frame."""
+        frames = np.array(embeddings, np.float32, order="C")
+        if frames.ndim != 2:
+            raise ValueError(f"embeddings must be (frames, dim), not of shape {frames.shape}: one frame is x[None]")
+        chunk = Chunk(self.next_seq, frames, reset)
         self.log.record(chunk)
         self.next_seq = chunk.end
         return chunk

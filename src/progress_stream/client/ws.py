@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
@@ -55,8 +55,9 @@ def dropped(exc: Exception) -> Outcome:
     return refused(exc) if isinstance(exc, InvalidStatus) else ("wait", RETRY_DELAY)
 
 
-#: What ends a connection without ending the session (:func:`dropped` says what to do next).
-DROPPED = (InvalidStatus, ConnectionClosed, OSError, TimeoutError)
+#: What ends a connection without ending the session (:func:`dropped` says what to do next): a refused
+#: handshake, a handshake the peer closed without answering (a server stopping, a TCP balancer), a drop.
+DROPPED = (InvalidStatus, InvalidMessage, ConnectionClosed, OSError, TimeoutError)
 
 
 def refused(exc: InvalidStatus) -> Outcome:
