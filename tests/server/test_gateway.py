@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from progress_stream.client import Gateway, SyncGateway
+from progress_stream.client import Gateway, SyncGateway, TickError
 from progress_stream.contract.gateway import decode_tick_reply, encode_entries, encode_tick
 from progress_stream.server.process import RedisProcess, ServerProcess
 from tests.conftest import DIM, frames, offline
@@ -222,3 +222,41 @@ def test_a_gateway_attaches_only_its_own_keys_streams(tiny_model, tmp_path, runt
     assert attached[1]["handle"] == 0 and attached[1]["next_seq"] == 0
     assert stolen.json()["results"][0]["error"]["code"] == "stream_not_found"
     assert mine["next_seq"] == 1  # bob changed nothing
+
+
+def test_a_refused_entry_is_taken_back_and_the_others_are_answered(ws_server, runtime):
+    """A chunk the server refuses for its values never took a seq: the tick answers the other streams (in the
+    error it raises), and the refused stream's next chunk takes the refused one's place."""
+    rng = np.random.default_rng(12)
+    ids = ["taken-back-0", "taken-back-1"]
+    x = {sid: frames(rng, 3) for sid in ids}
+    bad = x[ids[1]][:1].copy()
+    bad[0, 0] = np.nan
+    with SyncGateway(ws_server.ws_url) as gw:
+        gw.attach(*ids)
+        with pytest.raises(TickError) as refused:
+            gw.tick({ids[0]: x[ids[0]][:1], ids[1]: bad})
+        assert refused.value.status == 422 and set(refused.value.errors) == {ids[1]}
+        np.testing.assert_allclose(refused.value.answers[ids[0]], offline(runtime, x[ids[0]][:1]), atol=1e-5)
+        later = gw.tick({sid: x[sid][1:] if sid == ids[0] else x[sid] for sid in ids})
+    np.testing.assert_allclose(later[ids[1]], offline(runtime, x[ids[1]]), atol=1e-5)
+    np.testing.assert_allclose(later[ids[0]], offline(runtime, x[ids[0]])[1:], atol=1e-5)
+    assert [state(ws_server, sid)["next_seq"] for sid in ids] == [3, 3]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_after_a_reconnect_every_stream_gets_its_own_answers(ws_server, runtime, binary):
+    """A reconnect attaches the streams again (grouped by frame rate: in another order, so with other handles):
+    the message is encoded with the new connection's handles."""
+    rng = np.random.default_rng(13)
+    ids = [f"again-{binary:d}-{i}" for i in range(3)]
+    x = {sid: frames(rng, 4) for sid in ids}
+    with SyncGateway(ws_server.ws_url, binary=binary) as gw:
+        gw.attach(ids[0])
+        gw.attach(ids[1], fps=30)
+        gw.attach(ids[2])
+        first = gw.tick({sid: x[sid][:2] for sid in ids})
+        gw.conn.close()  # the connection drops between ticks
+        second = gw.tick({sid: x[sid][2:] for sid in ids})
+    for sid in ids:
+        np.testing.assert_allclose(np.concatenate([first[sid], second[sid]]), offline(runtime, x[sid]), atol=1e-5)

@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from progress_stream.client import ServerError, StreamSession, SyncWsStreamSession
 from progress_stream.contract.binary import REQUEST_HEADER, binary_request
 from progress_stream.server.process import ServerProcess
 from tests.conftest import frames, offline
@@ -124,3 +125,24 @@ def test_d8_a_full_table_refuses_a_new_websocket_with_503_and_retry_after(tiny_m
         assert res.json()["error"]["code"] == "too_many_streams"
         held = httpx.get(f"{srv.url}/v1/streams").json()
         assert [r["stream_id"] for r in held["streams"]] == ["a", "b"]  # the refusals took nothing
+
+
+@pytest.mark.parametrize("transport", ["http", "ws-binary", "ws-json"])
+def test_a_chunk_refused_for_its_values_takes_no_seq_and_the_session_goes_on(ws_server, runtime, transport):
+    rng = np.random.default_rng(22)
+    x = frames(rng, 5)
+    bad = x[2:4].copy()
+    bad[1, 3] = np.inf
+    sid = f"refused-{transport}"
+    if transport == "http":
+        session = StreamSession(ws_server.url, stream_id=sid)
+    else:
+        session = SyncWsStreamSession(ws_server.ws_url, stream_id=sid, binary=transport == "ws-binary")
+    with session:
+        head = session.send(x[:2])
+        with pytest.raises(ServerError) as refused:
+            session.send(bad)
+        assert refused.value.status == 422 and session.next_seq == 2
+        tail = session.send(x[2:])
+    np.testing.assert_allclose(np.concatenate([head, tail]), offline(runtime, x), atol=1e-5)
+    assert httpx.get(f"{ws_server.url}/v1/streams/{sid}").json()["next_seq"] == 5

@@ -1,7 +1,7 @@
 """Python client of progress-stream: HTTP and WebSocket sessions, sync and async, with safe replay."""
 
 from progress_stream.client.core import ReplayLog, SeqError
-from progress_stream.client.gateway import Gateway, SyncGateway
+from progress_stream.client.gateway import Gateway, SyncGateway, TickError
 from progress_stream.client.http import AsyncStreamSession, ServerError, StreamSession
 from progress_stream.client.ws import SyncWsStreamSession, WsStreamSession
 
@@ -14,5 +14,6 @@ __all__ = [
     "StreamSession",
     "SyncGateway",
     "SyncWsStreamSession",
+    "TickError",
     "WsStreamSession",
 ]

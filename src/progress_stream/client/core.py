@@ -6,7 +6,8 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,25 @@ class Chunk:
         return self.seq + len(self.frames)
 
 
+class ServerError(RuntimeError):
+    def __init__(self, status: int, body: Any):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+    @classmethod
+    def of(cls, body: Any) -> ServerError:
+        """An error answered in a WebSocket message (no HTTP status of its own): the status its code has in the
+        error table (400 for a body without a known code)."""
+        error = body.get("error") if isinstance(body, dict) else None
+        spec = ERRORS.get(error.get("code")) if isinstance(error, dict) else None
+        return cls(400 if spec is None else spec.status, body)
+
+
+#: The statuses of a chunk refused for what it holds (its values, its shape, its size): never taken by the server.
+REFUSED_CHUNK = (413, 422)
+
+
 class SeqError(RuntimeError):
     """The server can no longer replay what the client needs (history too short on both sides)."""
 
@@ -42,6 +62,11 @@ class ReplayLog:
         self.replayed = 0  # frames sent again after a 409 (a restart or a takeover)
         self._chunks: deque[Chunk] = deque()
         self._frames = 0
+
+    def take_back(self, chunk: Chunk) -> None:
+        """Forget ``chunk``, the last recorded (the server refused it)."""
+        if self._chunks and self._chunks[-1] is chunk:
+            self._frames -= len(self._chunks.pop().frames)
 
     def record(self, chunk: Chunk) -> None:
         self._chunks.append(chunk)
@@ -93,7 +118,8 @@ def stitch(chunk: Chunk, sent: list[Chunk], results: list[Estimates]) -> Estimat
     return parts[0] if len(parts) == 1 else Estimates.join(parts)
 
 
-Outcome = tuple[str, Any]  # ("ok", Estimates) | ("conflict", expected_seq) | ("wait", seconds)
+#: ("ok", Estimates) | ("conflict", expected_seq) | ("wait", seconds) | ("refused", ServerError): a gateway's entry
+Outcome = tuple[str, Any]
 
 
 def error_outcome(body: Any, retry_after: str | None = None) -> Outcome | None:
@@ -151,6 +177,22 @@ class SessionState:
         self.log.record(chunk)
         self.next_seq = chunk.end
         return chunk
+
+    def refused(self, chunk: Chunk, error: ServerError) -> None:
+        """``chunk``, the last one, ended in ``error``: if the server refused it for what it holds, it never took
+        it, so it leaves the log and the next chunk takes its seq (else every later chunk would replay it)."""
+        if error.status in REFUSED_CHUNK and self.next_seq == chunk.end:
+            self.log.take_back(chunk)
+            self.next_seq = chunk.seq
+
+    @contextmanager
+    def sending(self, chunk: Chunk) -> Iterator[None]:
+        """Around ``chunk``'s exchange: see :meth:`refused`."""
+        try:
+            yield
+        except ServerError as error:
+            self.refused(chunk, error)
+            raise
 
 
 def waited(result: Outcome) -> float:

@@ -37,23 +37,42 @@ from progress_stream.contract.replies import Estimates
 Entries = list[tuple[str, Chunk]]
 
 
+class TickError(ServerError):
+    """Entries of a tick the server refused (an error a resend cannot fix), in ``errors`` by stream; the other
+    streams' chunks were taken and answered, in ``answers``. Its status and body are the first refusal's."""
+
+    def __init__(self, errors: dict[str, ServerError], answers: dict[str, Estimates]):
+        first = next(iter(errors.values()))
+        super().__init__(first.status, first.body)
+        self.errors, self.answers = errors, answers
+
+
 def tick_steps(
     streams: Mapping[str, SessionState], frames: Mapping[str, Any], resets: Collection[str]
 ) -> Generator[Entries, list[Outcome], dict[str, Estimates]]:
     """The retry protocol of one tick, transport-free: yields the entries to send (one chunk per stream
-    still owed an answer), is sent back their outcomes in order, returns each stream's answers."""
-    steps = {sid: exchange(streams[sid].log, streams[sid].new_chunk(x, sid in resets)) for sid, x in frames.items()}
+    still owed an answer), is sent back their outcomes in order, returns each stream's answers; raises
+    :class:`TickError` once every other stream is answered if the server refused some."""
+    chunks = {sid: streams[sid].new_chunk(x, sid in resets) for sid, x in frames.items()}
+    steps = {sid: exchange(streams[sid].log, chunk) for sid, chunk in chunks.items()}
     pending = {sid: next(step) for sid, step in steps.items()}
     done: dict[str, Estimates] = {}
+    refused: dict[str, ServerError] = {}
     while pending:
         outcomes = yield list(pending.items())
         following = {}
         for sid, outcome in zip(pending, outcomes, strict=True):
+            if outcome[0] == "refused":
+                streams[sid].refused(chunks[sid], outcome[1])
+                refused[sid] = outcome[1]
+                continue
             try:
                 following[sid] = steps[sid].send(outcome)
             except StopIteration as finished:
                 done[sid] = finished.value
         pending = following
+    if refused:
+        raise TickError(refused, done)
     return done
 
 
@@ -68,9 +87,7 @@ def entry_outcome(error: dict | None, expected_seq: int | None, answers: Estimat
     if ERRORS.get(error.get("code"), None) is not None and "expected_seq" not in error and expected_seq is not None:
         error = {**error, "expected_seq": expected_seq}
     action = error_outcome({"error": error})
-    if action is None:
-        raise ServerError.of({"error": error})
-    return action
+    return ("refused", ServerError.of({"error": error})) if action is None else action
 
 
 class _Gateway:
@@ -97,11 +114,13 @@ class _Gateway:
 
     def _attached(self, reply: bytes | str, fps: float | None) -> dict[str, int]:
         """Record handles and, once the server took it, the rate ``fps`` each was attached at; a stream this
-        client has not sent on yet starts at the server's next seq."""
-        out = {}
+        client has not sent on yet starts at the server's next seq. Raises the first refusal once the others
+        are recorded (a refused stream has no handle: the next tick attaches it again)."""
+        out, refusals = {}, []
         for entry in orjson.loads(reply)["attached"]:
             if "error" in entry:
-                raise ServerError.of(entry)
+                refusals.append(entry)
+                continue
             sid = entry["stream_id"]
             if fps is not None:
                 self.rates[sid] = fps
@@ -110,7 +129,23 @@ class _Gateway:
             if state.next_seq == 0:
                 state.next_seq = entry["next_seq"]
             out[sid] = entry["next_seq"]
+        if refusals:
+            raise ServerError.of(refusals[0])
         return out
+
+    def _unattached(self, entries: Entries) -> list[str]:
+        return [sid for sid, _ in entries if sid not in self.handles]
+
+    def _failed(self, exc: Exception, entries: Entries) -> list[Outcome]:
+        """Every entry's outcome when the connection dropped, or an attach (or the whole message) was refused:
+        reconnect or wait where the error table says so, else raise."""
+        if isinstance(exc, DROPPED):
+            self.conn = None
+            return [dropped(exc)] * len(entries)
+        action = error_outcome(exc.body) if isinstance(exc, ServerError) else None
+        if action is None:
+            raise exc
+        return [action] * len(entries)
 
     def _encode(self, entries: Entries) -> bytes | str:
         if self.binary:
@@ -143,7 +178,9 @@ class Gateway(_Gateway, Link):
         return gateway
 
     async def _connect(self) -> None:
+        """Connect, and attach every stream again: a new connection numbers its streams anew."""
         await super()._connect()
+        self.handles.clear()
         if self.streams:
             await self._attach(list(self.streams))
 
@@ -168,10 +205,15 @@ class Gateway(_Gateway, Link):
         return await drive_async(tick_steps(self.streams, frames, resets), self._transact, longest_wait)
 
     async def _transact(self, entries: Entries) -> list[Outcome]:
+        """One round trip of ``entries``, encoded once the connection and its handles are there."""
         try:
+            if self.conn is None:
+                await self._connect()
+            if unattached := self._unattached(entries):
+                await self._attach(unattached)
             return self._decode(await self._round_trip(self._encode(entries)))
-        except DROPPED as exc:
-            return [dropped(exc)] * len(entries)
+        except (*DROPPED, ServerError) as exc:
+            return self._failed(exc, entries)
 
 
 class SyncGateway(_Gateway, SyncLink):
@@ -183,6 +225,7 @@ class SyncGateway(_Gateway, SyncLink):
 
     def _connect(self) -> None:
         super()._connect()
+        self.handles.clear()
         if self.streams:
             self._attach(list(self.streams))
 
@@ -205,6 +248,10 @@ class SyncGateway(_Gateway, SyncLink):
 
     def _transact(self, entries: Entries) -> list[Outcome]:
         try:
+            if self.conn is None:
+                self._connect()
+            if unattached := self._unattached(entries):
+                self._attach(unattached)
             return self._decode(self._round_trip(self._encode(entries)))
-        except DROPPED as exc:
-            return [dropped(exc)] * len(entries)
+        except (*DROPPED, ServerError) as exc:
+            return self._failed(exc, entries)

@@ -10,6 +10,7 @@ from progress_stream.client.core import (
     RETRY_DELAY,
     Chunk,
     Outcome,
+    ServerError,
     SessionState,
     drive,
     drive_async,
@@ -18,26 +19,10 @@ from progress_stream.client.core import (
     frames_json,
     json_bytes,
 )
-from progress_stream.contract.errors import ERRORS
 from progress_stream.contract.replies import Estimates
 
 #: A proxy's own answers when its upstream replica failed (not the service's error JSON).
 PROXY_GATEWAY_ERRORS = (502, 503, 504)
-
-
-class ServerError(RuntimeError):
-    def __init__(self, status: int, body: Any):
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
-
-    @classmethod
-    def of(cls, body: Any) -> ServerError:
-        """An error answered in a WebSocket message (no HTTP status of its own): the status its code has in the
-        error table (400 for a body without a known code)."""
-        error = body.get("error") if isinstance(body, dict) else None
-        spec = ERRORS.get(error.get("code")) if isinstance(error, dict) else None
-        return cls(400 if spec is None else spec.status, body)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -113,7 +98,9 @@ class StreamSession(_Session):
         self._created(self.http.put(self._stream_path(), params=self._create_params()))
 
     def send(self, embeddings: Any, reset: bool = False) -> Estimates:
-        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+        chunk = self.new_chunk(embeddings, reset)
+        with self.sending(chunk):
+            return drive(exchange(self.log, chunk), self._transact)
 
     def _transact(self, chunk: Chunk) -> Outcome:
         try:
@@ -143,7 +130,9 @@ class AsyncStreamSession(_Session):
         return session
 
     async def send(self, embeddings: Any, reset: bool = False) -> Estimates:
-        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+        chunk = self.new_chunk(embeddings, reset)
+        with self.sending(chunk):
+            return await drive_async(exchange(self.log, chunk), self._transact)
 
     async def _transact(self, chunk: Chunk) -> Outcome:
         try:

@@ -165,7 +165,9 @@ class WsStreamSession(_WsSession, Link):
         return session
 
     async def send(self, embeddings: Any, reset: bool = False) -> Estimates:
-        return await drive_async(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+        chunk = self.new_chunk(embeddings, reset)
+        with self.sending(chunk):
+            return await drive_async(exchange(self.log, chunk), self._transact)
 
     async def _transact(self, chunk: Chunk) -> Outcome:
         try:
@@ -182,7 +184,9 @@ class SyncWsStreamSession(_WsSession, SyncLink):
         self._connect()
 
     def send(self, embeddings: Any, reset: bool = False) -> Estimates:
-        return drive(exchange(self.log, self.new_chunk(embeddings, reset)), self._transact)
+        chunk = self.new_chunk(embeddings, reset)
+        with self.sending(chunk):
+            return drive(exchange(self.log, chunk), self._transact)
 
     def _transact(self, chunk: Chunk) -> Outcome:
         try:
