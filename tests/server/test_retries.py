@@ -146,3 +146,19 @@ def test_a_chunk_refused_for_its_values_takes_no_seq_and_the_session_goes_on(ws_
         tail = session.send(x[2:])
     np.testing.assert_allclose(np.concatenate([head, tail]), offline(runtime, x), atol=1e-5)
     assert httpx.get(f"{ws_server.url}/v1/streams/{sid}").json()["next_seq"] == 5
+
+
+def test_an_http_session_opens_its_stream_again_after_a_restart_without_state(tiny_model, tmp_path, runtime):
+    """As a WebSocket's handshake does: the stream is opened again and the session replays its history."""
+    rng = np.random.default_rng(23)
+    x = frames(rng, 6)
+    with ServerProcess(tiny_model, tmp_path / "first.log") as first:
+        session = StreamSession(first.url, stream_id="reopened")
+        head = session.send(x[:3])
+        first.kill()
+        with ServerProcess(tiny_model, tmp_path / "second.log", port=first.port) as second:
+            tail = session.send(x[3:])
+            assert session.log.replayed == 3
+            assert httpx.get(f"{second.url}/v1/streams/reopened").json()["next_seq"] == 6
+        session.close()
+    np.testing.assert_allclose(np.concatenate([head, tail]), offline(runtime, x), atol=1e-5)

@@ -42,6 +42,18 @@ def response_body(response: httpx.Response) -> Any:
         return response.text[:500]
 
 
+def stream_gone(response: httpx.Response) -> bool:
+    """A 404 for the stream itself (not a proxy's or a route's)."""
+    if response.status_code != 404:
+        return False
+    body = response_body(response)
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("error"), dict)
+        and body["error"].get("code") == "stream_not_found"
+    )
+
+
 def outcome(response: httpx.Response) -> Outcome:
     if response.status_code == 200:
         return "ok", Estimates.read(response.json())
@@ -78,6 +90,13 @@ class _Session(SessionState):
             raise ServerError(response.status_code, response_body(response))
         self.stream_id, self.next_seq = response.json()["stream_id"], response.json()["next_seq"]
 
+    def _reopened(self, response: httpx.Response) -> Outcome:
+        """The outcome of opening the stream again after a 404 (a server restarted without its state, an idle
+        stream evicted), as a WebSocket's handshake does: resend from where the server now stands."""
+        if response.status_code in (200, 201):
+            return "conflict", response.json()["next_seq"]
+        return outcome(response)
+
     def _stream_path(self) -> str:
         return f"/v1/streams/{self.stream_id}"
 
@@ -104,7 +123,10 @@ class StreamSession(_Session):
 
     def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            return outcome(self.http.post(self._path(), **frames_body(chunk)))
+            response = self.http.post(self._path(), **frames_body(chunk))
+            if stream_gone(response):
+                return self._reopened(self.http.put(self._stream_path(), params=self._create_params()))
+            return outcome(response)
         except httpx.TransportError:
             return "wait", RETRY_DELAY
 
@@ -136,7 +158,10 @@ class AsyncStreamSession(_Session):
 
     async def _transact(self, chunk: Chunk) -> Outcome:
         try:
-            return outcome(await self.http.post(self._path(), **frames_body(chunk)))
+            response = await self.http.post(self._path(), **frames_body(chunk))
+            if stream_gone(response):
+                return self._reopened(await self.http.put(self._stream_path(), params=self._create_params()))
+            return outcome(response)
         except httpx.TransportError:
             return "wait", RETRY_DELAY
 
