@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,18 @@ def test_cli_prints_the_summary_writes_json_and_refuses_remote(server, tmp_path)
         text=True,
     )
     assert remote.returncode == 2 and "--allow-remote" in remote.stderr
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_a_stream_the_server_cannot_attach_is_counted_once_and_left_out(tiny_model, tmp_path, binary):
+    with ServerProcess(tiny_model, tmp_path / "server.log", max_streams=3) as srv:
+        r = load(srv.ws_url, streams=5, streams_per_socket=5, fps=40, frames_per_message=1, binary=binary, duration=1.0)
+    assert r.errors == {"too_many_streams": 2} and r.bad_replies == 0
+    assert r.messages > 20 and r.frames == 3 * r.messages  # every tick carries the three attached streams
+
+
+def test_a_server_that_dies_mid_run_is_counted_on_every_socket(tiny_model, tmp_path):
+    with ServerProcess(tiny_model, tmp_path / "server.log") as srv:
+        threading.Timer(0.6, srv.kill).start()
+        r = load(srv.ws_url, streams=4, streams_per_socket=2, fps=40, duration=2.0, warmup=0)
+    assert r.errors == {"connection: dropped": 2}

@@ -232,6 +232,7 @@ class _PacedSocket(WSListener):
         self.transport: WSTransport | None = None
         self.sent = 0.0  # when the message in flight was due (paced) or sent (closed loop)
         self.due = 0.0
+        self.closing = False  # a close this side began, or the server's close frame: not a dropped connection
 
     def start(self) -> None:
         self.due = time.perf_counter() + random.uniform(0, self.driver.interval)  # paced sockets start out of phase
@@ -241,10 +242,14 @@ class _PacedSocket(WSListener):
         now = time.perf_counter()
         self.sent = self.due if self.driver.interval else now
         if now >= self.driver.until:  # a paced socket that fell behind stops at the end too
-            self.transport.send_close(WSCloseCode.OK)
-            self.transport.disconnect()
+            self.close()
             return
         self.write()
+
+    def close(self) -> None:
+        self.closing = True
+        self.transport.send_close(WSCloseCode.OK)
+        self.transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -252,6 +257,7 @@ class _PacedSocket(WSListener):
             code = frame.get_close_code()
             if code is not WSCloseCode.OK:
                 self.stats.errors[f"closed: {code.value}"] += 1
+            self.closing = True
             transport.disconnect()
             return
         if self.answered(frame, time.perf_counter()):
@@ -269,6 +275,8 @@ class _PacedSocket(WSListener):
             self.loop.call_at(self.loop.time() + wait, self.send)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.closing and time.perf_counter() < self.driver.until:  # the server went away unannounced
+            self.stats.errors["connection: dropped"] += 1
         if not self.done.done():
             self.done.set_result(None)
 
@@ -344,19 +352,35 @@ class _GatewayDriver(_PacedSocket):
             self.transport.send(WSMsgType.TEXT, f'{{"frames":[{ticks}]}}'.encode())
 
     def answered(self, frame: WSFrame, done: float) -> bool:
-        if not self.attached:  # the answer to the attach: the ticks begin
+        if not self.attached:  # the answer to the attach: the ticks begin, for the streams it attached
             self.attached = True
             attached = orjson.loads(frame.get_payload_as_bytes())["attached"]
             for error in (e["error"]["code"] for e in attached if "error" in e):
-                self.stats.errors[error] += 1
-            self.start()
+                self.stats.errors[error] += 1  # counted once: a refused stream is left out of the ticks
+            self.keep({i: e["handle"] for i, e in enumerate(attached) if "error" not in e})
+            if self.n:
+                self.start()
+            else:
+                self.close()
             return False
         data = frame.get_payload_as_bytes()
         ok = self.check_binary(data) if frame.msg_type is WSMsgType.BINARY else self.check_json(data)
-        if self.sent >= self.driver.measure_from and done <= self.driver.until:
+        if ok and self.sent >= self.driver.measure_from and done <= self.driver.until:
             self.stats.latencies.append(done - self.sent)
             self.stats.frames += ok * self.k
         return True
+
+    def keep(self, handles: dict[int, int]) -> None:
+        """Tick only the streams attached (entry ``i`` of the attach → its handle)."""
+        kept = list(handles)
+        self.n = len(kept)
+        self.seqs = self.seqs[kept]
+        if self.binary:
+            self.records = self.records[kept]
+            self.records["handle"] = list(handles.values())
+            self.header = MESSAGE_HEADER.pack(self.n, GATEWAY_VERSION)
+        else:
+            self.entries = [self.entries[i] for i in kept]
 
     def check_binary(self, data: bytes) -> int:
         """Count and check every entry; the streams' next seqs; how many entries were answered."""
