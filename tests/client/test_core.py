@@ -16,6 +16,7 @@ from progress_stream.client.core import (
     json_bytes,
     resend_plan,
 )
+from progress_stream.client.gateway import tick_steps
 from progress_stream.client.http import ServerError
 from progress_stream.client.ws import SyncWsStreamSession, _WsSession
 from progress_stream.contract.replies import Estimates
@@ -139,3 +140,10 @@ def test_a_handshake_the_peer_closes_unanswered_is_a_drop_to_retry_not_an_error(
         _WsSession.__init__(session, f"ws://127.0.0.1:{port}", stream_id="cam")
         assert session._transact(Chunk(0, np.ones((1, 4), np.float32))) == ("wait", RETRY_DELAY)
         closer.join(5)
+
+
+def test_a_tick_with_a_frame_of_the_wrong_shape_takes_no_seq_for_any_stream():
+    streams = {sid: SessionState(sid, 16) for sid in ("a", "b")}
+    with pytest.raises(ValueError, match="x\\[None\\]"):
+        next(tick_steps(streams, {"a": np.ones((1, 4), np.float32), "b": np.ones(4, np.float32)}, ()))
+    assert [s.next_seq for s in streams.values()] == [0, 0]

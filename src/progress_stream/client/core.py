@@ -155,6 +155,15 @@ def exchange(log: ReplayLog, chunk: Chunk, attempts: int = 50) -> Generator[Chun
     return stitch(chunk, sent, results)
 
 
+def chunk_frames(embeddings: Any) -> np.ndarray:
+    """``embeddings`` ``(frames, dim)`` as a float32 copy: the replay log must keep what was sent, and a capture
+    loop may refill its buffer for the next frame."""
+    frames = np.array(embeddings, np.float32, order="C")
+    if frames.ndim != 2:
+        raise ValueError(f"embeddings must be (frames, dim), not of shape {frames.shape}: one frame is x[None]")
+    return frames
+
+
 class SessionState:
     """What every session keeps: its stream id, the next seq to send and the replay log.
 
@@ -168,12 +177,8 @@ class SessionState:
         self.log = ReplayLog(history)
 
     def new_chunk(self, embeddings: Any, reset: bool) -> Chunk:
-        """The next chunk, ``embeddings`` ``(frames, dim)`` copied: the replay log must keep what was sent, and
-        a capture loop may refill its buffer for the next frame."""
-        frames = np.array(embeddings, np.float32, order="C")
-        if frames.ndim != 2:
-            raise ValueError(f"embeddings must be (frames, dim), not of shape {frames.shape}: one frame is x[None]")
-        chunk = Chunk(self.next_seq, frames, reset)
+        """The next chunk, of :func:`chunk_frames`."""
+        chunk = Chunk(self.next_seq, chunk_frames(embeddings), reset)
         self.log.record(chunk)
         self.next_seq = chunk.end
         return chunk

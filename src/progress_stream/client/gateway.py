@@ -20,6 +20,7 @@ from progress_stream.client.core import (
     Chunk,
     Outcome,
     SessionState,
+    chunk_frames,
     drive,
     drive_async,
     error_outcome,
@@ -53,7 +54,8 @@ def tick_steps(
     """The retry protocol of one tick, transport-free: yields the entries to send (one chunk per stream
     still owed an answer), is sent back their outcomes in order, returns each stream's answers; raises
     :class:`TickError` once every other stream is answered if the server refused some."""
-    chunks = {sid: streams[sid].new_chunk(x, sid in resets) for sid, x in frames.items()}
+    checked = {sid: chunk_frames(x) for sid, x in frames.items()}  # all of them, before any stream takes a seq
+    chunks = {sid: streams[sid].new_chunk(x, sid in resets) for sid, x in checked.items()}
     steps = {sid: exchange(streams[sid].log, chunk) for sid, chunk in chunks.items()}
     pending = {sid: next(step) for sid, step in steps.items()}
     done: dict[str, Estimates] = {}

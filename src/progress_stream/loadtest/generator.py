@@ -405,8 +405,12 @@ class _GatewayDriver(_PacedSocket):
         return answered
 
     def check_json(self, data: bytes) -> int:
+        body = orjson.loads(data)
+        if "results" not in body:  # an error about the whole message (the socket closes after it)
+            self.stats.errors[error_reply(body, "gateway").error] += 1
+            return 0
         answered = 0
-        for i, result in enumerate(orjson.loads(data)["results"]):
+        for i, result in enumerate(body["results"]):
             if "error" in result:
                 error = error_reply(result, "gateway")
                 self.stats.errors[error.error] += 1
