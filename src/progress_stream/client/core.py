@@ -178,7 +178,11 @@ class SessionState:
 
     def new_chunk(self, embeddings: Any, reset: bool) -> Chunk:
         """The next chunk, of :func:`chunk_frames`."""
-        chunk = Chunk(self.next_seq, chunk_frames(embeddings), reset)
+        return self.next_chunk(chunk_frames(embeddings), reset)
+
+    def next_chunk(self, frames: np.ndarray, reset: bool) -> Chunk:
+        """The next chunk of ``frames`` (already :func:`chunk_frames`'s copy), recorded in the log."""
+        chunk = Chunk(self.next_seq, frames, reset)
         self.log.record(chunk)
         self.next_seq = chunk.end
         return chunk

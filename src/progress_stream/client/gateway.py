@@ -55,7 +55,7 @@ def tick_steps(
     still owed an answer), is sent back their outcomes in order, returns each stream's answers; raises
     :class:`TickError` once every other stream is answered if the server refused some."""
     checked = {sid: chunk_frames(x) for sid, x in frames.items()}  # all of them, before any stream takes a seq
-    chunks = {sid: streams[sid].new_chunk(x, sid in resets) for sid, x in checked.items()}
+    chunks = {sid: streams[sid].next_chunk(x, sid in resets) for sid, x in checked.items()}
     steps = {sid: exchange(streams[sid].log, chunk) for sid, chunk in chunks.items()}
     pending = {sid: next(step) for sid, step in steps.items()}
     done: dict[str, Estimates] = {}
