@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import onnx
@@ -48,10 +49,23 @@ def odd_cell(path) -> CellRuntime:
     return CellRuntime(path, providers="cpu")
 
 
-def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_path):
-    async def main():
-        engine = Engine(odd_cell(tmp_path / "odd.onnx"), EngineConfig(max_wait_us=0, retained_window=256))
+def run_engine(cell: CellRuntime, test: Callable[[Engine], Awaitable[None]], **config: object) -> None:
+    """``test`` against a started engine on ``cell`` (a batch runs as soon as it is ready unless ``config``
+    says otherwise), stopped afterwards."""
+
+    async def main() -> None:
+        engine = Engine(cell, EngineConfig(**{"max_wait_us": 0, **config}))
         await engine.start()
+        try:
+            await test(engine)
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_path):
+    async def check(engine: Engine) -> None:
         x = np.ones((1, 4), np.float32)
         lonely, _ = engine.create("lonely")
         first, second = engine.submit(lonely, 0, x), engine.submit(lonely, 1, x)
@@ -63,15 +77,12 @@ def test_a_failed_inference_call_fails_its_chunks_and_the_engine_goes_on(tmp_pat
         streams = [engine.create(sid)[0] for sid in ("a", "b", "c")]
         results = await asyncio.gather(*(engine.submit(stream, 0, x) for stream in streams))
         assert all(len(r) == 1 and r.band is None for r in results)  # a batch of 3 runs fine after the failure
-        await engine.stop()
 
-    asyncio.run(main())
+    run_engine(odd_cell(tmp_path / "odd.onnx"), check, retained_window=256)
 
 
 def test_a_tick_of_idle_streams_is_one_block_and_any_other_goes_entry_by_entry(runtime):
-    async def main():
-        engine = Engine(runtime, EngineConfig(max_wait_us=0))
-        await engine.start()
+    async def check(engine: Engine) -> None:
         rng = np.random.default_rng(13)
         streams = [engine.create(f"g{i}")[0] for i in range(3)]
         x = np.stack([frames(rng, 2) for _ in range(3)])
@@ -90,17 +101,14 @@ def test_a_tick_of_idle_streams_is_one_block_and_any_other_goes_entry_by_entry(r
         mixed = await engine.tick_block(streams, np.array([2, 5, 2]), y, resets)
         assert isinstance(mixed, list) and isinstance(mixed[1], SeqConflict) and mixed[1].expected_seq == 2
         assert [s.next_seq for s in streams] == [3, 2, 3] and isinstance(mixed[0], Estimates)
-        await engine.stop()
 
-    asyncio.run(main())
+    run_engine(runtime, check)
 
 
 def test_an_entry_sent_twice_in_one_tick_is_answered_twice(runtime):
     """A retry inside its own message (a client that repeats an entry) follows that entry, not the whole tick."""
 
-    async def main():
-        engine = Engine(runtime, EngineConfig(max_wait_us=0))
-        await engine.start()
+    async def check(engine: Engine) -> None:
         rng = np.random.default_rng(5)
         a, _ = engine.create("twice")
         x, y = frames(rng, 2), frames(rng, 2)
@@ -112,15 +120,12 @@ def test_an_entry_sent_twice_in_one_tick_is_answered_twice(runtime):
         other = await asyncio.wait_for(engine.tick([(a, 2, x, False), (a, 2, y, False)]), 5)
         assert isinstance(other[0], Estimates) and isinstance(other[1], SeqConflict)
         assert a.next_seq == 4
-        await engine.stop()
 
-    asyncio.run(main())
+    run_engine(runtime, check)
 
 
 def test_a_retry_after_its_message_was_cancelled_gets_its_chunks_answers(runtime):
-    async def main():
-        engine = Engine(runtime, EngineConfig(max_wait_us=0))
-        await engine.start()
+    async def check(engine: Engine) -> None:
         rng = np.random.default_rng(6)
         streams = [engine.create(f"c{i}")[0] for i in range(2)]
         x = [frames(rng, 3) for _ in streams]
@@ -133,9 +138,8 @@ def test_a_retry_after_its_message_was_cancelled_gets_its_chunks_answers(runtime
             retry = engine.submit(streams[1], 0, x[1])
         retried = await asyncio.wait_for(retry, 5)
         np.testing.assert_allclose(retried.progress, offline(runtime, x[1]), atol=1e-5)
-        await engine.stop()
 
-    asyncio.run(main())
+    run_engine(runtime, check)
 
 
 def odd_frames(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -146,9 +150,7 @@ def test_a_chunk_refused_by_a_failed_call_is_not_answered_from_frames_processed_
     """After a failed call the client resends from done_seq, here other frames in another chunking: a late retry
     of a refused chunk is a conflict, never the answers of the frames processed where it would have been."""
 
-    async def main():
-        engine = Engine(odd_cell(tmp_path / "odd.onnx"), EngineConfig(max_wait_us=0, retained_window=256))
-        await engine.start()
+    async def check(engine: Engine) -> None:
         rng = np.random.default_rng(7)
         a, _ = engine.create("a")
         refused = odd_frames(rng, 3)
@@ -161,6 +163,5 @@ def test_a_chunk_refused_by_a_failed_call_is_not_answered_from_frames_processed_
         await asyncio.gather(*resent)
         with pytest.raises(SeqConflict):
             await engine.submit(a, 1, refused)
-        await engine.stop()
 
-    asyncio.run(main())
+    run_engine(odd_cell(tmp_path / "odd.onnx"), check, retained_window=256)
