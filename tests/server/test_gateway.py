@@ -72,6 +72,36 @@ def test_one_conflicting_entry_leaves_the_others_answered_and_unchanged(ws_serve
     assert [state(ws_server, s)["next_seq"] for s in x] == [1, 1, 2]
 
 
+def test_an_entry_repeated_in_one_tick_is_answered_twice_and_the_others_are_unchanged(ws_server, runtime):
+    """A client that repeats an entry within a tick (binary, then JSON) gets the same answers twice; the
+    connection stays usable and no stream takes the frames twice."""
+    rng = np.random.default_rng(14)
+    x = {sid: frames(rng, 2) for sid in ("twice-a", "twice-b")}
+
+    async def run() -> tuple[list, dict, list]:
+        async with connect(ws(ws_server)) as sock:
+            await sock.send(orjson.dumps({"attach": list(x)}).decode())
+            handles = {e["stream_id"]: e["handle"] for e in orjson.loads(await sock.recv())["attached"]}
+            a, b = handles["twice-a"], handles["twice-b"]
+            first = x["twice-a"][None, :1]
+            await sock.send(encode_tick(np.array([a, a, b]), np.zeros(3), np.stack([*first, *first, x["twice-b"][:1]])))
+            binary = decode_tick_reply(await asyncio.wait_for(sock.recv(), 10))
+            entry = {"stream_id": "twice-a", "seq": 1, "embeddings": x["twice-a"][1:].tolist()}
+            await sock.send(orjson.dumps({"frames": [entry, entry]}).decode())
+            text = orjson.loads(await asyncio.wait_for(sock.recv(), 10))["results"]
+            return binary, handles, text
+
+    binary, handles, text = asyncio.run(run())
+    assert [e[0] for e in binary] == [handles["twice-a"], handles["twice-a"], handles["twice-b"]]
+    assert [e[3] for e in binary] == [None, None, None] and [e[2] for e in binary] == [1, 1, 1]
+    np.testing.assert_array_equal(binary[0][4].progress, binary[1][4].progress)
+    np.testing.assert_allclose(binary[0][4], offline(runtime, x["twice-a"][:1]), atol=1e-5)
+    np.testing.assert_allclose(binary[2][4], offline(runtime, x["twice-b"][:1]), atol=1e-5)
+    assert text[0] == text[1] and text[0]["next_seq"] == 2
+    np.testing.assert_allclose(text[0]["progress"], offline(runtime, x["twice-a"])[1:], atol=1e-5)
+    assert [state(ws_server, sid)["next_seq"] for sid in x] == [2, 1]
+
+
 def test_malformed_entries_are_answered_in_their_entry_and_change_nothing(ws_server, runtime):
     rng = np.random.default_rng(9)
     good, bad = frames(rng, 1), frames(rng, 1)
