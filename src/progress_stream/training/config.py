@@ -110,7 +110,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 64
     lr: float = 3e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.25  # AdamW's, on the weight matrices only (not the biases or the initial state)
     grad_clip: float = 1.0
     seed: int = 0
     val_fraction: float = 0.15

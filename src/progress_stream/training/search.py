@@ -36,6 +36,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (1e-3, 1e-2, True),
     "time_warp": (0.0, 0.6, False),
     "dropout": (0.0, 0.3, False),
+    "weight_decay": (0.0, 1.0, False),
 }
 
 

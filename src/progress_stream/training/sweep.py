@@ -33,6 +33,7 @@ BASE: dict[str, Any] = {
     "feature_offset": 0.0,
     "band_weight": 0.0,
     "teacher_members": 0,
+    "weight_decay": 0.0,
     "epochs": 40,
 }
 
@@ -80,6 +81,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
     "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3},
+    "norm+warp+h128+edge+band+offset+distil+wd": {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25},
 }
 
 

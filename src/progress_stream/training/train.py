@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from progress_stream.training.calibration import calibrate
@@ -143,6 +144,16 @@ def _loss(
     return loss, model.activate(raw.mean(dim=0)).detach()
 
 
+def decay_groups(nets: list[nn.Module], weight_decay: float) -> list[dict]:
+    """Optimiser groups: weight decay on the weight matrices only. Decaying the biases and the learned initial
+    state as well pulls every answer towards the sigmoid's middle, the squeeze the head exists to undo."""
+    named = [(name, p) for net in nets for name, p in net.named_parameters()]
+    return [
+        {"params": [p for name, p in named if "weight" in name.rsplit(".", 1)[-1]], "weight_decay": weight_decay},
+        {"params": [p for name, p in named if "weight" not in name.rsplit(".", 1)[-1]], "weight_decay": 0.0},
+    ]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -164,13 +175,14 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model = build_model(cfg, data).to(device)
-    params = list(model.parameters())
+    nets = [model]
     teacher, teacher_cfg = None, cfg
     if cfg.teacher_members > cfg.members:
         teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0)
         teacher = build_model(teacher_cfg, data).to(device)
-        params += list(teacher.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        nets.append(teacher)
+    params = [p for net in nets for p in net.parameters()]
+    opt = torch.optim.AdamW(decay_groups(nets, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng = np.random.default_rng(cfg.seed)
     offset_scale = cfg.feature_offset / model.input_scale.cpu().numpy() if cfg.feature_offset > 0 else None
