@@ -6,10 +6,21 @@ import numpy as np
 import pytest
 
 from progress_stream.contract.cell import remaining_band, remaining_frames
-from progress_stream.training.calibration import band_scores, calibrate
+from progress_stream.training.calibration import (
+    LENGTH_TOLERANCE,
+    band_scores,
+    calibrate,
+    frames_seen_offsets,
+    length_fitted,
+)
 from progress_stream.training.checkpoint import load_checkpoint
-from progress_stream.training.evaluate import RemainingBayes, band_metrics, predict_causal, remaining_metrics
-from progress_stream.training.model import OFFSET_BINS
+from progress_stream.training.evaluate import (
+    RemainingBayes,
+    band_inside,
+    band_metrics,
+    predict_causal,
+    remaining_metrics,
+)
 from progress_stream.training.train import load_training_data
 from tests.conftest import train_tiny
 
@@ -22,21 +33,39 @@ def calibrated(tiny_data: Path, tmp_path_factory):
     return model, data
 
 
-def test_on_its_calibration_frames_every_frames_seen_bin_holds_at_least_the_nominal_share(calibrated):
+def test_on_its_calibration_frames_the_band_holds_the_nominal_share(calibrated):
     model, data = calibrated
     for coverage in (0.6, 0.9):
         calibrate(model, data.val, coverage)
-        bands = predict_causal(model, data.val).band
-        truth = [np.arange(1, n + 1) / n for n in data.val.lengths]
-        inside = np.concatenate(
-            [(b[:, 0] <= g + 1e-7) & (g <= b[:, 1] + 1e-7) for b, g in zip(bands, truth, strict=True)]
-        )
-        seen = np.concatenate([np.arange(1, n + 1) for n in data.val.lengths])
-        for lo, hi in OFFSET_BINS:
-            sel = (seen >= lo) & (seen <= hi)
-            if sel.sum() >= 50:
-                assert inside[sel].mean() >= coverage
-        assert inside.mean() < coverage + 0.1  # calibrated, not merely wide
+        inside = band_inside(predict_causal(model, data.val).band, data.val.lengths)
+        assert abs(inside.mean() - coverage) <= LENGTH_TOLERANCE + 0.01  # calibrated, not merely wide
+
+
+def two_lengths(short: int = 200, long: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, frames seen and action length of 4-frame actions, easy to the end, and 30-frame actions
+    whose first 5 frames are hard: the frames-seen bin 1-5 mixes the two."""
+    rng = np.random.default_rng(0)
+    scores, seen, length = [], [], []
+    for n, count in ((4, short), (30, long)):
+        for _ in range(count):
+            s = rng.uniform(-0.1, 0.1, n)
+            s[: min(n, 5)] += -0.05 if n == 4 else 0.05
+            scores.append(s)
+            seen.append(np.arange(1, n + 1))
+            length.append(np.full(n, n))
+    return np.concatenate(scores), np.concatenate(seen), np.concatenate(length)
+
+
+def test_the_offsets_are_fitted_to_each_length_range():
+    scores, seen, length = two_lengths()
+    coverage = 0.8
+    by_seen = frames_seen_offsets(scores, seen, coverage)
+    fitted = length_fitted(by_seen, scores, seen, length, coverage)
+    for table, within in ((by_seen, False), (fitted, True)):
+        inside = scores <= table[seen - 1]
+        shares = [inside[length == n].mean() for n in (4, 30)]
+        assert all(abs(share - coverage) <= LENGTH_TOLERANCE + 0.005 for share in shares) == within, shares
+    assert fitted[0] < by_seen[0]  # the short actions were over-covered: the first bin's offset came down
 
 
 def test_a_higher_coverage_gives_a_wider_band(calibrated):

@@ -6,6 +6,10 @@ score is the offset the interval needs to hold the truth; the offset of a frames
 ``coverage`` quantile of its frames' scores (with the finite-sample correction), so that share of
 frames lies inside on exchangeable data. One offset per frames-seen bin keeps the coverage even along
 an action: the first frames of actions are far less predictable than the later ones.
+
+The band promises its coverage per action length too, and a frames-seen bin mixes the last frames of
+short actions with the first frames of long ones. So the offsets are then fitted bin by bin to the
+validation actions of each length range, where the content lets them (:func:`length_fitted`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS, ProgressHe
 
 #: A bin with fewer validation frames than this takes the offset of all frames together.
 MIN_BIN_FRAMES = 50
+#: How near the nominal coverage the offsets bring each length range's validation actions (and must keep
+#: all frames); the rest of the band's promised 0.05 is left for the gap between those and new videos.
+LENGTH_TOLERANCE = 0.02
 
 
 def band_scores(model: ProgressHead, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -36,22 +43,68 @@ def band_scores(model: ProgressHead, data: Dataset) -> tuple[np.ndarray, np.ndar
 
 def conformal_offset(scores: np.ndarray, coverage: float) -> float:
     """The ``ceil((n + 1) · coverage)``-th smallest score: the split-conformal offset."""
-    k = math.ceil((len(scores) + 1) * coverage)
+    k = max(1, math.ceil((len(scores) + 1) * coverage))
     finite = np.sort(scores)
     value = finite[min(k, len(finite)) - 1]
     return float(value) if np.isfinite(value) else 0.0
 
 
-def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, float]:
-    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets."""
-    scores, seen = band_scores(model, data)
+def _bin_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``lo <= values <= hi``; the last bin (ending at OFFSET_STEPS) is open above."""
+    return (values >= lo) & ((values <= hi) if hi < OFFSET_STEPS else True)
+
+
+def _inside(scores: np.ndarray, seen: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return scores <= table[np.minimum(seen, OFFSET_STEPS) - 1]
+
+
+def frames_seen_offsets(scores: np.ndarray, seen: np.ndarray, coverage: float) -> np.ndarray:
+    """The offset table: the conformal offset of each frames-seen bin (of all frames where a bin is thin)."""
     pooled = conformal_offset(scores, coverage)
     table = np.full(OFFSET_STEPS, pooled, dtype=np.float32)
-    offsets = {}
     for lo, hi in OFFSET_BINS:
-        sel = (seen >= lo) & (seen <= hi) if hi < OFFSET_STEPS else seen >= lo
-        value = conformal_offset(scores[sel], coverage) if sel.sum() >= MIN_BIN_FRAMES else pooled
-        table[lo - 1 : hi] = value
-        offsets[f"{lo}-{hi}" if hi < OFFSET_STEPS else f"{lo}+"] = value
+        sel = _bin_mask(seen, lo, hi)
+        if sel.sum() >= MIN_BIN_FRAMES:
+            table[lo - 1 : hi] = conformal_offset(scores[sel], coverage)
+    return table
+
+
+def length_fitted(
+    table: np.ndarray, scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float
+) -> np.ndarray:
+    """``table`` refitted so that the actions of each length range hold ``coverage`` ± LENGTH_TOLERANCE.
+
+    The length ranges are the frames-seen bins', so the actions of range k reach offset k last. In order
+    of length, where range k's actions are covered outside the tolerance, offset k is set to the conformal
+    quantile of their frames from bin k on that brings them to its nearest edge, counting their earlier
+    frames with the offsets already settled. Ranges with fewer than MIN_BIN_FRAMES such frames keep theirs.
+    """
+    table = table.copy()
+    for lo, hi in OFFSET_BINS:
+        members = _bin_mask(length, lo, hi)
+        own = members & (seen >= lo)
+        if own.sum() < MIN_BIN_FRAMES:
+            continue
+        inside = _inside(scores[members], seen[members], table)
+        target = min(max(inside.mean(), coverage - LENGTH_TOLERANCE), coverage + LENGTH_TOLERANCE)
+        if target == inside.mean():
+            continue
+        earlier = inside[seen[members] < lo].sum()
+        share = min(max((target * members.sum() - earlier) / own.sum(), 0.0), 1.0)
+        table[lo - 1 : hi] = conformal_offset(scores[own], share)
+    return table
+
+
+def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, float]:
+    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets.
+
+    The length-fitted table is kept where it also holds all frames within LENGTH_TOLERANCE; where the
+    content does not tell the length, fitting one range undoes another and the frames-seen table stays.
+    """
+    scores, seen = band_scores(model, data)
+    table = frames_seen_offsets(scores, seen, coverage)
+    fitted = length_fitted(table, scores, seen, np.repeat(data.lengths, data.lengths), coverage)
+    if abs(_inside(scores, seen, fitted).mean() - coverage) <= LENGTH_TOLERANCE:
+        table = fitted
     model.band_offset.copy_(torch.from_numpy(table))
-    return offsets
+    return {(f"{lo}-{hi}" if hi < OFFSET_STEPS else f"{lo}+"): float(table[lo - 1]) for lo, hi in OFFSET_BINS}
