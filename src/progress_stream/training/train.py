@@ -147,11 +147,11 @@ def _loss(
 def decay_groups(nets: list[nn.Module], weight_decay: float) -> list[dict]:
     """Optimiser groups: weight decay on the weight matrices only. Decaying the biases and the learned initial
     state as well pulls every answer towards the sigmoid's middle, the squeeze the head exists to undo."""
-    named = [(name, p) for net in nets for name, p in net.named_parameters()]
-    return [
-        {"params": [p for name, p in named if "weight" in name.rsplit(".", 1)[-1]], "weight_decay": weight_decay},
-        {"params": [p for name, p in named if "weight" not in name.rsplit(".", 1)[-1]], "weight_decay": 0.0},
-    ]
+    decayed, kept = [], []
+    for net in nets:
+        for name, p in net.named_parameters():
+            (decayed if name.rsplit(".", 1)[-1].startswith("weight") else kept).append(p)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
 
 
 def seed_everything(seed: int) -> None:
