@@ -93,8 +93,11 @@ def entry_outcome(error: dict | None, expected_seq: int | None, answers: Estimat
 
 
 class _Gateway:
-    def __init__(self, url: str, api_key: str | None = None, binary: bool = True, history: int = 4096):
+    def __init__(
+        self, url: str, api_key: str | None = None, binary: bool = True, history: int = 4096, timeout: float = 10.0
+    ):
         self.url = f"{url.rstrip('/')}{GATEWAY_SOCKET}"
+        self.timeout = timeout  # seconds for the handshake and each reply, as a stream session's
         self.headers = auth_headers(api_key)
         self.binary = binary
         self.history = history
@@ -142,7 +145,7 @@ class _Gateway:
         """Every entry's outcome when the connection dropped, or an attach (or the whole message) was refused:
         reconnect or wait where the error table says so, else raise."""
         if isinstance(exc, DROPPED):
-            self.conn = None
+            self._drop()
             return [dropped(exc)] * len(entries)
         action = error_outcome(exc.body) if isinstance(exc, ServerError) else None
         if action is None:
@@ -190,7 +193,7 @@ class Gateway(_Gateway, Link):
         attached = {}
         for message, rate in self._attach_messages(ids, fps):
             await self.conn.send(message)
-            attached |= self._attached(await self.conn.recv(), rate)
+            attached |= self._attached(await self._receive(), rate)
         return attached
 
     async def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
@@ -235,7 +238,7 @@ class SyncGateway(_Gateway, SyncLink):
         attached = {}
         for message, rate in self._attach_messages(ids, fps):
             self.conn.send(message)
-            attached |= self._attached(self.conn.recv(), rate)
+            attached |= self._attached(self._receive(), rate)
         return attached
 
     def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:

@@ -6,6 +6,7 @@ re-sends the chunk (a retry of an already processed ``seq`` is answered from the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Self
 from urllib.parse import urlencode
 
@@ -75,25 +76,42 @@ def refused(exc: InvalidStatus) -> Outcome:
 
 
 class Link:
-    """One reconnecting WebSocket to ``url`` (asyncio): connected on first use, forgotten when it drops."""
+    """One reconnecting WebSocket to ``url`` (asyncio): connected on first use, dropped when it fails.
+
+    ``timeout`` bounds the handshake and the wait for each reply: a server that stalls (stopped, or
+    its link silently gone) counts as a drop, so the chunk is sent again on a new connection.
+    """
 
     url: str
     headers: dict[str, str]
+    timeout: float
     conn: ClientConnection | None
 
     async def _connect(self) -> None:
-        self.conn = await connect(self.url, additional_headers=self.headers, compression=None, max_size=None)
+        self.conn = await connect(
+            self.url, additional_headers=self.headers, compression=None, max_size=None, open_timeout=self.timeout
+        )
+
+    async def _receive(self) -> bytes | str:
+        async with asyncio.timeout(self.timeout):
+            return await self.conn.recv()
+
+    def _drop(self) -> None:
+        """Abort the connection (no closing handshake: the peer may be the one stalling) and forget it."""
+        if self.conn is not None:
+            self.conn.transport.abort()
+        self.conn = None
 
     async def _round_trip(self, message: bytes | str) -> bytes | str:
-        """Send ``message`` and return the reply; a connection that drops (:data:`DROPPED`) is forgotten and
+        """Send ``message`` and return the reply; a connection that fails (:data:`DROPPED`) is dropped and
         the error raised, for the caller's :func:`dropped`."""
         try:
             if self.conn is None:
                 await self._connect()
             await self.conn.send(message)
-            return await self.conn.recv()
+            return await self._receive()
         except DROPPED:
-            self.conn = None
+            self._drop()
             raise
 
     async def aclose(self) -> None:
@@ -106,21 +124,35 @@ class SyncLink:
 
     url: str
     headers: dict[str, str]
+    timeout: float
     conn: SyncConnection | None
 
     def _connect(self) -> None:
         self.conn = sync_connect(
-            self.url, additional_headers=self.headers, compression=None, max_size=None, legacy=True
+            self.url,
+            additional_headers=self.headers,
+            compression=None,
+            max_size=None,
+            open_timeout=self.timeout,
+            legacy=True,
         )
+
+    def _receive(self) -> bytes | str:
+        return self.conn.recv(timeout=self.timeout)
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close_socket()
+        self.conn = None
 
     def _round_trip(self, message: bytes | str) -> bytes | str:
         try:
             if self.conn is None:
                 self._connect()
             self.conn.send(message)
-            return self.conn.recv()
+            return self._receive()
         except DROPPED:
-            self.conn = None
+            self._drop()
             raise
 
     def close(self) -> None:
@@ -136,7 +168,8 @@ class SyncLink:
 
 class _WsSession(SessionState):
     """``fps``: the stream's frame rate (every answer then carries the time to finish in seconds too), named
-    in every handshake."""
+    in every handshake. ``timeout``: seconds to wait for the handshake and for each reply (as the HTTP
+    session's) before the connection counts as dropped."""
 
     def __init__(
         self,
@@ -146,8 +179,10 @@ class _WsSession(SessionState):
         binary: bool = True,
         history: int = 4096,
         fps: float | None = None,
+        timeout: float = 10.0,
     ):
         super().__init__(stream_id, history)
+        self.timeout = timeout
         query = "" if fps is None else f"?{urlencode({'fps': fps})}"
         self.url = f"{url.rstrip('/')}/v1/streams/{self.stream_id}/ws{query}"
         self.headers = auth_headers(api_key)
