@@ -7,9 +7,13 @@ import pytest
 
 from progress_stream.contract.cell import remaining_band, remaining_frames
 from progress_stream.training.calibration import (
+    EDGE_STEPS,
+    END_LIMIT,
     LENGTH_TOLERANCE,
+    START_LIMIT,
     band_scores,
     calibrate,
+    edge_offsets,
     frames_seen_offsets,
     length_fitted,
 )
@@ -19,8 +23,10 @@ from progress_stream.training.evaluate import (
     band_inside,
     band_metrics,
     predict_causal,
+    progress_metrics,
     remaining_metrics,
 )
+from progress_stream.training.model import OFFSET_STEPS
 from progress_stream.training.train import load_training_data
 from tests.conftest import train_tiny
 
@@ -119,3 +125,33 @@ def test_a_head_with_a_teacher_learns_from_the_ensemble_trained_beside_it(tiny_d
     assert taught.state_dict().keys() == alone.state_dict().keys()
     # the same seed and batches: the teacher's progress is what made the weights differ
     assert not torch.allclose(taught.members[0].gru.weight_hh_l0, alone.members[0].gru.weight_hh_l0)
+
+
+def edge_bias(model, data) -> tuple[float, float, float]:
+    """The start's and the end's bias of the head's answers on ``data``, and its OGPE."""
+    m = progress_metrics(predict_causal(model, data).progress, data.lengths)
+    return m["start_mean"] - m["start_true"], m["end_mean"] - m["end_true"], m["ogpe"]
+
+
+def test_a_hedging_heads_start_and_end_are_moved_towards_the_truth(calibrated):
+    model, data = calibrated
+    model.progress_offset.zero_()
+    start, end, _ = edge_bias(model, data.val)
+    assert start > START_LIMIT and end < -END_LIMIT  # two epochs: the head still hedges to the middle
+    before = predict_causal(model, data.val).progress
+    offsets = edge_offsets(model, data.val)
+    fixed_start, fixed_end, _ = edge_bias(model, data.val)
+    assert fixed_start < start and fixed_end > end
+    assert max(abs(v) for v in offsets.values()) <= EDGE_STEPS.max()
+    # every answer moved by its frames-seen bin's offset, and kept in [0, 1]
+    table = model.progress_offset.numpy()
+    after = predict_causal(model, data.val).progress
+    for p, q in zip(before, after, strict=True):
+        shift = table[np.minimum(np.arange(len(p)), OFFSET_STEPS - 1)]
+        np.testing.assert_allclose(q, np.clip(p + shift, 0.0, 1.0), atol=1e-6)
+
+
+def test_a_head_within_the_limits_keeps_its_answers(calibrated):
+    model, data = calibrated
+    offsets = edge_offsets(model, data.val, start_limit=1.0, end_limit=1.0)
+    assert set(offsets.values()) == {0.0} and not model.progress_offset.any()

@@ -53,3 +53,17 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"\x00not a zip file")
     with pytest.raises(CheckpointError, match=r"noise\.pt: not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_the_progress_offset_reads_without_one(tmp_path):
+    cfg = TrainConfig(hidden_dim=8)
+    model = ProgressHead(5, 9.0, **cfg.model_kwargs())
+    model.progress_offset.fill_(0.05)
+    path = tmp_path / "earlier.pt"
+    save_checkpoint(path, model, cfg, {}, {})
+    raw = torch.load(path, weights_only=False)
+    del raw["state_dict"]["progress_offset"]
+    torch.save(raw, path)
+    loaded, _ = load_checkpoint(path)
+    assert not loaded.progress_offset.any()
+    assert torch.equal(loaded.state_dict()["band_offset"], model.band_offset)

@@ -74,7 +74,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Progre
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     try:
         model = ProgressHead(**raw["model_config"])
-        model.load_state_dict(raw["state_dict"])
+        # written before the progress offset existed: no correction, as it was trained
+        model.load_state_dict({"progress_offset": model.progress_offset, **raw["state_dict"]})
         cfg = TrainConfig(**raw["train_config"])
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc

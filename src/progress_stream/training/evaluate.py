@@ -11,6 +11,7 @@ import torch
 
 from progress_stream.contract.cell import remaining_frames
 from progress_stream.training.data import Dataset, ground_truth
+from progress_stream.training.losses import EDGE_FRACTION
 from progress_stream.training.model import ProgressHead
 from progress_stream.training.sampling import pad
 
@@ -114,8 +115,9 @@ def baselines(train_lengths: np.ndarray) -> dict[str, Callable[[int], np.ndarray
     }
 
 
-def _edge(n: int) -> int:
-    return max(1, math.ceil(0.1 * n))
+def edge_frames(n: int) -> int:
+    """How many of an action's ``n`` frames its start (and its end) spans: the loss's edge share, at least one."""
+    return max(1, math.ceil(EDGE_FRACTION * n))
 
 
 def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
@@ -132,10 +134,10 @@ def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
         "ogpe": float(per_action.mean()),
         "ogpe_frames": float(sum(e.sum() for e in errs) / lengths.sum()),
         "ogpe_normalised": float(1.0 - per_action.mean() / const.mean()),
-        "start_mean": float(np.mean([p[: _edge(len(p))].mean() for p in preds])),
-        "start_true": float(np.mean([g[: _edge(len(g))].mean() for g in gts])),
-        "end_mean": float(np.mean([p[-_edge(len(p)) :].mean() for p in preds])),
-        "end_true": float(np.mean([g[-_edge(len(g)) :].mean() for g in gts])),
+        "start_mean": float(np.mean([p[: edge_frames(len(p))].mean() for p in preds])),
+        "start_true": float(np.mean([g[: edge_frames(len(g))].mean() for g in gts])),
+        "end_mean": float(np.mean([p[-edge_frames(len(p)) :].mean() for p in preds])),
+        "end_true": float(np.mean([g[-edge_frames(len(g)) :].mean() for g in gts])),
         "n_actions": len(preds),
         "n_frames": int(lengths.sum()),
         "length_bins": bins,

@@ -88,6 +88,8 @@ class ProgressHead(nn.Module):
         self.register_buffer("input_scale", torch.ones(input_dim))
         # the band: quantile outputs widened (or narrowed) by a calibrated offset per frames-seen bin
         self.register_buffer("band_offset", torch.zeros(OFFSET_STEPS))
+        # progress shifted by a calibrated offset per frames-seen bin: 0 unless the start or end needed it
+        self.register_buffer("progress_offset", torch.zeros(OFFSET_STEPS))
 
     @property
     def state_dim(self) -> int:
@@ -147,10 +149,17 @@ class ProgressHead(nn.Module):
         hi = torch.maximum(quantiles[..., 1] + offset, progress).clamp(0.0, 1.0)
         return torch.stack([lo, hi], dim=-1)
 
+    def shifted(self, progress: Tensor, step: Tensor) -> Tensor:
+        """``progress`` moved by the offset of ``step`` and kept in [0, 1]: calibration
+        (:func:`training.calibration.edge_offsets`) sets ``progress_offset`` where the head's start or end
+        is biased on validation videos."""
+        return (progress + self.progress_offset[step.clamp(max=OFFSET_STEPS - 1)]).clamp(0.0, 1.0)
+
     def answer(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Progress ``(B, T)`` and the quantiles ``(B, T, 2)`` at every frame, before calibration's offset."""
+        """Progress ``(B, T)`` and the quantiles ``(B, T, 2)`` at every frame, before the band's offset."""
         out = self.activate(self.member_outputs(x, lengths).mean(dim=0))
-        return out[..., PROGRESS], out[..., LOWER : UPPER + 1]
+        steps = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        return self.shifted(out[..., PROGRESS], steps), out[..., LOWER : UPPER + 1]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, dense: bool = False) -> tuple[Tensor, Tensor]:
         """Progress and band at every frame ``(B, T)``, ``(B, T, 2)`` if ``dense``, else at each sequence's last
@@ -206,5 +215,5 @@ class ProgressHead(nn.Module):
         out = hid @ self._stacked("head.2.weight").transpose(1, 2) + self._stacked("head.2.bias")[:, None]
         next_state = torch.stack(nexts).permute(2, 1, 0, 3).reshape(-1, self.state_dim)
         out = self.activate(out.mean(dim=0))
-        progress = out[:, PROGRESS]
+        progress = self.shifted(out[:, PROGRESS], step)
         return progress, next_state, self.band(progress, out[:, LOWER : UPPER + 1], step)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from progress_stream.training.calibration import calibrate
+from progress_stream.training.calibration import calibrate, edge_offsets
 from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
@@ -227,6 +227,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
             best = {"epoch": epoch, "val": val, "state": copy.deepcopy(model.state_dict())}
     model.load_state_dict(best.pop("state"))
     if model.streamable:
+        best["progress_offsets"] = edge_offsets(model, data.val)
         best["band_offsets"] = calibrate(model, data.val, cfg.coverage)
     save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, best)
     seconds = time.perf_counter() - started
