@@ -78,3 +78,18 @@ def test_a_gateway_drops_a_stalled_connection_and_sends_the_tick_again(stallable
     for sid, v in x.items():
         got = np.concatenate([first[sid].progress, second[sid].progress])
         np.testing.assert_allclose(got, offline(runtime, v), atol=1e-5)
+
+
+def test_an_attach_that_times_out_leaves_no_late_reply_for_the_next_tick(stallable, runtime):
+    x = frames(np.random.default_rng(34), 6)
+    with SyncGateway(stallable.ws_url, timeout=TIMEOUT) as gw:
+        gw.attach("c")
+        timer = stall(stallable)
+        with pytest.raises(TimeoutError):
+            gw.attach("d")  # its reply comes once the server goes on, on a connection that must be gone
+        stalled_at = gw.conn
+        timer.join()
+        answers = gw.tick({"c": x[:3], "d": x[3:]})
+    assert stalled_at is None
+    np.testing.assert_allclose(answers["c"].progress, offline(runtime, x[:3]), atol=1e-5)
+    np.testing.assert_allclose(answers["d"].progress, offline(runtime, x[3:]), atol=1e-5)

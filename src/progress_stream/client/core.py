@@ -18,6 +18,7 @@ from progress_stream.contract.errors import ERRORS, Action
 from progress_stream.contract.replies import Estimates
 
 RETRY_DELAY = 0.2  # seconds before re-sending after a transport error (the seq makes it safe)
+TIMEOUT = 10.0  # every transport's default wait, in seconds, for a connection, a handshake or a reply
 
 
 @dataclass(frozen=True)

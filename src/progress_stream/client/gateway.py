@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.sync.client import ClientConnection as SyncConnection
 
 from progress_stream.client.core import (
+    TIMEOUT,
     Chunk,
     Outcome,
     SessionState,
@@ -94,7 +95,7 @@ def entry_outcome(error: dict | None, expected_seq: int | None, answers: Estimat
 
 class _Gateway:
     def __init__(
-        self, url: str, api_key: str | None = None, binary: bool = True, history: int = 4096, timeout: float = 10.0
+        self, url: str, api_key: str | None = None, binary: bool = True, history: int = 4096, timeout: float = TIMEOUT
     ):
         self.url = f"{url.rstrip('/')}{GATEWAY_SOCKET}"
         self.timeout = timeout  # seconds for the handshake and each reply, as a stream session's
@@ -192,8 +193,7 @@ class Gateway(_Gateway, Link):
     async def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
         attached = {}
         for message, rate in self._attach_messages(ids, fps):
-            await self.conn.send(message)
-            attached |= self._attached(await self._receive(), rate)
+            attached |= self._attached(await self._round_trip(message), rate)
         return attached
 
     async def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:
@@ -237,8 +237,7 @@ class SyncGateway(_Gateway, SyncLink):
     def _attach(self, ids: Collection[str], fps: float | None = None) -> dict[str, int]:
         attached = {}
         for message, rate in self._attach_messages(ids, fps):
-            self.conn.send(message)
-            attached |= self._attached(self._receive(), rate)
+            attached |= self._attached(self._round_trip(message), rate)
         return attached
 
     def attach(self, *ids: str, fps: float | None = None) -> dict[str, int]:

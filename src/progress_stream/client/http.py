@@ -8,6 +8,7 @@ import httpx
 
 from progress_stream.client.core import (
     RETRY_DELAY,
+    TIMEOUT,
     Chunk,
     Outcome,
     ServerError,
@@ -78,7 +79,7 @@ class _Session(SessionState):
         stream_id: str | None = None,
         api_key: str | None = None,
         history: int = 4096,
-        timeout: float = 10.0,
+        timeout: float = TIMEOUT,
         fps: float | None = None,
     ):
         super().__init__(stream_id, history)

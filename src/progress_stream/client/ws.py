@@ -18,6 +18,7 @@ from websockets.sync.client import connect as sync_connect
 
 from progress_stream.client.core import (
     RETRY_DELAY,
+    TIMEOUT,
     Chunk,
     Outcome,
     SessionState,
@@ -92,10 +93,6 @@ class Link:
             self.url, additional_headers=self.headers, compression=None, max_size=None, open_timeout=self.timeout
         )
 
-    async def _receive(self) -> bytes | str:
-        async with asyncio.timeout(self.timeout):
-            return await self.conn.recv()
-
     def _drop(self) -> None:
         """Abort the connection (no closing handshake: the peer may be the one stalling) and forget it."""
         if self.conn is not None:
@@ -109,7 +106,8 @@ class Link:
             if self.conn is None:
                 await self._connect()
             await self.conn.send(message)
-            return await self._receive()
+            async with asyncio.timeout(self.timeout):
+                return await self.conn.recv()
         except DROPPED:
             self._drop()
             raise
@@ -137,9 +135,6 @@ class SyncLink:
             legacy=True,
         )
 
-    def _receive(self) -> bytes | str:
-        return self.conn.recv(timeout=self.timeout)
-
     def _drop(self) -> None:
         if self.conn is not None:
             self.conn.close_socket()
@@ -150,7 +145,7 @@ class SyncLink:
             if self.conn is None:
                 self._connect()
             self.conn.send(message)
-            return self._receive()
+            return self.conn.recv(timeout=self.timeout)
         except DROPPED:
             self._drop()
             raise
@@ -179,7 +174,7 @@ class _WsSession(SessionState):
         binary: bool = True,
         history: int = 4096,
         fps: float | None = None,
-        timeout: float = 10.0,
+        timeout: float = TIMEOUT,
     ):
         super().__init__(stream_id, history)
         self.timeout = timeout
