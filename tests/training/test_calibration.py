@@ -127,6 +127,17 @@ def test_a_head_with_a_teacher_learns_from_the_ensemble_trained_beside_it(tiny_d
     assert not torch.allclose(taught.members[0].gru.weight_hh_l0, alone.members[0].gru.weight_hh_l0)
 
 
+def test_a_teacher_without_a_say_leaves_the_head_as_if_it_trained_alone(tiny_data: Path, tmp_path: Path):
+    """The teacher's gradients are clipped on their own: its norm never scales the head's steps."""
+    import torch
+
+    clip = {"epochs": 2, "grad_clip": 0.01, "distill_weight": 0.0}  # a clip that acts at every step
+    silent, _ = load_checkpoint(train_tiny(tiny_data, tmp_path / "silent", teacher_members=2, **clip))
+    alone, _ = load_checkpoint(train_tiny(tiny_data, tmp_path / "alone", **clip))
+    for name, value in alone.state_dict().items():
+        assert torch.equal(silent.state_dict()[name], value), name
+
+
 def edge_bias(model, data) -> tuple[float, float, float]:
     """The start's and the end's bias of the head's answers on ``data``, and its OGPE."""
     m = progress_metrics(predict_causal(model, data).progress, data.lengths)

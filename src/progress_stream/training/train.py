@@ -166,7 +166,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     With ``teacher_members`` above ``members``, a teacher of that many members (the same recipe otherwise)
     trains side by side with the head on the same batches, and the head learns from the teacher's progress
     as well as from the truth: one member that reads like the ensemble, at a third of its cost per frame.
-    Only the head is kept.
+    The teacher learns progress only (its band is never used) and its gradients are clipped on their own,
+    so its norm never scales the head's steps. Only the head is kept.
     """
     if cfg.regime == "dense" and cfg.position_encoding == "relative":
         raise ConfigError("the relative encoding changes with the prefix length: train it with regime=prefix")
@@ -178,10 +179,9 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     nets = [model]
     teacher, teacher_cfg = None, cfg
     if cfg.teacher_members > cfg.members:
-        teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0)
+        teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0, band_weight=0.0)
         teacher = build_model(teacher_cfg, data).to(device)
         nets.append(teacher)
-    params = [p for net in nets for p in net.parameters()]
     opt = torch.optim.AdamW(decay_groups(nets, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng = np.random.default_rng(cfg.seed)
@@ -208,7 +208,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                 loss = loss + teacher_loss
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            for net in nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
