@@ -80,7 +80,7 @@ class TrainConfig:
     length_ref: str = "median"  # training-set action-length statistic that is L_ref
     hidden_dim: int = 128
     layers: int = 1
-    mlp_dim: int = 32
+    mlp_dim: int = 128  # the readout's width: 32 read sub-step and cycle structure less well
     members: int = 1  # >1: a seed ensemble in one cell (states concatenated, outputs averaged); configs/ensemble.toml
     learn_h0: bool = True
     output: str = "sigmoid"
@@ -101,15 +101,15 @@ class TrainConfig:
     edge_weight: float = 0.5  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
     # distillation: a teacher ensemble trained side by side, the head learns from its progress too
-    teacher_members: int = 3  # <= members: no teacher
+    teacher_members: int = 2  # <= members: no teacher
     distill_weight: float = 0.5  # the share of the head's progress loss taken against the teacher's progress
     # the band
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
     band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses
     # optimisation
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.25  # AdamW's, on the weight matrices only (not the biases or the initial state)
     grad_clip: float = 1.0
     seed: int = 0

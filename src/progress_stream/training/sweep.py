@@ -21,6 +21,8 @@ from progress_stream.training.config import TrainConfig
 BASE: dict[str, Any] = {
     "hidden_dim": 64,
     "layers": 1,
+    "mlp_dim": 32,
+    "lr": 3e-3,
     "members": 1,
     "output": "sigmoid",
     "input_norm": "none",
@@ -82,6 +84,34 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
     "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3},
     "norm+warp+h128+edge+band+offset+distil+wd": {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25},
+    "norm+warp+h128+edge+band+offset+distil+wd+mlp128": {
+        **_SINGLE,
+        "teacher_members": 3,
+        "weight_decay": 0.25,
+        "mlp_dim": 128,
+    },
+    "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {
+        **_SINGLE,
+        "teacher_members": 3,
+        "weight_decay": 0.25,
+        "mlp_dim": 128,
+        "lr": 5e-3,
+    },
+    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {
+        **_SINGLE,
+        "teacher_members": 2,
+        "weight_decay": 0.25,
+        "mlp_dim": 128,
+        "lr": 5e-3,
+    },
+    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": {
+        **_SINGLE,
+        "teacher_members": 2,
+        "weight_decay": 0.25,
+        "mlp_dim": 128,
+        "lr": 5e-3,
+        "epochs": 50,
+    },
 }
 
 
