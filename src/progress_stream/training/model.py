@@ -138,35 +138,43 @@ class ProgressHead(nn.Module):
     def activate(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw) if self.output == "sigmoid" else raw.clamp(0.0, 1.0)
 
-    def band(self, progress: Tensor, quantiles: Tensor, step: Tensor) -> Tensor:
-        """``(..., 2)`` interval from the activated quantiles ``(..., 2)``, widened by the offset of ``step``.
+    @staticmethod
+    def offset_rows(step: Tensor) -> Tensor:
+        """The offset tables' row for each 0-based ``step``: the last row serves every later frame."""
+        return step.clamp(max=OFFSET_STEPS - 1)
+
+    def _frame_rows(self, x: Tensor) -> Tensor:
+        """:meth:`offset_rows` of every frame of ``x`` ``(B, T, D)``."""
+        return self.offset_rows(torch.arange(x.shape[1], device=x.device)).expand(x.shape[0], -1)
+
+    def band(self, progress: Tensor, quantiles: Tensor, rows: Tensor) -> Tensor:
+        """``(..., 2)`` interval from the activated quantiles ``(..., 2)``, widened by the offset of ``rows``
+        (:meth:`offset_rows`).
 
         It always holds ``progress`` and lies in [0, 1]; calibration (:mod:`training.calibration`) sets
         ``band_offset`` so that the stated share of validation frames fall inside.
         """
-        offset = self.band_offset[step.clamp(max=OFFSET_STEPS - 1)]
+        offset = self.band_offset[rows]
         lo = torch.minimum(quantiles[..., 0] - offset, progress).clamp(0.0, 1.0)
         hi = torch.maximum(quantiles[..., 1] + offset, progress).clamp(0.0, 1.0)
         return torch.stack([lo, hi], dim=-1)
 
-    def shifted(self, progress: Tensor, step: Tensor) -> Tensor:
-        """``progress`` moved by the offset of ``step`` and kept in [0, 1]: calibration
+    def shifted(self, progress: Tensor, rows: Tensor) -> Tensor:
+        """``progress`` moved by the offset of ``rows`` (:meth:`offset_rows`) and kept in [0, 1]: calibration
         (:func:`training.calibration.edge_offsets`) sets ``progress_offset`` where the head's start or end
         is biased on validation videos."""
-        return (progress + self.progress_offset[step.clamp(max=OFFSET_STEPS - 1)]).clamp(0.0, 1.0)
+        return (progress + self.progress_offset[rows]).clamp(0.0, 1.0)
 
     def answer(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Progress ``(B, T)`` and the quantiles ``(B, T, 2)`` at every frame, before the band's offset."""
         out = self.activate(self.member_outputs(x, lengths).mean(dim=0))
-        steps = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        return self.shifted(out[..., PROGRESS], steps), out[..., LOWER : UPPER + 1]
+        return self.shifted(out[..., PROGRESS], self._frame_rows(x)), out[..., LOWER : UPPER + 1]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, dense: bool = False) -> tuple[Tensor, Tensor]:
         """Progress and band at every frame ``(B, T)``, ``(B, T, 2)`` if ``dense``, else at each sequence's last
         frame ``(B,)``, ``(B, 2)``."""
         progress, quantiles = self.answer(x, lengths)
-        steps = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        band = self.band(progress, quantiles, steps)
+        band = self.band(progress, quantiles, self._frame_rows(x))
         if dense:
             return progress, band
         last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1)
@@ -215,5 +223,6 @@ class ProgressHead(nn.Module):
         out = hid @ self._stacked("head.2.weight").transpose(1, 2) + self._stacked("head.2.bias")[:, None]
         next_state = torch.stack(nexts).permute(2, 1, 0, 3).reshape(-1, self.state_dim)
         out = self.activate(out.mean(dim=0))
-        progress = self.shifted(out[:, PROGRESS], step)
-        return progress, next_state, self.band(progress, out[:, LOWER : UPPER + 1], step)
+        rows = self.offset_rows(step)  # one lookup row for both offset tables
+        progress = self.shifted(out[:, PROGRESS], rows)
+        return progress, next_state, self.band(progress, out[:, LOWER : UPPER + 1], rows)
