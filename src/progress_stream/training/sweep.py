@@ -43,6 +43,10 @@ BASE: dict[str, Any] = {
 _ENSEMBLE = {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidden_dim": 128, "edge_weight": 0.5}
 #: One member with the band and the per-action feature offset (the default's shape).
 _SINGLE = {**_ENSEMBLE, "members": 1, "band_weight": 1.0, "feature_offset": 0.5}
+#: ... taught by three members beside it, with weight decay (the default before the wider readout).
+_TAUGHT = {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25}
+#: ... a readout of 128, learning rate 0.005, a teacher of two, 50 epochs (the default).
+_WIDE = {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3, "teacher_members": 2, "epochs": 50}
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -83,35 +87,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
     "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3},
-    "norm+warp+h128+edge+band+offset+distil+wd": {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25},
-    "norm+warp+h128+edge+band+offset+distil+wd+mlp128": {
-        **_SINGLE,
-        "teacher_members": 3,
-        "weight_decay": 0.25,
-        "mlp_dim": 128,
-    },
-    "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {
-        **_SINGLE,
-        "teacher_members": 3,
-        "weight_decay": 0.25,
-        "mlp_dim": 128,
-        "lr": 5e-3,
-    },
-    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {
-        **_SINGLE,
-        "teacher_members": 2,
-        "weight_decay": 0.25,
-        "mlp_dim": 128,
-        "lr": 5e-3,
-    },
-    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": {
-        **_SINGLE,
-        "teacher_members": 2,
-        "weight_decay": 0.25,
-        "mlp_dim": 128,
-        "lr": 5e-3,
-        "epochs": 50,
-    },
+    "norm+warp+h128+edge+band+offset+distil+wd": _TAUGHT,
+    "norm+warp+h128+edge+band+offset+distil+wd+mlp128": {**_TAUGHT, "mlp_dim": 128},
+    "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3},
+    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {**_WIDE, "epochs": 40},
+    "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": _WIDE,
 }
 
 

@@ -165,7 +165,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
 
     With ``teacher_members`` above ``members``, a teacher of that many members (the same recipe otherwise)
     trains side by side with the head on the same batches, and the head learns from the teacher's progress
-    as well as from the truth: one member that reads like the ensemble, at a third of its cost per frame.
+    as well as from the truth: one member that reads like the ensemble, at one member's cost per frame.
     The teacher learns progress only (its band is never used) and its gradients are clipped on their own,
     so its norm never scales the head's steps. Only the head is kept.
     """
