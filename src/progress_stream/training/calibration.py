@@ -68,7 +68,8 @@ def _bin_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (values >= lo) & ((values <= hi) if hi < OFFSET_STEPS else True)
 
 
-def _inside(scores: np.ndarray, seen: np.ndarray, table: np.ndarray) -> np.ndarray:
+def covered(scores: np.ndarray, seen: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Whether each frame's truth lies inside the band that the offset ``table`` gives it."""
     return scores <= table[np.minimum(seen, OFFSET_STEPS) - 1]
 
 
@@ -99,7 +100,7 @@ def length_fitted(
         own = members & (seen >= lo)
         if own.sum() < MIN_BIN_FRAMES:
             continue
-        inside = _inside(scores[members], seen[members], table)
+        inside = covered(scores[members], seen[members], table)
         target = min(max(inside.mean(), coverage - LENGTH_TOLERANCE), coverage + LENGTH_TOLERANCE)
         if target == inside.mean():
             continue
@@ -109,17 +110,21 @@ def length_fitted(
     return table
 
 
-def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, float]:
-    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets.
+def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float) -> np.ndarray:
+    """The band's offset table from every frame's score, frames-seen count and action length.
 
     The length-fitted table is kept where it also holds all frames within LENGTH_TOLERANCE; where the
     content does not tell the length, fitting one range undoes another and the frames-seen table stays.
     """
-    scores, seen = band_scores(model, data)
     table = frames_seen_offsets(scores, seen, coverage)
-    fitted = length_fitted(table, scores, seen, np.repeat(data.lengths, data.lengths), coverage)
-    if abs(_inside(scores, seen, fitted).mean() - coverage) <= LENGTH_TOLERANCE:
-        table = fitted
+    fitted = length_fitted(table, scores, seen, length, coverage)
+    return fitted if abs(covered(scores, seen, fitted).mean() - coverage) <= LENGTH_TOLERANCE else table
+
+
+def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, float]:
+    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets."""
+    scores, seen = band_scores(model, data)
+    table = offset_table(scores, seen, np.repeat(data.lengths, data.lengths), coverage)
     model.band_offset.copy_(torch.from_numpy(table))
     return _labels(table)
 

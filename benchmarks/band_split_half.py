@@ -1,0 +1,81 @@
+"""How closely a calibration set of a given size can hold the band's coverage per action length.
+
+    .venv/bin/python benchmarks/band_split_half.py --checkpoint runs/smooth-s3-default/best.pt \
+        --annotations data/smooth-s3/annotations.json --features data/smooth-s3/features [--splits 20]
+
+A head is calibrated on its validation videos and read on the test videos, so one number per length bin
+says little about the next set of videos. Here the test videos are split in two at random, many times:
+the band is calibrated on one half (as training calibrates on validation) and its coverage read per
+length bin on the other. The halves hold about as many actions as a validation split of the training
+handles. For the shipped calibration and for one offset per frames-seen range alone, it prints the worst
+bin's distance from nominal per split (bins with at least MIN_BIN_ACTIONS actions in the read half), its
+median and maximum, and the share of splits in which some bin is further than TOLERANCE from nominal.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from progress_stream.training.calibration import band_scores, covered, frames_seen_offsets, offset_table
+from progress_stream.training.checkpoint import load_checkpoint
+from progress_stream.training.data import load_annotations, load_dataset, split_handles
+from progress_stream.training.evaluate import frame_bins
+from progress_stream.training.report import MIN_BIN_ACTIONS
+
+#: The band's promise per length bin: within this of nominal.
+TOLERANCE = 0.05
+
+Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
+CALIBRATORS: dict[str, Calibrator] = {
+    "shipped (length-fitted)": offset_table,
+    "frames-seen offsets alone": lambda scores, seen, _length, coverage: frames_seen_offsets(scores, seen, coverage),
+}
+
+
+def worst_bin_miss(inside: np.ndarray, lengths: np.ndarray, coverage: float) -> float:
+    """The largest distance from ``coverage`` over the length bins with enough actions."""
+    return max(abs(inside[sel].mean() - coverage) for _, sel, n in frame_bins(lengths) if n >= MIN_BIN_ACTIONS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--annotations", type=Path, required=True)
+    ap.add_argument("--features", type=Path, required=True)
+    ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    model, meta = load_checkpoint(args.checkpoint)
+    coverage = meta.train_config.coverage
+    videos = load_annotations(args.annotations)
+    data = load_dataset(videos, args.features, split_handles(videos, None)["test"])
+    scores, seen = band_scores(model, data)
+    lengths = data.lengths
+    action_video = np.array([a.handle for a in data.actions])
+    frame_video, frame_length = np.repeat(action_video, lengths), np.repeat(lengths, lengths)
+    handles = np.unique(action_video)
+    rng = np.random.default_rng(args.seed)
+    misses: dict[str, list[float]] = {name: [] for name in CALIBRATORS}
+    for _ in range(args.splits):
+        half = rng.choice(handles, len(handles) // 2, replace=False)
+        fit, fit_actions = np.isin(frame_video, half), np.isin(action_video, half)
+        for name, calibrator in CALIBRATORS.items():
+            table = calibrator(scores[fit], seen[fit], frame_length[fit], coverage)
+            inside = covered(scores[~fit], seen[~fit], table)
+            misses[name].append(worst_bin_miss(inside, lengths[~fit_actions], coverage))
+    print(f"{args.checkpoint}: {len(handles)} test videos, {len(lengths)} actions; {args.splits} random halves")
+    for name, worst in misses.items():
+        past = sum(w > TOLERANCE for w in worst)
+        print(
+            f"  {name:26s} worst bin off nominal: median {np.median(worst):.3f}, max {max(worst):.3f}; "
+            f"splits with a bin past {TOLERANCE}: {past}/{args.splits}"
+        )
+
+
+if __name__ == "__main__":
+    main()
