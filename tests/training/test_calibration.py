@@ -116,10 +116,14 @@ def test_remaining_metrics_score_the_head_against_the_content_free_estimate():
     assert m["length_bins"]["1-5"]["n"] == 1 and m["length_bins"]["6-10"]["n"] == 1
 
 
-def test_a_head_with_a_teacher_learns_from_the_ensemble_trained_beside_it(tiny_data: Path, tmp_path: Path):
+@pytest.mark.parametrize("teacher", [1, 2])
+def test_a_head_with_a_teacher_learns_from_the_nets_trained_beside_it(tiny_data: Path, tmp_path: Path, teacher: int):
+    """A teacher of one, the head's own size, teaches too: any teacher_members above 0 trains one."""
     import torch
 
-    taught, _ = load_checkpoint(train_tiny(tiny_data, tmp_path / "taught", members=1, teacher_members=2, epochs=2))
+    taught, _ = load_checkpoint(
+        train_tiny(tiny_data, tmp_path / "taught", members=1, teacher_members=teacher, epochs=2)
+    )
     alone, _ = load_checkpoint(train_tiny(tiny_data, tmp_path / "alone", members=1, epochs=2))
     assert taught.config["members"] == alone.config["members"] == 1  # only the head is kept: the served cell
     assert taught.state_dict().keys() == alone.state_dict().keys()

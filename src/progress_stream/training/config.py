@@ -100,14 +100,15 @@ class TrainConfig:
     weight_cap: float = 10.0
     edge_weight: float = 0.5  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
-    # distillation: a teacher ensemble trained side by side, the head learns from its progress too
-    teacher_members: int = 2  # <= members: no teacher
+    # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
+    # from its progress too
+    teacher_members: int = 1  # 0: no teacher
     distill_weight: float = 0.5  # the share of the head's progress loss taken against the teacher's progress
     # the band
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
     band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses
     # optimisation
-    epochs: int = 50
+    epochs: int = 75
     batch_size: int = 64
     lr: float = 5e-3
     weight_decay: float = 0.25  # AdamW's, on the weight matrices only (not the biases or the initial state)

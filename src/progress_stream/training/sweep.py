@@ -45,7 +45,7 @@ _ENSEMBLE = {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidde
 _SINGLE = {**_ENSEMBLE, "members": 1, "band_weight": 1.0, "feature_offset": 0.5}
 #: ... taught by three members beside it, with weight decay (the default before the wider readout).
 _TAUGHT = {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25}
-#: ... a readout of 128, learning rate 0.005, a teacher of two, 50 epochs (the default).
+#: ... a readout of 128, learning rate 0.005, a teacher of two, 50 epochs.
 _WIDE = {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3, "teacher_members": 2, "epochs": 50}
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -92,6 +92,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3},
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {**_WIDE, "epochs": 40},
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": _WIDE,
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep": {**_WIDE, "teacher_members": 1, "epochs": 75},
 }
 
 

@@ -163,9 +163,10 @@ def seed_everything(seed: int) -> None:
 def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -> dict:
     """Train on ``data.fit``, validating each epoch; the best epoch goes to ``out/best.pt``. Returns a summary.
 
-    With ``teacher_members`` above ``members``, a teacher of that many members (the same recipe otherwise)
-    trains side by side with the head on the same batches, and the head learns from the teacher's progress
-    as well as from the truth: one member that reads like the ensemble, at one member's cost per frame.
+    With ``teacher_members`` > 0, a teacher of that many members (the same recipe otherwise, its own
+    initialisation) trains side by side with the head on the same batches, and the head learns from the
+    teacher's progress as well as from the truth: a second opinion that averages away some of the noise
+    one net fits, at one member's cost per frame.
     The teacher learns progress only (its band is never used) and its gradients are clipped on their own,
     so its norm never scales the head's steps. Only the head is kept.
     """
@@ -178,7 +179,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     model = build_model(cfg, data).to(device)
     nets = [model]
     teacher, teacher_cfg = None, cfg
-    if cfg.teacher_members > cfg.members:
+    if cfg.teacher_members > 0:
         teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0, band_weight=0.0)
         teacher = build_model(teacher_cfg, data).to(device)
         nets.append(teacher)
