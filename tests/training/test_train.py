@@ -1,8 +1,11 @@
+import itertools
+
+import pytest
 import torch
 
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.model import ProgressHead
-from progress_stream.training.train import decay_groups
+from progress_stream.training.train import decay_groups, lr_schedule
 
 
 def test_weight_decay_shrinks_the_weight_matrices_only():
@@ -23,3 +26,20 @@ def test_weight_decay_shrinks_the_weight_matrices_only():
         decayed += is_weight
         torch.testing.assert_close(p.detach(), old * (0.95 if is_weight else 1.0))
     assert decayed == 4 * 4  # ih, hh and the MLP's two layers, in each of the four members
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3])
+def test_the_learning_rate_falls_from_lr_to_its_floor(floor):
+    """Halfway through, the cosine stands midway between lr and the floor; after the last epoch, at the floor."""
+    cfg = TrainConfig(lr=0.01, lr_floor=floor, epochs=10)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = lr_schedule(opt, cfg)
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(cfg.epochs):
+        opt.step()
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(0.01)
+    assert seen[5] == pytest.approx(0.01 * (1 + floor) / 2)
+    assert seen[-1] == pytest.approx(0.01 * floor)
+    assert all(a >= b for a, b in itertools.pairwise(seen))

@@ -43,6 +43,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "batch_size": (1, None),
     "lr": (1e-9, None),
     "weight_decay": (0.0, None),
+    "lr_floor": (0.0, 1.0),
     "grad_clip": (0.0, None),
     "val_fraction": (1e-9, 1.0),
     "threads": (0, None),
@@ -111,6 +112,7 @@ class TrainConfig:
     epochs: int = 75
     batch_size: int = 64
     lr: float = 5e-3
+    lr_floor: float = 0.0  # the cosine schedule ends at lr × lr_floor instead of 0
     weight_decay: float = 0.25  # AdamW's, on the weight matrices only (not the biases or the initial state)
     grad_clip: float = 1.0
     seed: int = 0

@@ -37,6 +37,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "time_warp": (0.0, 0.6, False),
     "dropout": (0.0, 0.3, False),
     "weight_decay": (0.0, 1.0, False),
+    "lr_floor": (0.0, 0.5, False),
 }
 
 
