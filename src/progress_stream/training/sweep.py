@@ -36,6 +36,7 @@ BASE: dict[str, Any] = {
     "band_weight": 0.0,
     "teacher_members": 0,
     "weight_decay": 0.0,
+    "lr_floor": 0.0,
     "epochs": 40,
 }
 
@@ -93,6 +94,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {**_WIDE, "epochs": 40},
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": _WIDE,
     "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep": {**_WIDE, "teacher_members": 1, "epochs": 75},
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3": {
+        **_WIDE,
+        "teacher_members": 1,
+        "epochs": 75,
+        "lr_floor": 0.3,
+    },
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.5": {
+        **_WIDE,
+        "teacher_members": 1,
+        "epochs": 75,
+        "lr_floor": 0.5,
+    },
 }
 
 
