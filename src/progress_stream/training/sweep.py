@@ -48,6 +48,10 @@ _SINGLE = {**_ENSEMBLE, "members": 1, "band_weight": 1.0, "feature_offset": 0.5}
 _TAUGHT = {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25}
 #: ... a readout of 128, learning rate 0.005, a teacher of two, 50 epochs.
 _WIDE = {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3, "teacher_members": 2, "epochs": 50}
+#: ... a teacher of one, 75 epochs.
+_LONG = {**_WIDE, "teacher_members": 1, "epochs": 75}
+#: ... with the learning rate's cosine ending at these fractions of it.
+_FLOORS = (0.2, 0.3, 0.5)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -93,18 +97,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3},
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5": {**_WIDE, "epochs": 40},
     "norm+warp+h128+edge+band+offset+distil2+wd+mlp128+lr5+50ep": _WIDE,
-    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep": {**_WIDE, "teacher_members": 1, "epochs": 75},
-    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3": {
-        **_WIDE,
-        "teacher_members": 1,
-        "epochs": 75,
-        "lr_floor": 0.3,
-    },
-    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.5": {
-        **_WIDE,
-        "teacher_members": 1,
-        "epochs": 75,
-        "lr_floor": 0.5,
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep": _LONG,
+    **{
+        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor{x}": {**_LONG, "lr_floor": x}
+        for x in _FLOORS
     },
 }
 
