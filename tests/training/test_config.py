@@ -17,6 +17,8 @@ def test_no_config_is_the_dataclass_defaults():
         ('output = "tanh"', "output"),
         ("members = 0", "members"),
         ("dropout = 1.0", "dropout"),
+        ("lr_floor = 1.5", "lr_floor"),
+        ("lr_floor = -0.1", "lr_floor"),
         ("hidden = 64", "hidden"),
     ],
 )
