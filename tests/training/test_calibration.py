@@ -7,6 +7,7 @@ import pytest
 
 from progress_stream.contract.cell import remaining_band, remaining_frames
 from progress_stream.training.calibration import (
+    EDGE_PENALTY,
     EDGE_STEPS,
     END_LIMIT,
     LENGTH_TOLERANCE,
@@ -14,6 +15,7 @@ from progress_stream.training.calibration import (
     band_scores,
     calibrate,
     edge_offsets,
+    edge_search,
     frames_seen_offsets,
     length_fitted,
 )
@@ -26,7 +28,7 @@ from progress_stream.training.evaluate import (
     progress_metrics,
     remaining_metrics,
 )
-from progress_stream.training.model import OFFSET_STEPS
+from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS
 from progress_stream.training.train import load_training_data
 from tests.conftest import train_tiny
 
@@ -170,3 +172,20 @@ def test_a_head_within_the_limits_keeps_its_answers(calibrated):
     model, data = calibrated
     offsets = edge_offsets(model, data.val, start_limit=1.0, end_limit=1.0)
     assert set(offsets.values()) == {0.0} and not model.progress_offset.any()
+
+
+@pytest.mark.parametrize("limits", [(START_LIMIT, END_LIMIT), (0.0, 0.0)])
+def test_the_edge_search_scores_the_answers_its_offsets_give(calibrated, limits):
+    """The objective :func:`edge_search` reports is the OGPE of the moved answers plus EDGE_PENALTY × the bias
+    left past the limits, recomputed here from the moved answers themselves (at the product's limits and at 0)."""
+    model, data = calibrated
+    model.progress_offset.zero_()
+    answers, lengths = predict_causal(model, data.val).progress, data.val.lengths
+    offsets, score = edge_search(answers, lengths, *limits)
+    table = np.concatenate([np.full(hi - lo + 1, v) for (lo, hi), v in zip(OFFSET_BINS, offsets, strict=True)])
+    moved = [np.clip(p + table[np.minimum(np.arange(len(p)), OFFSET_STEPS - 1)], 0.0, 1.0) for p in answers]
+    m = progress_metrics(moved, lengths)
+    start, end = m["start_mean"] - m["start_true"], m["end_mean"] - m["end_true"]
+    excess = max(abs(start) - limits[0], 0.0) + max(-end - limits[1], 0.0)
+    assert score == pytest.approx(m["ogpe"] + EDGE_PENALTY * excess, rel=1e-6)
+    assert offsets.any()  # the two-epoch head hedges past both limits, so the search moved some bin

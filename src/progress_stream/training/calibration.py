@@ -39,6 +39,7 @@ START_LIMIT = 0.035
 END_LIMIT = 0.065
 #: The progress offsets tried per bin, and the weight of each unit of bias past a limit against OGPE.
 EDGE_STEPS = np.linspace(-0.08, 0.08, 17)
+ZERO_STEP = len(EDGE_STEPS) // 2
 EDGE_PENALTY = 20.0
 #: Passes of the coordinate search over the bins.
 EDGE_PASSES = 3
@@ -135,54 +136,75 @@ def _labels(values: np.ndarray) -> dict[str, float]:
 
 
 class _EdgeObjective:
-    """OGPE plus EDGE_PENALTY × the start's and the end's bias past their limits, for one offset per bin,
-    over every validation frame at once."""
+    """OGPE plus EDGE_PENALTY × the start's and the end's bias past their limits, for one offset per bin
+    (an index into EDGE_STEPS per bin), over every validation frame at once.
+
+    Each bin's share of the OGPE, the start and the end at each step is tabulated once, so a trial costs
+    a sum over the bins rather than a pass over the frames: cheap enough to run after every epoch.
+    """
 
     def __init__(self, progress: list[np.ndarray], lengths: np.ndarray, start_limit: float, end_limit: float):
         self.start_limit, self.end_limit = start_limit, end_limit
         n = lengths.astype(np.int64)
         seen = np.concatenate([np.arange(1, k + 1) for k in n.tolist()])
-        self.p = np.concatenate(progress).astype(np.float64)
-        self.truth = np.concatenate([ground_truth(k) for k in n.tolist()]).astype(np.float64)
-        self.bin = np.searchsorted([hi for _, hi in OFFSET_BINS], np.minimum(seen, OFFSET_STEPS))
+        p = np.concatenate(progress).astype(np.float64)
+        truth = np.concatenate([ground_truth(k) for k in n.tolist()]).astype(np.float64)
+        bins = np.searchsorted([hi for _, hi in OFFSET_BINS], np.minimum(seen, OFFSET_STEPS))
         edge = np.repeat([edge_frames(k) for k in n.tolist()], n)
         per_action = np.repeat(1.0 / len(n), n.sum())
-        self.w = per_action / np.repeat(n, n)
-        self.w_start = np.where(seen <= edge, per_action / edge, 0.0)
-        self.w_end = np.where(seen > np.repeat(n, n) - edge, per_action / edge, 0.0)
-        self.start_true = self.w_start @ self.truth
-        self.end_true = self.w_end @ self.truth
+        w_start = np.where(seen <= edge, per_action / edge, 0.0)
+        w_end = np.where(seen > np.repeat(n, n) - edge, per_action / edge, 0.0)
+        self.start_true, self.end_true = w_start @ truth, w_end @ truth
+        moved = np.clip(p[None, :] + EDGE_STEPS[:, None], 0.0, 1.0)  # (steps, frames)
+        flat = (np.arange(len(EDGE_STEPS))[:, None] * len(OFFSET_BINS) + bins[None, :]).ravel()
+        shape = (len(EDGE_STEPS), len(OFFSET_BINS))
 
-    def excess(self, p: np.ndarray) -> float:
-        """How far past their limits the start's and the end's bias of answers ``p`` are, together."""
-        start, end = self.w_start @ p - self.start_true, self.w_end @ p - self.end_true
+        def per_bin(values: np.ndarray) -> np.ndarray:
+            return np.bincount(flat, values.ravel(), shape[0] * shape[1]).reshape(shape)
+
+        self.ogpe = per_bin(np.abs(moved - truth) * (per_action / np.repeat(n, n)))
+        self.start, self.end = per_bin(moved * w_start), per_bin(moved * w_end)
+        self.columns = np.arange(len(OFFSET_BINS))
+
+    def excess(self, steps: np.ndarray) -> float:
+        """How far past their limits the start's and the end's bias are, together, at offsets ``steps``."""
+        start = self.start[steps, self.columns].sum() - self.start_true
+        end = self.end[steps, self.columns].sum() - self.end_true
         return max(abs(start) - self.start_limit, 0.0) + max(-end - self.end_limit, 0.0)
 
-    def __call__(self, offsets: np.ndarray) -> float:
-        p = np.clip(self.p + offsets[self.bin], 0.0, 1.0)
-        return float(self.w @ np.abs(p - self.truth)) + EDGE_PENALTY * self.excess(p)
+    def __call__(self, steps: np.ndarray) -> float:
+        return float(self.ogpe[steps, self.columns].sum()) + EDGE_PENALTY * self.excess(steps)
 
 
-def edge_offsets(
-    model: ProgressHead, data: Dataset, start_limit: float = START_LIMIT, end_limit: float = END_LIMIT
-) -> dict[str, float]:
-    """Set ``model.progress_offset`` from ``data`` (validation actions); returns the offsets per bin.
+def edge_search(
+    progress: list[np.ndarray], lengths: np.ndarray, start_limit: float = START_LIMIT, end_limit: float = END_LIMIT
+) -> tuple[np.ndarray, float]:
+    """One progress offset per frames-seen bin for answers ``progress``, and the objective they reach.
 
     Zero where the start's bias is within ``start_limit`` and the end at most ``end_limit`` below the
     truth's; otherwise each bin's offset is searched in turn (EDGE_STEPS, EDGE_PASSES passes) for the
     least OGPE plus EDGE_PENALTY × the bias left past the limits.
     """
-    model.progress_offset.zero_()
-    objective = _EdgeObjective(predict_causal(model, data).progress, data.lengths, start_limit, end_limit)
-    offsets = np.zeros(len(OFFSET_BINS))
-    best = objective(offsets)
-    if objective.excess(objective.p) > 0:
+    objective = _EdgeObjective(progress, lengths, start_limit, end_limit)
+    steps = np.full(len(OFFSET_BINS), ZERO_STEP)
+    best = objective(steps)
+    if objective.excess(steps) > 0:
         for _ in range(EDGE_PASSES):
-            for k, step in itertools.product(range(len(OFFSET_BINS)), EDGE_STEPS):
-                trial = offsets.copy()
+            for k, step in itertools.product(range(len(OFFSET_BINS)), range(len(EDGE_STEPS))):
+                trial = steps.copy()
                 trial[k] = step
                 if (score := objective(trial)) < best - 1e-9:
-                    best, offsets = score, trial
+                    best, steps = score, trial
+    return EDGE_STEPS[steps], best
+
+
+def edge_offsets(
+    model: ProgressHead, data: Dataset, start_limit: float = START_LIMIT, end_limit: float = END_LIMIT
+) -> dict[str, float]:
+    """Set ``model.progress_offset`` from ``data`` (validation actions) by :func:`edge_search`; returns
+    the offsets per bin."""
+    model.progress_offset.zero_()
+    offsets, _ = edge_search(predict_causal(model, data).progress, data.lengths, start_limit, end_limit)
     table = np.concatenate([np.full(hi - lo + 1, v) for (lo, hi), v in zip(OFFSET_BINS, offsets, strict=True)])
     model.progress_offset.copy_(torch.from_numpy(table.astype(np.float32)))
     return _labels(table)
