@@ -1,11 +1,17 @@
 import itertools
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.config import TrainConfig
+from progress_stream.training.evaluate import predict_causal, progress_metrics
 from progress_stream.training.model import ProgressHead
-from progress_stream.training.train import decay_groups, lr_schedule
+from progress_stream.training.train import decay_groups, load_training_data, lr_schedule
+from tests.conftest import train_tiny
 
 
 def test_weight_decay_shrinks_the_weight_matrices_only():
@@ -43,3 +49,20 @@ def test_the_learning_rate_falls_from_lr_to_its_floor(floor):
     assert seen[5] == pytest.approx(0.01 * (1 + floor) / 2)
     assert seen[-1] == pytest.approx(0.01 * floor)
     assert all(a >= b for a, b in itertools.pairwise(seen))
+
+
+def test_training_keeps_the_epoch_whose_served_answers_read_validation_best(tiny_data: Path, tmp_path: Path):
+    """The kept epoch is the one whose answers, after the start and end offsets, score best on validation; the
+    reported validation metrics are the served head's (offsets in place), the kept epoch's raw ones beside them."""
+    path = train_tiny(tiny_data, tmp_path, epochs=8, lr=0.1, edge_weight=0.0)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    history = summary["history"]
+    best = summary["best_epoch"]
+    assert best == 1 + int(np.argmin([h["served_ogpe"] for h in history]))
+    assert best != 1 + int(np.argmin([h["val_ogpe"] for h in history]))  # on this run the raw answers' best differs
+    model, ckpt = load_checkpoint(path)
+    data = load_training_data(tiny_data / "annotations.json", tiny_data / "features")
+    served = progress_metrics(predict_causal(model, data.val).progress, data.val.lengths)
+    assert summary["val"]["ogpe"] == ckpt.metrics["val"]["ogpe"] == pytest.approx(served["ogpe"])
+    assert served["ogpe"] <= history[best - 1]["served_ogpe"] + 1e-6  # the search's objective adds a penalty
+    assert ckpt.metrics["val_raw"]["ogpe"] == pytest.approx(history[best - 1]["val_ogpe"])
