@@ -99,7 +99,7 @@ class TrainConfig:
     loss: str = "l1"  # l1: conditional median; l2: conditional mean
     weighted_loss: bool = False  # the proposal's early weighting min(cap, 1/max(gt, 1/cap))
     weight_cap: float = 10.0
-    edge_weight: float = 0.5  # extra weight on each action's first and last 10 % of frames (dense regime)
+    edge_weight: float = 0.25  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
     # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
     # from its progress too

@@ -52,6 +52,8 @@ _WIDE = {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3, "teacher_members": 2, "epochs": 
 _LONG = {**_WIDE, "teacher_members": 1, "epochs": 75}
 #: ... with the learning rate's cosine ending at these fractions of it.
 _FLOORS = (0.2, 0.3, 0.5)
+#: ... floor 0.3, with these edge weights (every epoch judged with the start and end offsets it would get).
+_EDGES = (0.0, 0.25)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -101,6 +103,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     **{
         f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor{x}": {**_LONG, "lr_floor": x}
         for x in _FLOORS
+    },
+    **{
+        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge{x}": {
+            **_LONG,
+            "lr_floor": 0.3,
+            "edge_weight": x,
+        }
+        for x in _EDGES
     },
 }
 
