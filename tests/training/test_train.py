@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from progress_stream.training.calibration import edge_offsets
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.evaluate import predict_causal, progress_metrics
@@ -66,3 +67,5 @@ def test_training_keeps_the_epoch_whose_served_answers_read_validation_best(tiny
     assert summary["val"]["ogpe"] == ckpt.metrics["val"]["ogpe"] == pytest.approx(served["ogpe"])
     assert served["ogpe"] <= history[best - 1]["served_ogpe"] + 1e-6  # the search's objective adds a penalty
     assert ckpt.metrics["val_raw"]["ogpe"] == pytest.approx(history[best - 1]["val_ogpe"])
+    # the offsets kept from that epoch's search are the ones a fresh search on the kept head finds
+    assert edge_offsets(model, data.val) == ckpt.metrics["progress_offsets"]

@@ -39,7 +39,7 @@ START_LIMIT = 0.035
 END_LIMIT = 0.065
 #: The progress offsets tried per bin, and the weight of each unit of bias past a limit against OGPE.
 EDGE_STEPS = np.linspace(-0.08, 0.08, 17)
-ZERO_STEP = len(EDGE_STEPS) // 2
+ZERO_STEP = len(EDGE_STEPS) // 2  # the index of offset 0 (the steps are symmetric about it)
 EDGE_PENALTY = 20.0
 #: Passes of the coordinate search over the bins.
 EDGE_PASSES = 3
@@ -198,6 +198,13 @@ def edge_search(
     return EDGE_STEPS[steps], best
 
 
+def set_edge_offsets(model: ProgressHead, offsets: np.ndarray) -> dict[str, float]:
+    """Write one progress offset per frames-seen bin into ``model.progress_offset``; returns them per bin."""
+    table = np.concatenate([np.full(hi - lo + 1, v) for (lo, hi), v in zip(OFFSET_BINS, offsets, strict=True)])
+    model.progress_offset.copy_(torch.from_numpy(table.astype(np.float32)))
+    return _labels(table)
+
+
 def edge_offsets(
     model: ProgressHead, data: Dataset, start_limit: float = START_LIMIT, end_limit: float = END_LIMIT
 ) -> dict[str, float]:
@@ -205,6 +212,4 @@ def edge_offsets(
     the offsets per bin."""
     model.progress_offset.zero_()
     offsets, _ = edge_search(predict_causal(model, data).progress, data.lengths, start_limit, end_limit)
-    table = np.concatenate([np.full(hi - lo + 1, v) for (lo, hi), v in zip(OFFSET_BINS, offsets, strict=True)])
-    model.progress_offset.copy_(torch.from_numpy(table.astype(np.float32)))
-    return _labels(table)
+    return set_edge_offsets(model, offsets)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from progress_stream.training.calibration import calibrate, edge_offsets, edge_search
+from progress_stream.training.calibration import calibrate, edge_search, set_edge_offsets
 from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
@@ -203,7 +203,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     best: dict = {}
-    best_served = float("inf")
+    best_served, best_offsets = float("inf"), None
     history = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -230,7 +230,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         sched.step()
         answers = predict_causal(model, data.val).progress
         val = _val_metrics(answers, data.val.lengths, bayes_ogpe)
-        served = edge_search(answers, data.val.lengths)[1] if model.streamable else val["ogpe"]
+        offsets, served = edge_search(answers, data.val.lengths) if model.streamable else (None, val["ogpe"])
         history.append({"epoch": epoch, "loss": running, "val_ogpe": val["ogpe"], "served_ogpe": served})
         if verbose:
             tqdm.write(
@@ -239,10 +239,11 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                 f"end {val['end_mean']:.3f}/{val['end_true']:.3f}  served {served:.4f}"
             )
         if served < best_served:
-            best_served, best = served, {"epoch": epoch, "val_raw": val, "state": copy.deepcopy(model.state_dict())}
+            best_served, best_offsets = served, offsets
+            best = {"epoch": epoch, "val_raw": val, "state": copy.deepcopy(model.state_dict())}
     model.load_state_dict(best.pop("state"))
-    if model.streamable:
-        best["progress_offsets"] = edge_offsets(model, data.val)
+    if model.streamable:  # the kept epoch's own search: its answers were scored with these offsets
+        best["progress_offsets"] = set_edge_offsets(model, best_offsets)
         best["band_offsets"] = calibrate(model, data.val, cfg.coverage)
     best["val"] = _val_metrics(predict_causal(model, data.val).progress, data.val.lengths, bayes_ogpe)
     save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, best)
