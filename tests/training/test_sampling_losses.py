@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
+from progress_stream.training.data import Action, Dataset
 from progress_stream.training.losses import edge_masks, progress_loss, progress_weights, quantile_loss
-from progress_stream.training.sampling import bin_frames, feature_offset, target_frames, time_warp
+from progress_stream.training.sampling import (
+    bin_frames,
+    dense_batches,
+    feature_offset,
+    replay,
+    target_frames,
+    warped_lengths,
+)
 
 
 @pytest.mark.parametrize("length", [3, 4, 7, 10, 31, 200])
@@ -72,15 +80,31 @@ def test_edge_weight_adds_the_mean_error_at_each_edge():
 
 def test_time_warp_replays_the_action_in_order_at_another_speed():
     rng = np.random.default_rng(0)
+    lengths = np.full(200, 40)
+    assert warped_lengths(lengths, rng, 0.0) is lengths
+    replayed = warped_lengths(lengths, rng, 0.5)
+    assert np.all((40 * np.exp(-0.5) - 1 <= replayed) & (replayed <= 40 * np.exp(0.5) + 1))
+    assert replayed.min() < 32 and replayed.max() > 50  # both slower and faster replays occur
     seq = np.arange(40, dtype=np.float32)[:, None]
-    assert time_warp(seq, rng, 0.0) is seq
-    lengths = set()
-    for _ in range(200):
-        out = time_warp(seq, rng, 0.5)
-        lengths.add(len(out))
-        assert np.all(np.diff(out[:, 0]) >= 0) and set(out[:, 0]) <= set(seq[:, 0])
-        assert 40 * np.exp(-0.5) - 1 <= len(out) <= 40 * np.exp(0.5) + 1
-    assert min(lengths) < 32 and max(lengths) > 50  # both slower and faster replays occur
+    assert replay(seq, 40) is seq
+    for n in (1, 25, 66):
+        out = replay(seq, n)
+        assert len(out) == n and np.all(np.diff(out[:, 0]) >= 0) and set(out[:, 0]) <= set(seq[:, 0])
+
+
+def test_dense_batches_group_actions_by_their_replayed_length():
+    """Equal actions replayed at many speeds: each batch pads only to its own longest replay."""
+    n, length = 640, 40
+    actions = [Action(f"v{i}", "a", 0, length - 1) for i in range(n)]
+    features = [np.tile(np.arange(length, dtype=np.float32)[:, None], (1, 2)) for _ in range(n)]
+    batches = list(dense_batches(Dataset(2, actions, features), 64, np.random.default_rng(0), warp=0.5))
+    spans = [int(lengths.max() - lengths.min()) for _, lengths in batches]
+    assert sum(len(lengths) for _, lengths in batches) == n
+    everything = torch.cat([lengths for _, lengths in batches])
+    assert everything.max() - everything.min() > 30 and max(spans) <= 10
+    for x, lengths in batches:
+        assert x.shape[1] == lengths.max()
+        assert all(torch.all(x[i, : lengths[i], 0].diff() >= 0) for i in range(len(lengths)))
 
 
 def test_the_feature_offset_moves_every_frame_of_an_action_by_one_vector():

@@ -72,17 +72,22 @@ def pad(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), lengths
 
 
-def time_warp(seq: np.ndarray, rng: np.random.Generator, warp: float) -> np.ndarray:
-    """``seq`` replayed at a random speed ``exp(U(-warp, warp))``: frames repeated or dropped, order kept.
+def warped_lengths(lengths: np.ndarray, rng: np.random.Generator, warp: float) -> np.ndarray:
+    """Each action's length replayed at a random speed ``exp(U(-warp, warp))`` (at least 1); ``lengths`` if 0.
 
     The warped action is a new instance of its class, longer or shorter, with its own ground truth
     ``(i+1)/L'``; this teaches the head that speed varies without changing what the content means.
     """
     if warp <= 0:
+        return lengths
+    return np.maximum(1, np.round(lengths / np.exp(rng.uniform(-warp, warp, len(lengths))))).astype(np.int64)
+
+
+def replay(seq: np.ndarray, length: int) -> np.ndarray:
+    """``seq`` replayed in ``length`` frames: frames repeated or dropped, order kept."""
+    if length == len(seq):
         return seq
-    length = len(seq)
-    new_len = max(1, round(length / np.exp(rng.uniform(-warp, warp))))
-    return seq[((np.arange(new_len) + 0.5) * length / new_len).astype(np.int64)]
+    return seq[((np.arange(length) + 0.5) * len(seq) / length).astype(np.int64)]
 
 
 def feature_offset(seq: np.ndarray, rng: np.random.Generator, scale: np.ndarray | None) -> np.ndarray:
@@ -103,8 +108,10 @@ def dense_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Whole actions, optionally time-warped and offset: ``(x, lengths)``; the target of frame i is ``(i+1)/L``."""
     keep = np.flatnonzero(data.lengths >= min_segment_len)
-    for batch in _batches_by_length(data.lengths[keep], batch_size, rng):
-        yield pad([feature_offset(time_warp(data.features[keep[i]], rng, warp), rng, offset_scale) for i in batch])
+    # batched by the replayed lengths, drawn first: a batch pads to its longest replay, not its longest action
+    replayed = warped_lengths(data.lengths[keep], rng, warp)
+    for batch in _batches_by_length(replayed, batch_size, rng):
+        yield pad([feature_offset(replay(data.features[keep[i]], replayed[i]), rng, offset_scale) for i in batch])
 
 
 def prefix_batches(
