@@ -2,7 +2,7 @@ from progress_stream.training.config import TrainConfig
 from progress_stream.training.sweep import RECIPES, recipe_config, sweep_table
 
 # docs/training.md, "How the default was chosen"
-CHOSEN = "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25"
+CHOSEN = "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.5"
 
 
 def test_the_recipe_the_sweep_chose_is_the_default():
@@ -28,6 +28,14 @@ def test_the_ensemble_variant_is_the_recipe_the_one_member_default_replaced():
 
     expensive = recipe_config("norm+warp+ens3+h128+edge+band+offset")
     ensemble = TrainConfig(
-        members=3, teacher_members=0, weight_decay=0.0, mlp_dim=32, lr=3e-3, lr_floor=0.0, epochs=40, edge_weight=0.5
+        members=3,
+        teacher_members=0,
+        weight_decay=0.0,
+        mlp_dim=32,
+        lr=3e-3,
+        lr_floor=0.0,
+        epochs=40,
+        edge_weight=0.5,
+        time_warp=0.3,
     )
     assert load_config("configs/ensemble.toml") == expensive == ensemble

@@ -112,6 +112,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         }
         for x in _EDGES
     },
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.5": {
+        **_LONG,
+        "lr_floor": 0.3,
+        "edge_weight": 0.25,
+        "time_warp": 0.5,
+    },
 }
 
 
