@@ -53,6 +53,7 @@ _LONG = {**_WIDE, "teacher_members": 1, "epochs": 75}
 #: ... with the learning rate's cosine ending at these fractions of it.
 _FLOORS = (0.2, 0.3, 0.5)
 #: ... floor 0.3, with these edge weights (every epoch judged with the start and end offsets it would get).
+_FLOORED = {**_LONG, "lr_floor": 0.3}
 _EDGES = (0.0, 0.25)
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -105,16 +106,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         for x in _FLOORS
     },
     **{
-        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge{x}": {
-            **_LONG,
-            "lr_floor": 0.3,
-            "edge_weight": x,
-        }
+        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge{x}": {**_FLOORED, "edge_weight": x}
         for x in _EDGES
     },
     "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.5": {
-        **_LONG,
-        "lr_floor": 0.3,
+        **_FLOORED,
         "edge_weight": 0.25,
         "time_warp": 0.5,
     },
