@@ -93,7 +93,7 @@ class TrainConfig:
     samples_per_video: int = 10
     frames_per_segment: int = 5
     stratified_sampling: bool = True
-    time_warp: float = 0.5  # actions replayed at speed exp(U(-w, w)) each epoch; 0: off
+    time_warp: float = 0.7  # actions replayed at speed exp(U(-w, w)) each epoch; 0: off
     feature_offset: float = 0.5  # each training action shifted by one random vector, N(0, s²) per standardised dim
     # loss
     loss: str = "l1"  # l1: conditional median; l2: conditional mean

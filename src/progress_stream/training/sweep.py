@@ -55,6 +55,8 @@ _FLOORS = (0.2, 0.3, 0.5)
 #: ... floor 0.3, with these edge weights (every epoch judged with the start and end offsets it would get).
 _FLOORED = {**_LONG, "lr_floor": 0.3}
 _EDGES = (0.0, 0.25)
+#: ... edge 0.25, with these time warps (batched by the replayed length).
+_WARPS = (0.5, 0.7, 1.0)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -109,10 +111,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge{x}": {**_FLOORED, "edge_weight": x}
         for x in _EDGES
     },
-    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.5": {
-        **_FLOORED,
-        "edge_weight": 0.25,
-        "time_warp": 0.5,
+    **{
+        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp{x}": {
+            **_FLOORED,
+            "edge_weight": 0.25,
+            "time_warp": x,
+        }
+        for x in _WARPS
     },
 }
 
