@@ -56,7 +56,7 @@ _FLOORS = (0.2, 0.3, 0.5)
 _FLOORED = {**_LONG, "lr_floor": 0.3}
 _EDGES = (0.0, 0.25)
 #: ... edge 0.25, with these time warps (batched by the replayed length).
-_WARPS = (0.5, 0.7, 1.0)
+_WARPS = (0.5, 0.7, 0.85, 1.0)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
