@@ -109,7 +109,7 @@ class TrainConfig:
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
     band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses
     # optimisation
-    epochs: int = 75
+    epochs: int = 70
     batch_size: int = 64
     lr: float = 5e-3
     lr_floor: float = 0.3  # the cosine schedule ends at lr × lr_floor, not 0: the converged end reads worse

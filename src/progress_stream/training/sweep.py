@@ -56,6 +56,7 @@ _FLOORS = (0.2, 0.3, 0.5)
 _FLOORED = {**_LONG, "lr_floor": 0.3}
 _EDGES = (0.0, 0.25)
 #: ... edge 0.25, with these time warps (batched by the replayed length).
+_EDGED = {**_FLOORED, "edge_weight": 0.25}
 _WARPS = (0.5, 0.7, 0.85, 1.0)
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -113,11 +114,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     **{
         f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp{x}": {
-            **_FLOORED,
-            "edge_weight": 0.25,
+            **_EDGED,
             "time_warp": x,
         }
         for x in _WARPS
+    },
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep": {
+        **_EDGED,
+        "time_warp": 0.7,
+        "epochs": 70,
     },
 }
 
