@@ -75,3 +75,29 @@ def test_the_phase_probe_tells_features_that_carry_the_phase_from_noise(tiny_dat
     (noise / "phase").symlink_to(tiny_data / "phase")
     assert phase_r2(tiny_data, window=1) > 0.5
     assert phase_r2(noise, window=1) < 0.1
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_clean_family_keeps_the_phase_and_drops_only_the_noise(name):
+    """Clean and noisy share every other draw: the same phase, and content that differs from the noisy one."""
+    (x, phase), (clean, clean_phase) = (
+        make_family(name, FamilyConfig(dim=32, clean=c)).video(SEGMENTS, 100, "task") for c in (False, True)
+    )
+    assert np.array_equal(phase, clean_phase) and not np.allclose(x, clean)
+    a = clean[SEGMENTS[1][1] : SEGMENTS[1][2] + 1]
+    if name == "substeps":  # no jitter, no noise: a sub-step is one embedding, repeated
+        assert 2 <= len(np.unique(a, axis=0)) <= 6
+    if name == "shifted":  # no distractor walk, no noise: the upper half is softplus(0) × scale, constant
+        assert np.allclose(clean[:, 16:], clean[0, 16:])
+
+
+def test_synth_clean_writes_the_same_annotations_and_phases(tmp_path):
+    real = subset_annotations(tmp_path / "real.json", tasks=1, handles=2)
+    noisy, clean = (
+        synthesize(real, tmp_path / k, FamilyConfig(stride=8, dim=8, clean=k == "clean"), "substeps")
+        for k in ("noisy", "clean")
+    )
+    assert clean["clean"] and not noisy["clean"]
+    assert (tmp_path / "noisy/annotations.json").read_bytes() == (tmp_path / "clean/annotations.json").read_bytes()
+    for path in (tmp_path / "noisy/phase").glob("*.npy"):
+        assert np.array_equal(np.load(path), np.load(tmp_path / "clean/phase" / path.name))

@@ -117,6 +117,9 @@ def synth(
     stride: Annotated[int, typer.Option(help="Divide the real timings by this (8: median action ~10 frames).")] = 8,
     dim: int = 128,
     seed: int = 0,
+    clean: Annotated[
+        bool, typer.Option(help="No style, noise, jitter or distractors; the same timings and phases as without.")
+    ] = False,
 ) -> None:
     """Generate synthetic embeddings of one family on real annotation timings (GTCC layout)."""
     from progress_stream.training.data import EGOPROCEL
@@ -124,7 +127,9 @@ def synth(
     from progress_stream.training.synth import synthesize
 
     try:
-        summary = synthesize(annotations or EGOPROCEL, out, FamilyConfig(stride=stride, dim=dim, seed=seed), family)
+        summary = synthesize(
+            annotations or EGOPROCEL, out, FamilyConfig(stride=stride, dim=dim, seed=seed, clean=clean), family
+        )
     except ValueError as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps(summary))

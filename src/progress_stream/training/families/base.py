@@ -17,6 +17,9 @@ class FamilyConfig:
     stride: int = 8
     dim: int = 128
     seed: int = 0
+    #: No per-video style, per-frame noise, jitter or distractors, from the same draws: the same timings and
+    #: phases as the noisy dataset, so a head trained on both tells what the noise costs.
+    clean: bool = False
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -39,6 +42,8 @@ class Family:
         self.cfg = cfg
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(self.name.encode())])
         self.background_dir = unit(self.class_rng("__background__").standard_normal(cfg.dim))
+        #: What every noise term is multiplied by: 0 when clean (still drawn, so the other draws stay put).
+        self.noise_gain = 0.0 if cfg.clean else 1.0
 
     def class_rng(self, label: str) -> np.random.Generator:
         """A random stream owned by one action class (the same in every video and run)."""
@@ -60,8 +65,8 @@ class Family:
     def finish(self, x: np.ndarray, task: str) -> np.ndarray:
         """Per-video style offset, per-frame Gaussian noise, L2 normalisation."""
         dim = self.cfg.dim
-        style = self.rng.standard_normal(dim) * self.style_scale / np.sqrt(dim)
-        noise = self.rng.standard_normal(x.shape) * self.noise_scale / np.sqrt(dim)
+        style = self.rng.standard_normal(dim) * self.style_scale * self.noise_gain / np.sqrt(dim)
+        noise = self.rng.standard_normal(x.shape) * self.noise_scale * self.noise_gain / np.sqrt(dim)
         return unit(x + style + noise)
 
     def video(self, segments: list[tuple[str, int, int]], n_frames: int, task: str) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,6 @@ class Shifted(Family):
         n, dim = x.shape
         half = dim // 2
         walk = np.cumsum(self.rng.normal(0.0, 0.3, (n, dim - half)), axis=0)
-        x[:, half:] = walk - walk.mean(axis=0)
-        noise = self.rng.standard_normal(x.shape) * self.rng.uniform(0.2, 0.8)
+        x[:, half:] = (walk - walk.mean(axis=0)) * self.noise_gain
+        noise = self.rng.standard_normal(x.shape) * self.rng.uniform(0.2, 0.8) * self.noise_gain
         return np.logaddexp(0.0, x + noise) * self.scale

@@ -28,5 +28,5 @@ class Substeps(Family):
         shares = self.rng.dirichlet(20.0 * typical[keep] + 0.5)
         bounds = np.cumsum(shares)[:-1] * length
         which = np.flatnonzero(keep)[np.searchsorted(bounds, np.arange(length) + 0.5)]
-        jitter = self.rng.standard_normal((length, self.cfg.dim)) * 0.25 / np.sqrt(self.cfg.dim)
+        jitter = self.rng.standard_normal((length, self.cfg.dim)) * 0.25 * self.noise_gain / np.sqrt(self.cfg.dim)
         return protos[which] + jitter, which / (n_sub - 1)
