@@ -67,3 +67,19 @@ def test_a_checkpoint_from_before_the_progress_offset_reads_without_one(tmp_path
     loaded, _ = load_checkpoint(path)
     assert not loaded.progress_offset.any()
     assert torch.equal(loaded.state_dict()["band_offset"], model.band_offset)
+
+
+def test_a_checkpoint_from_before_the_low_rank_input_reads_the_whole_embedding(tmp_path):
+    cfg = TrainConfig(hidden_dim=8, input_rank=0)
+    model = ProgressHead(5, 9.0, **cfg.model_kwargs())
+    path = tmp_path / "earlier.pt"
+    save_checkpoint(path, model, cfg, {}, {})
+    raw = torch.load(path, weights_only=False)
+    del raw["model_config"]["input_rank"], raw["train_config"]["input_rank"]
+    torch.save(raw, path)
+    loaded, meta = load_checkpoint(path)
+    assert meta.model_config["input_rank"] == 0 and meta.train_config.input_rank == 0
+    assert loaded.members[0].gru.input_size == 5 + 1
+    x = torch.randn(2, 7, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, dense=True)[0], model.eval()(x, dense=True)[0])

@@ -21,10 +21,12 @@ def perturb(model: ProgressHead) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["log", "linear", "none"])
-@pytest.mark.parametrize(("members", "layers"), [(1, 1), (3, 1), (2, 2)])
-def test_full_sequence_equals_step_by_step(encoding, members, layers):
+@pytest.mark.parametrize(("members", "layers", "rank"), [(1, 1, 0), (3, 1, 0), (2, 2, 0), (1, 1, 5), (2, 2, 5)])
+def test_full_sequence_equals_step_by_step(encoding, members, layers, rank):
     torch.manual_seed(0)
-    model = head(12, 7.0, position_encoding=encoding, hidden_dim=16, members=members, layers=layers).eval()
+    model = head(
+        12, 7.0, position_encoding=encoding, hidden_dim=16, members=members, layers=layers, input_rank=rank
+    ).eval()
     perturb(model)
     assert model.state_dim == members * layers * 16
     with torch.no_grad():
@@ -111,3 +113,16 @@ def test_log_encoding_depends_on_the_index_alone():
 def test_clamp_output_reaches_both_ends():
     model = head(4, output="clamp")
     assert model.activate(torch.tensor([-0.3, 0.4, 1.7])).tolist() == pytest.approx([0.0, 0.4, 1.0])
+
+
+def test_a_low_rank_input_reads_the_embedding_only_through_its_projections():
+    """Embeddings that differ only where the projection is blind give the same answers."""
+    torch.manual_seed(0)
+    model = head(12, input_rank=3).eval()
+    assert model.members[0].gru.input_size == 3 + 1  # the projections and the position feature
+    blind = torch.linalg.svd(model.project.weight).Vh[3:]  # (9, 12): directions the projection ignores
+    x = torch.randn(2, 15, 12)
+    moved = x + torch.randn(2, 15, 9) @ blind
+    with torch.no_grad():
+        assert torch.allclose(model(x, dense=True)[0], model(moved, dense=True)[0], atol=1e-5)
+        assert not torch.allclose(model(x, dense=True)[0], model(x + torch.randn(2, 15, 12), dense=True)[0])

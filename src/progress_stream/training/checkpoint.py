@@ -72,13 +72,15 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Progre
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    # written before the low-rank input existed: the GRU reads the whole embedding
+    model_config = {"input_rank": 0, **raw["model_config"]}
     try:
-        model = ProgressHead(**raw["model_config"])
+        model = ProgressHead(**model_config)
         # written before the progress offset existed: no correction, as it was trained
         model.load_state_dict({"progress_offset": model.progress_offset, **raw["state_dict"]})
-        cfg = TrainConfig(**raw["train_config"])
+        cfg = TrainConfig(**{"input_rank": 0, **raw["train_config"]})
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc
     model.eval()
-    meta = Checkpoint(path, dict(raw["model_config"]), cfg, raw["data"], raw["metrics"])
+    meta = Checkpoint(path, model_config, cfg, raw["data"], raw["metrics"])
     return model, meta

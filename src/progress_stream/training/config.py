@@ -30,6 +30,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "hidden_dim": (1, None),
     "layers": (1, None),
     "mlp_dim": (1, None),
+    "input_rank": (0, None),
     "members": (1, None),
     "dropout": (0.0, 1.0),
     "min_segment_len": (1, None),
@@ -65,6 +66,7 @@ MODEL_FIELDS = (
     "output",
     "input_norm",
     "dropout",
+    "input_rank",
 )
 
 
@@ -87,6 +89,7 @@ class TrainConfig:
     output: str = "sigmoid"
     input_norm: str = "standardize"  # per-dimension z-score from the training frames, inside the graph
     dropout: float = 0.0
+    input_rank: int = 0  # >0: the GRU reads this many learned projections of the embedding; 0: all of it
     # sampling
     regime: str = "dense"  # "dense" (one pass per action, loss at every frame) or "prefix"
     min_segment_len: int = 1

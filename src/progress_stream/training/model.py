@@ -41,7 +41,7 @@ class _Member(nn.Module):
 
 
 class ProgressHead(nn.Module):
-    """members × [GRU(norm(embedding) ⊕ position) → Linear → ReLU → Linear] → mean → sigmoid or clamp.
+    """members × [GRU(project(norm(embedding)) ⊕ position) → Linear → ReLU → Linear] → mean → sigmoid or clamp.
 
     Every argument is required: the model is built from a :class:`training.config.TrainConfig`
     (``ProgressHead(input_dim, length_ref, **cfg.model_kwargs())``), whose defaults are the only ones.
@@ -61,6 +61,7 @@ class ProgressHead(nn.Module):
         output: str,
         input_norm: str,
         dropout: float,
+        input_rank: int,
     ):
         super().__init__()
         self.config = {
@@ -75,13 +76,17 @@ class ProgressHead(nn.Module):
             "output": output,
             "input_norm": input_norm,
             "dropout": dropout,
+            "input_rank": input_rank,
         }
         self.position_encoding = position_encoding
         self.output = output
         self.n_position = 0 if position_encoding == "none" else 1
         self.in_drop = nn.Dropout(dropout)
+        # a low-rank input: every member reads the same input_rank projections of the normalised embedding
+        self.project = nn.Linear(input_dim, input_rank, bias=False) if input_rank else nn.Identity()
+        read = input_rank or input_dim
         self.members = nn.ModuleList(
-            _Member(input_dim + self.n_position, hidden_dim, layers, mlp_dim, learn_h0, dropout) for _ in range(members)
+            _Member(read + self.n_position, hidden_dim, layers, mlp_dim, learn_h0, dropout) for _ in range(members)
         )
         self.register_buffer("length_ref", torch.tensor(float(length_ref)))
         self.register_buffer("input_mean", torch.zeros(input_dim))
@@ -118,7 +123,7 @@ class ProgressHead(nn.Module):
         return feat.unsqueeze(-1)
 
     def _inputs(self, x: Tensor, lengths: Tensor) -> Tensor:
-        x = self.in_drop((x - self.input_mean) * self.input_scale)
+        x = self.project(self.in_drop((x - self.input_mean) * self.input_scale))
         if self.position_encoding == "none":
             return x
         idx = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
@@ -197,7 +202,7 @@ class ProgressHead(nn.Module):
         """
         if not self.streamable:
             raise ValueError("the relative encoding depends on the prefix length: it cannot run step by step")
-        x = (embedding - self.input_mean) * self.input_scale
+        x = self.project((embedding - self.input_mean) * self.input_scale)
         if self.position_encoding != "none":
             x = torch.cat([x, self.position_features(step)], dim=-1)
         members, layers, hidden = len(self.members), self.config["layers"], self.config["hidden_dim"]

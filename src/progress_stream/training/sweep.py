@@ -27,6 +27,7 @@ BASE: dict[str, Any] = {
     "output": "sigmoid",
     "input_norm": "none",
     "dropout": 0.0,
+    "input_rank": 0,
     "time_warp": 0.0,
     "weighted_loss": False,
     "aux_weight": 0.0,
@@ -58,6 +59,9 @@ _EDGES = (0.0, 0.25)
 #: ... edge 0.25, with these time warps (batched by the replayed length).
 _EDGED = {**_FLOORED, "edge_weight": 0.25}
 _WARPS = (0.5, 0.7, 0.85, 1.0)
+#: ... warp 0.7, 70 epochs, with the GRU reading these many projections of the embedding.
+_SEVENTY = {**_EDGED, "time_warp": 0.7, "epochs": 70}
+_RANKS = (32, 64, 96)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -119,10 +123,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         }
         for x in _WARPS
     },
-    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep": {
-        **_EDGED,
-        "time_warp": 0.7,
-        "epochs": 70,
+    "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep": _SEVENTY,
+    **{
+        f"norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep+rank{x}": {
+            **_SEVENTY,
+            "input_rank": x,
+        }
+        for x in _RANKS
     },
 }
 
