@@ -16,8 +16,9 @@ from tests.conftest import train_tiny
 
 
 def test_weight_decay_shrinks_the_weight_matrices_only():
-    """One AdamW step with zero gradients moves a parameter by weight decay alone: the GRUs' and the MLP's
-    weight matrices shrink by lr × decay, the biases and the learned initial states stay where they are."""
+    """One AdamW step with zero gradients moves a parameter by weight decay alone: the input projection's, the
+    GRUs' and the MLP's weight matrices shrink by lr × decay, the biases and the learned initial states stay
+    where they are."""
     torch.manual_seed(0)
     nets = [ProgressHead(6, 5.0, **TrainConfig(hidden_dim=4, mlp_dim=3, members=m).model_kwargs()) for m in (1, 3)]
     named = [(name, p) for net in nets for name, p in net.named_parameters()]
@@ -32,7 +33,7 @@ def test_weight_decay_shrinks_the_weight_matrices_only():
         is_weight = name.rsplit(".", 1)[-1].startswith("weight")
         decayed += is_weight
         torch.testing.assert_close(p.detach(), old * (0.95 if is_weight else 1.0))
-    assert decayed == 4 * 4  # ih, hh and the MLP's two layers, in each of the four members
+    assert decayed == 4 * 4 + 2  # ih, hh and the MLP's two layers in each of the four members; each projection
 
 
 @pytest.mark.parametrize("floor", [0.0, 0.3])

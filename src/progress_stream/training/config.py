@@ -89,7 +89,7 @@ class TrainConfig:
     output: str = "sigmoid"
     input_norm: str = "standardize"  # per-dimension z-score from the training frames, inside the graph
     dropout: float = 0.0
-    input_rank: int = 0  # >0: the GRU reads this many learned projections of the embedding; 0: all of it
+    input_rank: int = 96  # the GRU reads this many learned projections of the embedding; 0: all of it
     # sampling
     regime: str = "dense"  # "dense" (one pass per action, loss at every frame) or "prefix"
     min_segment_len: int = 1
