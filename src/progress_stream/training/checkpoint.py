@@ -20,6 +20,8 @@ from progress_stream.training.model import ProgressHead
 
 SCHEMA_VERSION = 3
 KEYS = ("schema", "model_config", "state_dict", "train_config", "data", "metrics")
+#: What a checkpoint written before a field existed was trained with (model and train config alike).
+EARLIER = {"input_rank": 0}  # the GRU read the whole embedding
 
 
 class CheckpointError(ValueError):
@@ -72,13 +74,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Progre
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    # written before the low-rank input existed: the GRU reads the whole embedding
-    model_config = {"input_rank": 0, **raw["model_config"]}
+    model_config = {**EARLIER, **raw["model_config"]}
     try:
         model = ProgressHead(**model_config)
         # written before the progress offset existed: no correction, as it was trained
         model.load_state_dict({"progress_offset": model.progress_offset, **raw["state_dict"]})
-        cfg = TrainConfig(**{"input_rank": 0, **raw["train_config"]})
+        cfg = TrainConfig(**{**EARLIER, **raw["train_config"]})
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc
     model.eval()
