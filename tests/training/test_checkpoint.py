@@ -6,6 +6,15 @@ from progress_stream.training.config import TrainConfig
 from progress_stream.training.model import ProgressHead
 
 
+def saved_then_edited(path, model: ProgressHead, cfg: TrainConfig, edit) -> None:
+    """A checkpoint of ``model`` at ``path``, its raw dict changed by ``edit`` as an older or foreign writer
+    would have left it."""
+    save_checkpoint(path, model, cfg, {}, {})
+    raw = torch.load(path, weights_only=False)
+    edit(raw)
+    torch.save(raw, path)
+
+
 def test_round_trip_keeps_weights_config_and_metadata(tmp_path):
     cfg = TrainConfig(hidden_dim=8, members=2, layers=2)
     model = ProgressHead(5, 9.0, **cfg.model_kwargs())
@@ -40,10 +49,7 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
     cfg = TrainConfig(hidden_dim=8, members=1)
     model = ProgressHead(5, 9.0, **cfg.model_kwargs())
     path = tmp_path / "mismatch.pt"
-    save_checkpoint(path, model, cfg, {}, {})
-    raw = torch.load(path, weights_only=False)
-    raw["model_config"]["hidden_dim"] = 16
-    torch.save(raw, path)
+    saved_then_edited(path, model, cfg, lambda raw: raw["model_config"].update(hidden_dim=16))
     with pytest.raises(CheckpointError, match="does not match its model_config"):
         load_checkpoint(path)
 
@@ -60,10 +66,7 @@ def test_a_checkpoint_from_before_the_progress_offset_reads_without_one(tmp_path
     model = ProgressHead(5, 9.0, **cfg.model_kwargs())
     model.progress_offset.fill_(0.05)
     path = tmp_path / "earlier.pt"
-    save_checkpoint(path, model, cfg, {}, {})
-    raw = torch.load(path, weights_only=False)
-    del raw["state_dict"]["progress_offset"]
-    torch.save(raw, path)
+    saved_then_edited(path, model, cfg, lambda raw: raw["state_dict"].pop("progress_offset"))
     loaded, _ = load_checkpoint(path)
     assert not loaded.progress_offset.any()
     assert torch.equal(loaded.state_dict()["band_offset"], model.band_offset)
@@ -73,10 +76,9 @@ def test_a_checkpoint_from_before_the_low_rank_input_reads_the_whole_embedding(t
     cfg = TrainConfig(hidden_dim=8, input_rank=0)
     model = ProgressHead(5, 9.0, **cfg.model_kwargs())
     path = tmp_path / "earlier.pt"
-    save_checkpoint(path, model, cfg, {}, {})
-    raw = torch.load(path, weights_only=False)
-    del raw["model_config"]["input_rank"], raw["train_config"]["input_rank"]
-    torch.save(raw, path)
+    saved_then_edited(
+        path, model, cfg, lambda raw: (raw["model_config"].pop("input_rank"), raw["train_config"].pop("input_rank"))
+    )
     loaded, meta = load_checkpoint(path)
     assert meta.model_config["input_rank"] == 0 and meta.train_config.input_rank == 0
     assert loaded.members[0].gru.input_size == 5 + 1
