@@ -19,6 +19,8 @@ def test_no_config_is_the_dataclass_defaults():
         ("dropout = 1.0", "dropout"),
         ("lr_floor = 1.5", "lr_floor"),
         ("lr_floor = -0.1", "lr_floor"),
+        ("input_rank = -1", "input_rank"),
+        ("input_rank = 32.0", "input_rank"),
         ("hidden = 64", "hidden"),
     ],
 )
