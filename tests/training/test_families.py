@@ -91,6 +91,23 @@ def test_a_clean_family_keeps_the_phase_and_drops_only_the_noise(name):
         assert np.allclose(clean[:, 16:], clean[0, 16:])
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_draw_is_new_instances_of_the_same_classes(name):
+    """Another draw keeps every class (without noise, an action still starts and ends on the same embeddings)
+    and draws new instances of it (the phase in between differs); draw 0 is the dataset without a draw."""
+
+    def make(draw: int) -> tuple[np.ndarray, np.ndarray]:
+        return make_family(name, FamilyConfig(dim=32, clean=True, draw=draw)).video(SEGMENTS, 100, "task")
+
+    (x0, phase0), (x1, phase1) = make(0), make(1)
+    assert np.array_equal(x0, make_family(name, FamilyConfig(dim=32, clean=True)).video(SEGMENTS, 100, "task")[0])
+    for _, s, e in SEGMENTS[1::2]:
+        assert np.allclose(x0[[s, e]], x1[[s, e]], atol=1e-6)
+    assert not np.array_equal(phase0, phase1)
+    with pytest.raises(ValueError, match="draw"):
+        make_family(name, FamilyConfig(draw=-1))
+
+
 def test_synth_clean_writes_the_same_annotations_and_phases(tmp_path):
     real = subset_annotations(tmp_path / "real.json", tasks=1, handles=2)
     noisy, clean = (

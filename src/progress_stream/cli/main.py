@@ -120,6 +120,9 @@ def synth(
     clean: Annotated[
         bool, typer.Option(help="No style, noise, jitter or distractors; the same timings and phases as without.")
     ] = False,
+    draw: Annotated[
+        int, typer.Option(help="Another draw of every instance of the same classes (0: the dataset the docs use).")
+    ] = 0,
 ) -> None:
     """Generate synthetic embeddings of one family on real annotation timings (GTCC layout)."""
     from progress_stream.training.data import EGOPROCEL
@@ -128,7 +131,10 @@ def synth(
 
     try:
         summary = synthesize(
-            annotations or EGOPROCEL, out, FamilyConfig(stride=stride, dim=dim, seed=seed, clean=clean), family
+            annotations or EGOPROCEL,
+            out,
+            FamilyConfig(stride=stride, dim=dim, seed=seed, clean=clean, draw=draw),
+            family,
         )
     except ValueError as exc:
         raise _fail(exc) from exc

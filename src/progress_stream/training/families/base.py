@@ -20,6 +20,9 @@ class FamilyConfig:
     #: No per-video style, per-frame noise, jitter or distractors, from the same draws: the same timings and
     #: phases as the noisy dataset, so a head trained on both tells what the noise costs.
     clean: bool = False
+    #: Another draw of every instance (its shares, speeds, cycles, style and noise) of the same classes: the
+    #: class streams depend on the seed alone, so draws 1, 2, … are more videos of the same actions.
+    draw: int = 0
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -40,7 +43,10 @@ class Family:
 
     def __init__(self, cfg: FamilyConfig):
         self.cfg = cfg
-        self.rng = np.random.default_rng([cfg.seed, zlib.crc32(self.name.encode())])
+        if cfg.draw < 0:
+            raise ValueError("draw must be at least 0")
+        draw = [cfg.draw] if cfg.draw else []  # draw 0 keeps the stream every earlier dataset was written with
+        self.rng = np.random.default_rng([cfg.seed, zlib.crc32(self.name.encode()), *draw])
         self.background_dir = unit(self.class_rng("__background__").standard_normal(cfg.dim))
         #: What every noise term is multiplied by: 0 when clean (still drawn, so the other draws stay put).
         self.noise_gain = 0.0 if cfg.clean else 1.0
