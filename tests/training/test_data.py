@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from progress_stream.training.data import DataError, load_annotations, load_dataset, load_features, split_handles
+from progress_stream.training.train import load_training_data
 
 
 @pytest.fixture
@@ -90,3 +91,20 @@ def test_split_file_is_honoured_and_checked(tiny_data, tmp_path):
     split.write_text(json.dumps({"train": ["nope"], "test": []}))
     with pytest.raises(DataError, match="nope"):
         split_handles(videos, split)
+
+
+def test_a_split_file_may_name_the_validation_videos(tiny_data, tmp_path):
+    """Training validates on exactly the named videos and fits on the rest of the training videos."""
+    videos = load_annotations(tiny_data / "annotations.json")
+    handles = [v.handle for v in videos]
+    train, val = handles[:-1], [handles[0], handles[2]]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train, "test": handles[-1:], "val": val}))
+    data = load_training_data(tiny_data / "annotations.json", tiny_data / "features", split)
+    assert {a.handle for a in data.val.actions} == set(val)
+    assert {a.handle for a in data.fit.actions} == set(train) - set(val)
+    assert data.source["validation_videos"] == 2
+    for bad, named in (([handles[-1]], handles[-1]), ([], "empty")):
+        split.write_text(json.dumps({"train": train, "test": handles[-1:], "val": bad}))
+        with pytest.raises(DataError, match=f"'val'.*{named}"):
+            split_handles(videos, split)

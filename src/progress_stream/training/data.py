@@ -94,22 +94,39 @@ def _hash_unit(handle: str) -> float:
 def split_handles(
     videos: list[Video], split_file: Path | None = None, test_fraction: float = 0.2
 ) -> dict[str, list[str]]:
-    """``{"train": [...], "test": [...]}`` from a split file, else a deterministic per-task split."""
-    if split_file is not None:
-        split = json.loads(Path(split_file).read_text())
-        for key in ("train", "test"):
-            if key not in split:
-                raise DataError(f"{split_file}: split has no {key!r} list")
-        known = {v.handle for v in videos}
-        unknown = sorted((set(split["train"]) | set(split["test"])) - known)
-        if unknown:
-            raise DataError(f"{split_file}: handles not in the annotations: {unknown[:5]}")
-        return {"train": list(split["train"]), "test": list(split["test"])}
-    return _hash_split(videos, test_fraction, "train", "test")
+    """``{"train": [...], "test": [...]}`` from a split file, else a deterministic per-task split.
+
+    A split file may also name the validation videos (``"val"``, some of its training videos), for when
+    which videos validate matters: a held-out camera, or copies of one video that must stay together.
+    """
+    if split_file is None:
+        return _hash_split(videos, test_fraction, "train", "test")
+    split = json.loads(Path(split_file).read_text())
+    for key in ("train", "test"):
+        if key not in split:
+            raise DataError(f"{split_file}: split has no {key!r} list")
+    known = {v.handle for v in videos}
+    unknown = sorted((set(split["train"]) | set(split["test"])) - known)
+    if unknown:
+        raise DataError(f"{split_file}: handles not in the annotations: {unknown[:5]}")
+    handles = {"train": list(split["train"]), "test": list(split["test"])}
+    if "val" in split:
+        outside = sorted(set(split["val"]) - set(split["train"]))
+        if outside or not split["val"]:
+            detail = f"handles not in 'train': {outside[:5]}" if outside else "the list is empty"
+            raise DataError(f"{split_file}: split key 'val' must name some of the training videos; {detail}")
+        handles["val"] = list(split["val"])
+    return handles
 
 
-def validation_split(videos: list[Video], train: list[str], fraction: float = 0.15) -> dict[str, list[str]]:
-    """Hold out whole videos of the training handles (per task) for validation."""
+def validation_split(
+    videos: list[Video], train: list[str], fraction: float = 0.15, val: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Hold out whole videos of the training handles (per task) for validation: ``val`` if given (a split
+    file's), else a hash of the handle picks ``fraction`` of each task's."""
+    if val is not None:
+        held = set(val)
+        return {"fit": [h for h in train if h not in held], "val": list(val)}
     keep = set(train)
     return _hash_split([v for v in videos if v.handle in keep], fraction, "fit", "val")
 

@@ -67,8 +67,8 @@ def load_training_data(
     annotations: Path, features: Path, split: Path | None = None, val_fraction: float = 0.15
 ) -> TrainingData:
     videos = load_annotations(annotations)
-    train_handles = split_handles(videos, split)["train"]
-    inner = validation_split(videos, train_handles, val_fraction)
+    handles = split_handles(videos, split)
+    inner = validation_split(videos, handles["train"], val_fraction, handles.get("val"))
     fit = load_dataset(videos, features, inner["fit"])
     val = load_dataset(videos, features, inner["val"])
     source = {
