@@ -8,11 +8,12 @@
 
 Draw 0 is the dataset ``progress synth`` writes. Draws 1 … K−1 (``progress synth --draw k``) are new
 instances of the same classes on the same real timings: other sub-step shares, speeds, cycles, style and
-noise. Every training video of draw 0 gains K−1 copies, ``HANDLE.drawK``; the test videos do not, and the
+noise. Every training video of draw 0 gains K−1 copies, ``HANDLE.drawK``; the test videos do not. The
 split file keeps draw 0's test videos as the test set, so the head is read on the very videos a head
 trained on draw 0 alone is read on (evaluate against draw 0's annotations, as above, for the same
-length-Bayes baseline). With ``--clean`` every draw is noise-free: how far a head gets with more videos
-and no noise.
+length-Bayes baseline). It names the validation videos too: draw 0's, with their copies, so that no
+copy of a validation video (its timings) is fitted. With ``--clean`` every draw is noise-free: how far
+a head gets with more videos and no noise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
-from progress_stream.training.data import EGOPROCEL, load_annotations, split_handles
+from progress_stream.training.data import EGOPROCEL, load_annotations, split_handles, validation_split
 from progress_stream.training.families import FamilyConfig
 from progress_stream.training.synth import synthesize
 
@@ -42,8 +43,10 @@ def main() -> None:
 
     synthesize(EGOPROCEL, args.out, FamilyConfig(stride=args.stride, clean=args.clean), args.family)
     annotations = json.loads((args.out / "annotations.json").read_text())
-    split = split_handles(load_annotations(args.out / "annotations.json"))
-    train = set(split["train"])
+    videos = load_annotations(args.out / "annotations.json")
+    split = split_handles(videos)
+    split["val"] = validation_split(videos, split["train"])["val"]
+    train, val = set(split["train"]), set(split["val"])
     for draw in range(1, args.draws):
         staged = args.out / f"draw{draw}"
         synthesize(EGOPROCEL, staged, FamilyConfig(stride=args.stride, clean=args.clean, draw=draw), args.family)
@@ -58,10 +61,15 @@ def main() -> None:
                 for key in ("hdl_actions", "hdl_start_times", "hdl_end_times"):
                     entry[key].append(entry[key][i])
                 split["train"].append(copy)
+                if handle in val:
+                    split["val"].append(copy)
         shutil.rmtree(staged)
     (args.out / "annotations.json").write_text(json.dumps(annotations))
     (args.out / "split.json").write_text(json.dumps(split))
-    print(f"{args.out}: {len(train)} training videos × {args.draws} draws, {len(split['test'])} test videos")
+    print(
+        f"{args.out}: {len(train)} training videos ({len(val)} of them validate) × {args.draws} draws, "
+        f"{len(split['test'])} test videos"
+    )
 
 
 if __name__ == "__main__":
