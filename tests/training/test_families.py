@@ -108,6 +108,12 @@ def test_a_draw_is_new_instances_of_the_same_classes(name):
         make_family(name, FamilyConfig(draw=-1))
 
 
+@pytest.mark.parametrize(("key", "value"), [("draw", -1), ("stride", 0), ("dim", 0)])
+def test_a_family_config_out_of_range_is_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=f"{key} must be at least"):
+        FamilyConfig(**{key: value})
+
+
 def test_synth_clean_writes_the_same_annotations_and_phases(tmp_path):
     real = subset_annotations(tmp_path / "real.json", tasks=1, handles=2)
     noisy, clean = (

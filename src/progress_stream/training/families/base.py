@@ -24,6 +24,13 @@ class FamilyConfig:
     #: class streams depend on the seed alone, so draws 1, 2, … are more videos of the same actions.
     draw: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("stride", "dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.draw < 0:
+            raise ValueError(f"draw must be at least 0, not {self.draw}")
+
 
 def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (GTCC-like embeddings)."""
@@ -43,8 +50,6 @@ class Family:
 
     def __init__(self, cfg: FamilyConfig):
         self.cfg = cfg
-        if cfg.draw < 0:
-            raise ValueError("draw must be at least 0")
         draw = [cfg.draw] if cfg.draw else []  # draw 0 keeps the stream every earlier dataset was written with
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(self.name.encode()), *draw])
         self.background_dir = unit(self.class_rng("__background__").standard_normal(cfg.dim))
