@@ -104,7 +104,7 @@ def test_a_split_file_may_name_the_validation_videos(tiny_data, tmp_path):
     assert {a.handle for a in data.val.actions} == set(val)
     assert {a.handle for a in data.fit.actions} == set(train) - set(val)
     assert data.source["validation_videos"] == 2
-    for bad, named in (([handles[-1]], handles[-1]), ([], "empty")):
+    for bad, named in (([handles[-1]], handles[-1]), ([], "empty"), (train, "no training video to fit")):
         split.write_text(json.dumps({"train": train, "test": handles[-1:], "val": bad}))
         with pytest.raises(DataError, match=f"'val'.*{named}"):
             split_handles(videos, split)

@@ -122,6 +122,24 @@ def test_split_train_handles_are_the_only_ones_read(tiny_data, tmp_path):
     assert res.returncode == 0, res.stderr
 
 
+def test_a_split_whose_val_is_not_training_videos_is_refused_before_training(tiny_data, tmp_path):
+    videos = load_annotations(tiny_data / "annotations.json")
+    split = tmp_path / "split.json"
+    split.write_text(
+        json.dumps({"train": [v.handle for v in videos[:8]], "test": [videos[-1].handle], "val": [videos[-1].handle]})
+    )
+    data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
+    res = run("train", *data, "--split", str(split), "--out", str(tmp_path / "run"), "--set", "epochs=1")
+    assert res.returncode == 2 and "split key 'val'" in res.stderr and videos[-1].handle in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_synth_refuses_a_negative_draw_and_writes_nothing(tmp_path):
+    res = run("synth", "--out", str(tmp_path / "data"), "--draw", "-1")
+    assert res.returncode == 2 and "draw must be at least 0" in res.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_config_key_is_a_clear_error(tiny_data, tmp_path):
     res = run(
         "train",

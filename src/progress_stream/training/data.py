@@ -111,10 +111,16 @@ def split_handles(
         raise DataError(f"{split_file}: handles not in the annotations: {unknown[:5]}")
     handles = {"train": list(split["train"]), "test": list(split["test"])}
     if "val" in split:
-        outside = sorted(set(split["val"]) - set(split["train"]))
-        if outside or not split["val"]:
-            detail = f"handles not in 'train': {outside[:5]}" if outside else "the list is empty"
-            raise DataError(f"{split_file}: split key 'val' must name some of the training videos; {detail}")
+        val, train = set(split["val"]), set(split["train"])
+        problem = ""
+        if val - train:
+            problem = f"handles not in 'train': {sorted(val - train)[:5]}"
+        elif not val:
+            problem = "the list is empty"
+        elif train <= val:
+            problem = "it leaves no training video to fit"
+        if problem:
+            raise DataError(f"{split_file}: split key 'val' must name some of the training videos; {problem}")
         handles["val"] = list(split["val"])
     return handles
 
