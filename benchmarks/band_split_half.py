@@ -15,11 +15,10 @@ median and maximum, and the share of splits in which some bin is further than th
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from checkpoint_args import checkpoint_parser
 
 from progress_stream.training.calibration import band_scores, covered, frames_seen_offsets, offset_table
 from progress_stream.training.checkpoint import load_checkpoint
@@ -40,11 +39,7 @@ def worst_bin_miss(inside: np.ndarray, lengths: np.ndarray, coverage: float) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", type=Path, required=True)
-    ap.add_argument("--annotations", type=Path, required=True)
-    ap.add_argument("--features", type=Path, required=True)
-    ap.add_argument("--split", type=Path, help="a train/test split file, as progress eval takes it")
+    ap = checkpoint_parser(__doc__)
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
