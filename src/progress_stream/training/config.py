@@ -107,7 +107,7 @@ class TrainConfig:
     # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
     # from its progress too
     teacher_members: int = 1  # 0: no teacher
-    distill_weight: float = 0.5  # the share of the head's progress loss taken against the teacher's progress
+    distill_weight: float = 0.25  # the share of the head's progress loss taken against the teacher's progress
     # the band
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
     band_weight: float = 1.0  # weight of the band's two quantile (pinball) losses
