@@ -85,3 +85,13 @@ def test_a_checkpoint_from_before_the_low_rank_input_reads_the_whole_embedding(t
     x = torch.randn(2, 7, 5)
     with torch.no_grad():
         assert torch.equal(loaded(x, dense=True)[0], model.eval()(x, dense=True)[0])
+
+
+def test_a_checkpoint_from_before_the_mean_of_the_best_epochs_says_it_kept_one_epoch(tmp_path):
+    cfg = TrainConfig(hidden_dim=8)
+    path = tmp_path / "earlier.pt"
+    saved_then_edited(
+        path, ProgressHead(5, 9.0, **cfg.model_kwargs()), cfg, lambda raw: raw["train_config"].pop("average_top")
+    )
+    _, meta = load_checkpoint(path)
+    assert meta.train_config.average_top == 1 and TrainConfig().average_top == 5

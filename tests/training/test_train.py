@@ -11,7 +11,14 @@ from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.evaluate import predict_causal, progress_metrics
 from progress_stream.training.model import ProgressHead
-from progress_stream.training.train import decay_groups, load_training_data, lr_schedule
+from progress_stream.training.train import (
+    Candidate,
+    decay_groups,
+    keep_best,
+    load_training_data,
+    lr_schedule,
+    mean_state,
+)
 from tests.conftest import train_tiny
 
 
@@ -56,10 +63,11 @@ def test_the_learning_rate_falls_from_lr_to_its_floor(floor):
 def test_training_keeps_the_epoch_whose_served_answers_read_validation_best(tiny_data: Path, tmp_path: Path):
     """The kept epoch is the one whose answers, after the start and end offsets, score best on validation; the
     reported validation metrics are the served head's (offsets in place), the kept epoch's raw ones beside them."""
-    path = train_tiny(tiny_data, tmp_path, epochs=8, lr=0.1, edge_weight=0.0, time_warp=0.5)
+    path = train_tiny(tiny_data, tmp_path, epochs=8, lr=0.1, edge_weight=0.0, time_warp=0.5, average_top=1)
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     history = summary["history"]
     best = summary["best_epoch"]
+    assert summary["averaged_epochs"] == [best]
     assert best == 1 + int(np.argmin([h["served_ogpe"] for h in history]))
     assert best != 1 + int(np.argmin([h["val_ogpe"] for h in history]))  # on this run the raw answers' best differs
     model, ckpt = load_checkpoint(path)
@@ -69,4 +77,39 @@ def test_training_keeps_the_epoch_whose_served_answers_read_validation_best(tiny
     assert served["ogpe"] <= history[best - 1]["served_ogpe"] + 1e-6  # the search's objective adds a penalty
     assert ckpt.metrics["val_raw"]["ogpe"] == pytest.approx(history[best - 1]["val_ogpe"])
     # the offsets kept from that epoch's search are the ones a fresh search on the kept head finds
+    assert edge_offsets(model, data.val) == ckpt.metrics["progress_offsets"]
+
+
+def test_the_mean_of_state_dicts_averages_every_tensor_element_wise():
+    states = [
+        {"w": torch.tensor([[1.0, 2.0]]), "b": torch.tensor(0.0)},
+        {"w": torch.tensor([[3.0, 6.0]]), "b": torch.tensor(1.0)},
+    ]
+    mean = mean_state(states)
+    torch.testing.assert_close(mean["w"], torch.tensor([[2.0, 4.0]]))
+    torch.testing.assert_close(mean["b"], torch.tensor(0.5))
+
+
+def test_the_candidates_are_the_k_best_served_best_first_and_the_earlier_epoch_on_a_tie():
+    kept: list[Candidate] = []
+    for epoch, served in enumerate([0.5, 0.3, 0.4, 0.3, 0.6, 0.2], start=1):
+        kept = keep_best(kept, Candidate(served, epoch, None, {}, {}), 3)
+    assert [(c.epoch, c.served) for c in kept] == [(6, 0.2), (2, 0.3), (4, 0.3)]
+
+
+def test_training_serves_the_mean_of_the_best_epochs_when_it_reads_validation_better(tiny_data: Path, tmp_path: Path):
+    """With ``average_top`` = 3 the head holds the mean of the weights of the three epochs that served validation
+    best, and it serves validation better than any one epoch did; its offsets are its own search's."""
+    path = train_tiny(tiny_data, tmp_path, epochs=8, lr=0.1, edge_weight=0.0, time_warp=0.5, average_top=3)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    served = [h["served_ogpe"] for h in summary["history"]]
+    assert summary["averaged_epochs"] == sorted(1 + int(i) for i in np.argsort(served, kind="stable")[:3])
+    assert summary["best_epoch"] == 1 + int(np.argmin(served))
+    assert summary["val"]["ogpe"] < min(served)
+    model, ckpt = load_checkpoint(path)
+    data = load_training_data(tiny_data / "annotations.json", tiny_data / "features")
+    assert progress_metrics(predict_causal(model, data.val).progress, data.val.lengths)["ogpe"] == pytest.approx(
+        summary["val"]["ogpe"]
+    )
+    assert ckpt.metrics["averaged_epochs"] == summary["averaged_epochs"]
     assert edge_offsets(model, data.val) == ckpt.metrics["progress_offsets"]

@@ -29,6 +29,11 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _weights(epochs: list[int]) -> str:
+    """Which epochs' weights a trained head holds, as ``progress train`` reports it."""
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else f"the mean of epochs {', '.join(map(str, epochs))}"
+
+
 def _fail(exc: Exception) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(2)
@@ -180,7 +185,7 @@ def train(
         raise _fail(exc) from exc
     val = result["val"]
     typer.echo(
-        f"best epoch {result['best_epoch']}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
+        f"kept {_weights(result['averaged_epochs'])}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
         f"end {val['end_mean']:.3f}; trained in {result['train_seconds']:.1f} s -> {out / 'best.pt'}"
     )
 

@@ -22,6 +22,8 @@ SCHEMA_VERSION = 3
 KEYS = ("schema", "model_config", "state_dict", "train_config", "data", "metrics")
 #: What a checkpoint written before a field existed was trained with (model and train config alike).
 EARLIER = {"input_rank": 0}  # the GRU read the whole embedding
+#: ... and what only its training config lacks.
+EARLIER_TRAINING = {**EARLIER, "average_top": 1}  # the best epoch alone was kept
 
 
 class CheckpointError(ValueError):
@@ -79,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Progre
         model = ProgressHead(**model_config)
         # written before the progress offset existed: no correction, as it was trained
         model.load_state_dict({"progress_offset": model.progress_offset, **raw["state_dict"]})
-        cfg = TrainConfig(**{**EARLIER, **raw["train_config"]})
+        cfg = TrainConfig(**{**EARLIER_TRAINING, **raw["train_config"]})
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc
     model.eval()

@@ -45,6 +45,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "lr": (1e-9, None),
     "weight_decay": (0.0, None),
     "lr_floor": (0.0, 1.0),
+    "average_top": (1, None),
     "grad_clip": (0.0, None),
     "val_fraction": (1e-9, 1.0),
     "threads": (0, None),
@@ -117,6 +118,7 @@ class TrainConfig:
     lr: float = 5e-3
     lr_floor: float = 0.3  # the cosine schedule ends at lr × lr_floor, not 0: the converged end reads worse
     weight_decay: float = 0.25  # AdamW's, on the weight matrices only (not the biases or the initial state)
+    average_top: int = 5  # serve the mean of the weights of the epochs that read validation best, if it reads better
     grad_clip: float = 1.0
     seed: int = 0
     val_fraction: float = 0.15

@@ -39,14 +39,16 @@ BASE: dict[str, Any] = {
     "weight_decay": 0.0,
     "lr_floor": 0.0,
     "epochs": 40,
+    "average_top": 1,
 }
 
 #: The recipe the sweep chose before the band and the offset augmentation: three members, hidden 128.
 _ENSEMBLE = {"input_norm": "standardize", "time_warp": 0.3, "members": 3, "hidden_dim": 128, "edge_weight": 0.5}
 #: One member with the band and the per-action feature offset (the default's shape).
 _SINGLE = {**_ENSEMBLE, "members": 1, "band_weight": 1.0, "feature_offset": 0.5}
-#: ... taught by three members beside it, with weight decay (the default before the wider readout).
-_TAUGHT = {**_SINGLE, "teacher_members": 3, "weight_decay": 0.25}
+#: ... taught by three members beside it (half its progress loss against them), with weight decay (the default
+#: before the wider readout).
+_TAUGHT = {**_SINGLE, "teacher_members": 3, "distill_weight": 0.5, "weight_decay": 0.25}
 #: ... a readout of 128, learning rate 0.005, a teacher of two, 50 epochs.
 _WIDE = {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3, "teacher_members": 2, "epochs": 50}
 #: ... a teacher of one, 75 epochs.
@@ -62,6 +64,13 @@ _WARPS = (0.5, 0.7, 0.85, 1.0)
 #: ... warp 0.7, 70 epochs, with the GRU reading these many projections of the embedding.
 _SEVENTY = {**_EDGED, "time_warp": 0.7, "epochs": 70}
 _RANKS = (32, 64, 96)
+#: ... 96 projections, with these shares of the head's progress loss against the teacher.
+_RANKED = {**_SEVENTY, "input_rank": 96}
+_RANKED_NAME = "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep+rank96"
+_SHARES = (0.125, 0.25, 0.75)
+#: ... a quarter against the teacher, serving the mean of the weights of these many best epochs.
+_QUARTER = {**_RANKED, "distill_weight": 0.25}
+_AVERAGED = (3, 5, 10)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -101,7 +110,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "norm+warp+h128+edge+band+offset": _SINGLE,
     "norm+warp+h128+edge+band+offset1": {**_SINGLE, "feature_offset": 1.0},
     "norm+warp+ens3+h128+edge+band+offset": {**_SINGLE, "members": 3},
-    "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3},
+    "norm+warp+h128+edge+band+offset+distil": {**_SINGLE, "teacher_members": 3, "distill_weight": 0.5},
     "norm+warp+h128+edge+band+offset+distil+wd": _TAUGHT,
     "norm+warp+h128+edge+band+offset+distil+wd+mlp128": {**_TAUGHT, "mlp_dim": 128},
     "norm+warp+h128+edge+band+offset+distil+wd+mlp128+lr5": {**_TAUGHT, "mlp_dim": 128, "lr": 5e-3},
@@ -131,6 +140,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         }
         for x in _RANKS
     },
+    **{f"{_RANKED_NAME}+share{x}": {**_RANKED, "distill_weight": x} for x in _SHARES},
+    **{f"{_RANKED_NAME}+share0.25+top{x}": {**_QUARTER, "average_top": x} for x in _AVERAGED},
 }
 
 

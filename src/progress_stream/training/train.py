@@ -161,6 +161,28 @@ def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * cfg.lr_floor)
 
 
+@dataclass
+class Candidate:
+    """An epoch's head as validation read it: the served score, the start and end offsets that give it, the
+    raw metrics and the weights."""
+
+    served: float
+    epoch: int
+    offsets: np.ndarray | None
+    val_raw: dict
+    state: dict[str, torch.Tensor]
+
+
+def keep_best(candidates: list[Candidate], new: Candidate, k: int) -> list[Candidate]:
+    """The ``k`` candidates that served best, best first (the earlier epoch first on a tie)."""
+    return sorted([*candidates, new], key=lambda c: c.served)[:k]
+
+
+def mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts of one architecture: their weights averaged."""
+    return {name: torch.stack([s[name] for s in states]).mean(dim=0) for name in states[0]}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -172,8 +194,10 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
 
     The best epoch is the one whose answers would serve best: each epoch's validation answers are scored
     after the start and end offsets calibration would give them (:func:`edge_search`), so a head whose
-    start or end only those offsets can mend is judged as it would be served. The summary's ``val`` holds
-    the served head's metrics (offsets in place); ``val_raw`` the kept epoch's before them.
+    start or end only those offsets can mend is judged as it would be served. With ``average_top`` > 1 the
+    mean of the weights of that many best epochs is kept instead where it serves better still
+    (:func:`_served_head`). The summary's ``val`` holds the served head's metrics (offsets in place);
+    ``val_raw`` the kept head's before them; ``averaged_epochs`` the epochs whose weights it holds.
 
     With ``teacher_members`` > 0, a teacher of that many members (the same recipe otherwise, its own
     initialisation) trains side by side with the head on the same batches, and the head learns from the
@@ -202,8 +226,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     bayes_ogpe = data.val_bayes_ogpe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    best: dict = {}
-    best_served, best_offsets = float("inf"), None
+    candidates: list[Candidate] = []
     history = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -238,20 +261,51 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                 f"({val['ratio_to_bayes']:.2f}× Bayes)  start {val['start_mean']:.3f}/{val['start_true']:.3f}  "
                 f"end {val['end_mean']:.3f}/{val['end_true']:.3f}  served {served:.4f}"
             )
-        if served < best_served:
-            best_served, best_offsets = served, offsets
-            best = {"epoch": epoch, "val_raw": val, "state": copy.deepcopy(model.state_dict())}
-    model.load_state_dict(best.pop("state"))
-    if model.streamable:  # the kept epoch's own search: its answers were scored with these offsets
-        best["progress_offsets"] = set_edge_offsets(model, best_offsets)
+        if len(candidates) < cfg.average_top or served < candidates[-1].served:
+            new = Candidate(served, epoch, offsets, val, copy.deepcopy(model.state_dict()))
+            candidates = keep_best(candidates, new, cfg.average_top)
+    kept, epochs = _served_head(model, candidates, data.val, bayes_ogpe)
+    model.load_state_dict(kept.state)
+    best = {"epoch": kept.epoch, "averaged_epochs": epochs, "val_raw": kept.val_raw}
+    if model.streamable:  # the kept head's own search: its answers were scored with these offsets
+        best["progress_offsets"] = set_edge_offsets(model, kept.offsets)
         best["band_offsets"] = calibrate(model, data.val, cfg.coverage)
     best["val"] = _val_metrics(predict_causal(model, data.val).progress, data.val.lengths, bayes_ogpe)
     save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, best)
     seconds = time.perf_counter() - started
-    summary = {"best_epoch": best["epoch"], "val": best["val"], "train_seconds": seconds, "history": history}
+    summary = {
+        "best_epoch": best["epoch"],
+        "averaged_epochs": best["averaged_epochs"],
+        "val": best["val"],
+        "train_seconds": seconds,
+        "history": history,
+    }
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _served_head(
+    model: ProgressHead, candidates: list[Candidate], val: Dataset, bayes_ogpe: float
+) -> tuple[Candidate, list[int]]:
+    """The best epoch, or the mean of the candidates' weights where that serves validation better still; and
+    the epochs whose weights it holds.
+
+    The epochs validation reads best lie along one trajectory that the learning rate's floor keeps moving;
+    their mean sits nearer the middle of the region they visit, which reads held-out videos better than
+    any one of them. It is scored as each epoch was, after its own start and end offsets, and kept only if
+    it beats the best epoch, so it never serves validation worse.
+    """
+    best = candidates[0]
+    if len(candidates) < 2:
+        return best, [best.epoch]
+    model.load_state_dict(mean_state([c.state for c in candidates]))
+    answers = predict_causal(model, val).progress
+    raw = _val_metrics(answers, val.lengths, bayes_ogpe)
+    offsets, served = edge_search(answers, val.lengths) if model.streamable else (None, raw["ogpe"])
+    if served < best.served:
+        return Candidate(served, best.epoch, offsets, raw, model.state_dict()), sorted(c.epoch for c in candidates)
+    return best, [best.epoch]
 
 
 def _val_metrics(answers: list[np.ndarray], lengths: np.ndarray, bayes_ogpe: float) -> dict:
