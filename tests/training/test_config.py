@@ -62,5 +62,9 @@ def test_shipped_variants_load_and_only_change_what_they_say(variant):
     assert cfg.epochs == TrainConfig().epochs  # a variant does not repeat the defaults
 
 
+def test_the_mean_teacher_variant_changes_the_teacher_only():
+    assert load_config("configs/mean-teacher.toml") == TrainConfig(teacher_members=0, teacher_decay=0.99)
+
+
 def test_model_fields_are_config_fields():
     assert set(MODEL_FIELDS) <= set(TrainConfig().to_dict())

@@ -54,6 +54,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "feature_offset": (0.0, None),
     "distill_weight": (0.0, 1.0),
     "teacher_members": (0, None),
+    "teacher_decay": (0.0, 1.0),
 }
 
 #: The fields that shape the network; the model is built from these and the checkpoint stores them.
@@ -108,6 +109,7 @@ class TrainConfig:
     # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
     # from its progress too
     teacher_members: int = 1  # 0: no teacher
+    teacher_decay: float = 0.0  # > 0: the teacher is the moving average of the head's weights (this decay per step)
     distill_weight: float = 0.25  # the share of the head's progress loss taken against the teacher's progress
     # the band
     coverage: float = 0.8  # nominal share of frames whose true progress lies inside the band
@@ -128,6 +130,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f.name, getattr(self, f.name))
+        if self.teacher_members > 0 and self.teacher_decay > 0:
+            raise ConfigError(
+                f"config keys 'teacher_members' ({self.teacher_members}) and 'teacher_decay' ({self.teacher_decay}) "
+                "each choose a teacher: set one of them to 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

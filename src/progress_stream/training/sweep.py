@@ -36,6 +36,7 @@ BASE: dict[str, Any] = {
     "feature_offset": 0.0,
     "band_weight": 0.0,
     "teacher_members": 0,
+    "teacher_decay": 0.0,
     "weight_decay": 0.0,
     "lr_floor": 0.0,
     "epochs": 40,
@@ -71,6 +72,9 @@ _SHARES = (0.125, 0.25, 0.75)
 #: ... a quarter against the teacher, serving the mean of the weights of these many best epochs.
 _QUARTER = {**_RANKED, "distill_weight": 0.25}
 _AVERAGED = (3, 5, 10)
+#: ... the five best, with a mean teacher (the head's moving average) decayed by these per step.
+_TOP5 = {**_QUARTER, "average_top": 5}
+_MEAN_DECAYS = (0.99, 0.995)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -142,6 +146,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     **{f"{_RANKED_NAME}+share{x}": {**_RANKED, "distill_weight": x} for x in _SHARES},
     **{f"{_RANKED_NAME}+share0.25+top{x}": {**_QUARTER, "average_top": x} for x in _AVERAGED},
+    **{
+        f"{_RANKED_NAME}+share0.25+top5+mean{x}": {**_TOP5, "teacher_members": 0, "teacher_decay": x}
+        for x in _MEAN_DECAYS
+    },
 }
 
 

@@ -21,6 +21,7 @@ from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
 from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
 from progress_stream.training.losses import progress_loss, quantile_loss
+from progress_stream.training.mean_teacher import MeanTeacher
 from progress_stream.training.model import AUX, LOWER, PROGRESS, UPPER, ProgressHead
 from progress_stream.training.sampling import dense_batches, prefix_batches, sample_prefixes
 
@@ -204,7 +205,9 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     teacher's progress as well as from the truth: a second opinion that averages away some of the noise
     one net fits, at one member's cost per frame.
     The teacher learns progress only (its band is never used) and its gradients are clipped on their own,
-    so its norm never scales the head's steps. Only the head is kept.
+    so its norm never scales the head's steps. With ``teacher_decay`` > 0 the teacher is instead the
+    moving average of the head's own weights (:class:`MeanTeacher`), which costs one forward pass per batch
+    and no training of its own. Only the head is kept.
     """
     if cfg.regime == "dense" and cfg.position_encoding == "relative":
         raise ConfigError("the relative encoding changes with the prefix length: train it with regime=prefix")
@@ -219,6 +222,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0, band_weight=0.0)
         teacher = build_model(teacher_cfg, data).to(device)
         nets.append(teacher)
+    mean_teacher = MeanTeacher(model, cfg.teacher_decay) if cfg.teacher_decay > 0 else None
     opt = torch.optim.AdamW(decay_groups(nets, cfg.weight_decay), lr=cfg.lr)
     sched = lr_schedule(opt, cfg)
     rng = np.random.default_rng(cfg.seed)
@@ -237,17 +241,21 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
         running = None
         for batch in bar:
-            if teacher is None:
-                loss, _ = _loss(model, cfg, batch, device)
-            else:
+            if teacher is not None:
                 teacher_loss, taught = _loss(teacher, teacher_cfg, batch, device)
                 loss, _ = _loss(model, cfg, batch, device, taught)
                 loss = loss + teacher_loss
+            elif mean_teacher is not None:
+                loss, _ = _loss(model, cfg, batch, device, mean_teacher.progress(*(t.to(device) for t in batch[:2])))
+            else:
+                loss, _ = _loss(model, cfg, batch, device)
             opt.zero_grad()
             loss.backward()
             for net in nets:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
+            if mean_teacher is not None:
+                mean_teacher.update(model)
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
