@@ -21,6 +21,9 @@ def test_no_config_is_the_dataclass_defaults():
         ("lr_floor = -0.1", "lr_floor"),
         ("input_rank = -1", "input_rank"),
         ("input_rank = 32.0", "input_rank"),
+        ("average_top = 0", "average_top"),
+        ("teacher_decay = 1.0", "teacher_decay"),
+        ("teacher_decay = -0.1", "teacher_decay"),
         ("hidden = 64", "hidden"),
     ],
 )

@@ -83,6 +83,15 @@ def test_a_mistyped_config_value_fails_with_the_key_named(tiny_data, tmp_path):
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
+def test_two_teachers_at_once_are_refused_before_anything_is_written(tiny_data, tmp_path):
+    """The default trains a second GRU as its teacher; asking for the mean teacher as well names both keys."""
+    data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
+    res = run("train", *data, "--out", str(tmp_path / "run"), "--set", "teacher_decay=0.99")
+    assert res.returncode == 2
+    assert "'teacher_members' (1) and 'teacher_decay' (0.99) each choose a teacher" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_reports_the_model_beside_the_baselines(trained, tiny_data, tmp_path):
     data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
     res = run("eval", "--checkpoint", str(trained / "best.pt"), *data, "--out", str(tmp_path))
