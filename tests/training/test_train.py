@@ -1,5 +1,6 @@
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from progress_stream.training.evaluate import predict_causal, progress_metrics
 from progress_stream.training.model import ProgressHead
 from progress_stream.training.train import (
     Candidate,
+    SideBySide,
     decay_groups,
     keep_best,
     load_training_data,
@@ -113,3 +115,76 @@ def test_training_serves_the_mean_of_the_best_epochs_when_it_reads_validation_be
     )
     assert ckpt.metrics["averaged_epochs"] == summary["averaged_epochs"]
     assert edge_offsets(model, data.val) == ckpt.metrics["progress_offsets"]
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test, the process's own count again after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(threads: int) -> tuple[SideBySide, list[torch.Tensor]]:
+    """A head and its teacher (their own initialisations) on one batch of four 7-frame actions."""
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(hidden_dim=8, mlp_dim=4)
+    teacher_cfg = cfg.replace(teacher_members=0, band_weight=0.0)
+    torch.manual_seed(0)
+    model = ProgressHead(6, 5.0, **cfg.model_kwargs())
+    teacher = ProgressHead(6, 5.0, **teacher_cfg.model_kwargs())
+    lengths = torch.tensor([7, 5, 3, 6])
+    steps = torch.arange(1, 8, dtype=torch.float32)
+    batch = [
+        torch.randn(4, 7, 6),
+        lengths,
+        (steps / lengths.unsqueeze(1)).clamp(max=1.0),
+        steps.unsqueeze(0) <= lengths.unsqueeze(1),
+    ]
+    return SideBySide(model, cfg, teacher, teacher_cfg), batch
+
+
+def _grads(pair: SideBySide) -> list[torch.Tensor]:
+    return [p.grad.clone() for net in (pair.model, pair.teacher) for p in net.parameters()]
+
+
+def test_side_by_side_runs_the_teacher_on_a_worker_with_half_the_threads_and_the_same_gradients(two_threads):
+    """With two threads, each epoch's steps run the teacher's passes on a worker thread and the head's here, one
+    thread each, and give the gradients and loss that one after the other gives; validation gets both threads
+    back."""
+    alone, batch = _pair(1)
+    with alone.epoch():
+        assert alone.pool is None
+        expected_loss = alone.step(batch)
+    expected = _grads(alone)
+
+    pair, _ = _pair(2)
+    ran_on: dict[str, set[str]] = {"model": set(), "teacher": set()}
+    for name in ran_on:  # where each net's forward pass and its backward pass (a weight's gradient) ran
+        member = getattr(pair, name).members[0]
+        member.register_forward_hook(lambda *_, n=name: ran_on[n].add(threading.current_thread().name))
+        member.head[2].weight.register_hook(lambda _, n=name: ran_on[n].add(threading.current_thread().name))
+    with pair.epoch():
+        assert torch.get_num_threads() == 1
+        loss = pair.step(batch)
+    assert torch.get_num_threads() == 2
+    assert ran_on["model"] == {threading.main_thread().name}
+    assert len(ran_on["teacher"]) == 1 and ran_on["teacher"] != ran_on["model"]
+    assert torch.equal(loss, expected_loss) and not loss.requires_grad
+    for got, want in zip(_grads(pair), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_a_head_trained_beside_its_teacher_is_the_same_on_one_thread_and_on_two(
+    tiny_data: Path, tmp_path: Path, two_threads
+):
+    """The side-by-side steps change where the work runs, not what is learned: two epochs with a teacher give
+    the same weights on two threads as on one."""
+    heads = {}
+    for threads in (1, 2):
+        path = train_tiny(tiny_data, tmp_path / str(threads), epochs=2, teacher_members=1, threads=threads)
+        heads[threads] = load_checkpoint(path)[0].state_dict()
+    assert torch.get_num_threads() == 2
+    assert heads[1].keys() == heads[2].keys()
+    assert all(torch.equal(heads[1][k], heads[2][k]) for k in heads[1])

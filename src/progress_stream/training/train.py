@@ -7,8 +7,12 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from progress_stream.training.model import AUX, LOWER, PROGRESS, UPPER, Progress
 from progress_stream.training.sampling import dense_batches, prefix_batches, sample_prefixes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def pick_device(name: str) -> torch.device:
@@ -109,13 +114,19 @@ def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, of
 
 
 def _loss(
-    model: ProgressHead, cfg: TrainConfig, batch, device: torch.device, taught: torch.Tensor | None = None
+    model: ProgressHead,
+    cfg: TrainConfig,
+    batch: list[torch.Tensor],
+    taught: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over members of each member's per-action loss (plus the auxiliary log-length term), and the
     head's progress on the batch (detached: what it teaches). With ``taught`` (a teacher's progress on the
-    same frames), the progress loss is shared between the truth and it."""
-    x, lengths, target, mask = (t.to(device) for t in batch)
-    out = model.member_outputs(x, lengths)  # (M, B, T, N_OUTPUTS)
+    same frames), the progress loss is shared between the truth and it. ``out``: the head's
+    :meth:`ProgressHead.member_outputs` on the batch, where they were already computed."""
+    x, lengths, target, mask = batch
+    if out is None:
+        out = model.member_outputs(x, lengths)  # (M, B, T, N_OUTPUTS)
     if cfg.regime == "prefix":
         out = out.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[-1]))
     raw = out[..., PROGRESS]
@@ -143,6 +154,55 @@ def _loss(
         aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., AUX]]).mean()
         loss = loss + cfg.aux_weight * aux
     return loss, model.activate(raw.mean(dim=0)).detach()
+
+
+class SideBySide:
+    """One training step of the head and its teacher on a batch.
+
+    The two graphs share nothing (the teacher's progress reaches the head's loss detached), so with two
+    or more threads to spend, the teacher's forward and backward passes run on a worker thread while the
+    head's run here, each on half the threads: on a small GRU a second core speeds one pass up by a
+    quarter, while two passes side by side take half the time. The gradients are the same either way.
+    """
+
+    def __init__(self, model: ProgressHead, cfg: TrainConfig, teacher: ProgressHead, teacher_cfg: TrainConfig):
+        self.model, self.cfg, self.teacher, self.teacher_cfg = model, cfg, teacher, teacher_cfg
+        cpu = next(model.parameters()).device.type == "cpu"
+        self.threads = torch.get_num_threads() if cpu else 1
+        self.pool: ThreadPoolExecutor | None = None
+
+    @contextmanager
+    def epoch(self) -> Iterator[None]:
+        """Run the steps inside on two threads of half the budget each (one after the other with fewer than
+        two); the budget is whole again outside, for validation."""
+        if self.threads < 2:
+            yield
+            return
+        torch.set_num_threads(self.threads // 2)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="teacher") as self.pool:
+                yield
+        finally:
+            self.pool = None
+            torch.set_num_threads(self.threads)
+
+    def _start(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future[T] = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def step(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """Both nets' gradients on ``batch``; returns the sum of their losses (detached)."""
+        teaching = self._start(_loss, self.teacher, self.teacher_cfg, batch)
+        out = self.model.member_outputs(*batch[:2])
+        teacher_loss, taught = teaching.result()
+        loss, _ = _loss(self.model, self.cfg, batch, taught, out)
+        learning = self._start(teacher_loss.backward)
+        loss.backward()
+        learning.result()
+        return loss.detach() + teacher_loss.detach()
 
 
 def decay_groups(nets: list[nn.Module], weight_decay: float) -> list[dict]:
@@ -205,7 +265,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     teacher's progress as well as from the truth: a second opinion that averages away some of the noise
     one net fits, at one member's cost per frame.
     The teacher learns progress only (its band is never used) and its gradients are clipped on their own,
-    so its norm never scales the head's steps. With ``teacher_decay`` > 0 the teacher is instead the
+    so its norm never scales the head's steps; with two threads or more, its passes run beside the head's
+    (:class:`SideBySide`). With ``teacher_decay`` > 0 the teacher is instead the
     moving average of the head's own weights (:class:`MeanTeacher`), which costs one forward pass per batch
     and no training of its own. Only the head is kept.
     """
@@ -222,6 +283,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0, band_weight=0.0)
         teacher = build_model(teacher_cfg, data).to(device)
         nets.append(teacher)
+    pair = SideBySide(model, cfg, teacher, teacher_cfg) if teacher is not None else None
     mean_teacher = MeanTeacher(model, cfg.teacher_decay) if cfg.teacher_decay > 0 else None
     opt = torch.optim.AdamW(decay_groups(nets, cfg.weight_decay), lr=cfg.lr)
     sched = lr_schedule(opt, cfg)
@@ -240,24 +302,23 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         batches = list(_epoch_batches(cfg, data.fit, rng, offset_scale))
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if verbose else True)
         running = None
-        for batch in bar:
-            if teacher is not None:
-                teacher_loss, taught = _loss(teacher, teacher_cfg, batch, device)
-                loss, _ = _loss(model, cfg, batch, device, taught)
-                loss = loss + teacher_loss
-            elif mean_teacher is not None:
-                loss, _ = _loss(model, cfg, batch, device, mean_teacher.progress(*(t.to(device) for t in batch[:2])))
-            else:
-                loss, _ = _loss(model, cfg, batch, device)
-            opt.zero_grad()
-            loss.backward()
-            for net in nets:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            if mean_teacher is not None:
-                mean_teacher.update(model)
-            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        with pair.epoch() if pair is not None else nullcontext():
+            for batch in bar:
+                batch = [t.to(device) for t in batch]
+                opt.zero_grad()
+                if pair is not None:
+                    loss = pair.step(batch)
+                else:
+                    taught = mean_teacher.progress(*batch[:2]) if mean_teacher is not None else None
+                    loss, _ = _loss(model, cfg, batch, taught)
+                    loss.backward()
+                for net in nets:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+                if mean_teacher is not None:
+                    mean_teacher.update(model)
+                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
         answers = predict_causal(model, data.val).progress
         val = _val_metrics(answers, data.val.lengths, bayes_ogpe)
