@@ -320,9 +320,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                 running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
                 bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         sched.step()
-        answers = predict_causal(model, data.val).progress
-        val = _val_metrics(answers, data.val.lengths, bayes_ogpe)
-        offsets, served = edge_search(answers, data.val.lengths) if model.streamable else (None, val["ogpe"])
+        val, offsets, served = _served_score(model, data.val, bayes_ogpe)
         history.append({"epoch": epoch, "loss": running, "val_ogpe": val["ogpe"], "served_ogpe": served})
         if verbose:
             tqdm.write(
@@ -369,12 +367,19 @@ def _served_head(
     if len(candidates) < 2:
         return best, [best.epoch]
     model.load_state_dict(mean_state([c.state for c in candidates]))
-    answers = predict_causal(model, val).progress
-    raw = _val_metrics(answers, val.lengths, bayes_ogpe)
-    offsets, served = edge_search(answers, val.lengths) if model.streamable else (None, raw["ogpe"])
+    raw, offsets, served = _served_score(model, val, bayes_ogpe)
     if served < best.served:
         return Candidate(served, best.epoch, offsets, raw, model.state_dict()), sorted(c.epoch for c in candidates)
     return best, [best.epoch]
+
+
+def _served_score(model: ProgressHead, val: Dataset, bayes_ogpe: float) -> tuple[dict, np.ndarray | None, float]:
+    """The head's raw validation metrics, the start and end offsets that would serve it, and the score it
+    serves with them (:func:`edge_search`; the raw OGPE where the head cannot stream)."""
+    answers = predict_causal(model, val).progress
+    raw = _val_metrics(answers, val.lengths, bayes_ogpe)
+    offsets, served = edge_search(answers, val.lengths) if model.streamable else (None, raw["ogpe"])
+    return raw, offsets, served
 
 
 def _val_metrics(answers: list[np.ndarray], lengths: np.ndarray, bayes_ogpe: float) -> dict:
