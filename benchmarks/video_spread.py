@@ -17,8 +17,8 @@ import numpy as np
 from checkpoint_args import checkpoint_parser
 
 from progress_stream.training.checkpoint import load_checkpoint
-from progress_stream.training.data import action_lengths, ground_truth, load_annotations, load_dataset, split_handles
-from progress_stream.training.evaluate import LengthBayes, band_inside, predict_causal
+from progress_stream.training.data import action_lengths, load_annotations, load_dataset, split_handles
+from progress_stream.training.evaluate import LengthBayes, action_errors, band_inside, predict_causal
 
 
 def spread(name: str, on_split: float, draws: np.ndarray) -> str:
@@ -39,9 +39,8 @@ def main() -> None:
     test = load_dataset(videos, args.features, handles["test"])
     answers = predict_causal(model, test)
     bayes = LengthBayes(action_lengths(videos, handles["train"]))
-    truths = [ground_truth(int(n)) for n in test.lengths]
-    head = np.array([np.abs(p - g).mean() for p, g in zip(answers.progress, truths, strict=True)])
-    base = np.array([np.abs(bayes(len(g)) - g).mean() for g in truths])
+    head = action_errors(answers.progress, test.lengths)
+    base = action_errors([bayes(int(n)) for n in test.lengths], test.lengths)
     inside = band_inside(answers.band, test.lengths)
     action_video = np.array([a.handle for a in test.actions])
     frame_video = np.repeat(action_video, test.lengths)

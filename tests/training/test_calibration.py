@@ -22,6 +22,7 @@ from progress_stream.training.calibration import (
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.evaluate import (
     RemainingBayes,
+    action_errors,
     band_inside,
     band_metrics,
     predict_causal,
@@ -103,6 +104,16 @@ def test_the_time_to_finish_is_exact_at_the_true_progress_and_its_band_reverses_
     low, high = remaining_band(band, seen).T
     assert (low <= 20 - seen + 1e-4).all() and (high >= 20 - seen - 1e-4).all()
     assert np.isfinite(remaining_frames(np.zeros(3), np.ones(3))).all()
+
+
+def test_action_errors_are_each_actions_mean_absolute_error_and_ogpe_their_mean():
+    lengths = np.array([2, 4])
+    preds = [np.array([0.5, 1.0]), np.array([0.0, 0.5, 0.75, 1.0])]  # truths (i+1)/L: [.5, 1] and [.25 … 1]
+    errors = action_errors(preds, lengths)
+    np.testing.assert_allclose(errors, [0.0, 0.0625])
+    metrics = progress_metrics(preds, lengths)
+    assert metrics["ogpe"] == pytest.approx(0.03125)
+    assert metrics["ogpe_frames"] == pytest.approx(0.25 / 6)
 
 
 def test_the_content_free_time_to_finish_is_the_mean_over_long_enough_actions():

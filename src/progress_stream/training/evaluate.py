@@ -122,11 +122,15 @@ def edge_frames(n: int) -> int:
     return max(1, math.ceil(EDGE_FRACTION * n))
 
 
+def action_errors(preds: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """Each action's mean absolute progress error over its frames: the terms whose mean is OGPE."""
+    return np.array([np.abs(p - ground_truth(int(n))).mean() for p, n in zip(preds, lengths, strict=True)])
+
+
 def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
     """OGPE (per action, then mean), frame-weighted OGPE, normalised OGPE, start/end means, per-length bins."""
     gts = [ground_truth(int(n)) for n in lengths]
-    errs = [np.abs(p - g) for p, g in zip(preds, gts, strict=True)]
-    per_action = np.array([e.mean() for e in errs])
+    per_action = action_errors(preds, lengths)
     const = np.array([np.abs(0.5 - g).mean() for g in gts])
     bins = {
         name: {"ogpe": float(per_action[sel].mean()) if sel.any() else None, "n": int(sel.sum())}
@@ -134,7 +138,7 @@ def progress_metrics(preds: list[np.ndarray], lengths: np.ndarray) -> dict:
     }
     return {
         "ogpe": float(per_action.mean()),
-        "ogpe_frames": float(sum(e.sum() for e in errs) / lengths.sum()),
+        "ogpe_frames": float((per_action * lengths).sum() / lengths.sum()),
         "ogpe_normalised": float(1.0 - per_action.mean() / const.mean()),
         "start_mean": float(np.mean([p[: edge_frames(len(p))].mean() for p in preds])),
         "start_true": float(np.mean([g[: edge_frames(len(g))].mean() for g in gts])),
