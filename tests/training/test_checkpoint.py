@@ -95,3 +95,17 @@ def test_a_checkpoint_from_before_the_mean_of_the_best_epochs_says_it_kept_one_e
     )
     _, meta = load_checkpoint(path)
     assert meta.train_config.average_top == 1 and TrainConfig().average_top == 5
+
+
+def test_a_checkpoint_from_before_the_two_sided_band_widens_both_ends_by_its_one_offset(tmp_path):
+    cfg = TrainConfig(hidden_dim=8)
+    model = ProgressHead(5, 9.0, **cfg.model_kwargs()).eval()
+    one = torch.linspace(-0.05, 0.2, len(model.band_offset))
+    path = tmp_path / "earlier.pt"
+    saved_then_edited(path, model, cfg, lambda raw: raw["state_dict"].update(band_offset=one))
+    loaded, _ = load_checkpoint(path)
+    assert torch.equal(loaded.band_offset, torch.stack([one, one], dim=1))
+    model.band_offset.copy_(torch.stack([one, one], dim=1))
+    x = torch.randn(2, 230, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, dense=True)[1], model(x, dense=True)[1])

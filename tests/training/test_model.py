@@ -17,7 +17,8 @@ def perturb(model: ProgressHead) -> None:
             member.h0.add_(torch.randn_like(member.h0))
         model.input_mean.add_(torch.randn_like(model.input_mean) * 0.1)
         model.input_scale.mul_(torch.rand_like(model.input_scale) + 0.5)
-        model.band_offset.copy_(torch.linspace(-0.05, 0.2, len(model.band_offset)))
+        steps = len(model.band_offset)
+        model.band_offset.copy_(torch.stack([torch.linspace(-0.05, 0.2, steps), torch.linspace(0.1, -0.03, steps)], 1))
 
 
 @pytest.mark.parametrize("encoding", ["log", "linear", "none"])
@@ -63,7 +64,7 @@ def test_the_ensemble_averages_its_members():
         assert torch.allclose(model.answer(x)[0], torch.sigmoid(each.mean(dim=0)))
 
 
-def test_the_band_holds_the_progress_lies_in_0_1_and_widens_with_the_offset_of_its_frames_seen():
+def test_the_band_holds_the_progress_lies_in_0_1_and_each_end_moves_with_its_sides_offset():
     torch.manual_seed(0)
     model = head(6, hidden_dim=8).eval()
     perturb(model)
@@ -76,6 +77,10 @@ def test_the_band_holds_the_progress_lies_in_0_1_and_widens_with_the_offset_of_i
         _, wider = model(x, dense=True)
         assert (wider[..., 0] <= band[..., 0]).all() and (wider[..., 1] >= band[..., 1]).all()
         assert (wider[..., 1] - wider[..., 0]).mean() > (band[..., 1] - band[..., 0]).mean()
+        model.band_offset[:, 1].add_(0.1)  # the high end's side alone
+        _, higher = model(x, dense=True)
+        assert torch.equal(higher[..., 0], wider[..., 0]) and (higher[..., 1] >= wider[..., 1]).all()
+        assert (higher[..., 1] > wider[..., 1]).any()
 
 
 def test_input_norm_is_fitted_on_training_frames_and_applied_in_the_graph():

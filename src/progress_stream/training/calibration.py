@@ -2,14 +2,17 @@
 
 The head's two quantile outputs give an interval whose coverage is only roughly right (and off where
 the head is wrong). Split conformal calibration fixes the coverage: on validation frames, each frame's
-score is the offset the interval needs to hold the truth; the offset of a frames-seen bin is the
-``coverage`` quantile of its frames' scores (with the finite-sample correction), so that share of
-frames lies inside on exchangeable data. One offset per frames-seen bin keeps the coverage even along
-an action: the first frames of actions are far less predictable than the later ones.
+score is how far its band's low end must come down, or its high end go up, to hold the truth; an
+offset per frames-seen bin and side, set at a quantile of those scores (with the finite-sample
+correction), puts the stated share of frames inside on exchangeable data. Offsets per frames-seen bin
+keep the coverage even along an action: the first frames of actions are far less predictable than the
+later ones.
 
 The band promises its coverage per action length too, and a frames-seen bin mixes the last frames of
-short actions with the first frames of long ones. So the offsets are then fitted bin by bin to the
-validation actions of each length range, where the content lets them (:func:`length_fitted`).
+the actions that end in it with the early frames of longer ones. Where the content does not tell the
+length, the head reads the short ones low and the long ones high, so they leave the band on opposite
+sides: the high end's offset is fitted to the actions ending in the bin, the low end's to the longer
+ones passing through it (:func:`offset_table`).
 
 Where the content is weak the head hedges towards the middle: its start reads high and its end low.
 Where that bias passes the limits on validation actions, :func:`edge_offsets` moves the progress per
@@ -28,11 +31,12 @@ from progress_stream.training.data import Dataset, ground_truth
 from progress_stream.training.evaluate import edge_frames, predict_causal
 from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS, ProgressHead
 
-#: A bin with fewer validation frames than this takes the offset of all frames together.
+#: A group of validation frames smaller than this is not fitted on its own (it takes a wider group's offset).
 MIN_BIN_FRAMES = 50
-#: How near the nominal coverage the offsets bring each length range's validation actions (and must keep
-#: all frames); the rest of the band's promised 0.05 is left for the gap between those and new videos.
-LENGTH_TOLERANCE = 0.02
+#: The least offset a side takes: how far calibration may pull in a quantile that is too wide.
+MIN_OFFSET = -0.5
+#: Rounds of fitting a bin's two offsets in turn (each side's misses change what the other may allow).
+SIDE_ROUNDS = 6
 #: The bias :func:`edge_offsets` allows the start (either way) and the end (below the truth) on validation
 #: actions: 0.015 inside the product's limits (0.05 and 0.08), the rest left for the gap to new videos.
 START_LIMIT = 0.035
@@ -46,13 +50,18 @@ EDGE_PASSES = 3
 
 
 def band_scores(model: ProgressHead, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Every frame's conformity score (the least offset whose band holds the truth) and its frames-seen count."""
+    """Every frame's conformity scores ``(frames, 2)`` and its frames-seen count.
+
+    A score is the least offset of that side whose band holds the truth: column 0 for the low end, where
+    the truth lies below the progress, column 1 for the high end, where it lies above; −inf on the other.
+    """
     answers = predict_causal(model, data, raw=True)
     scores = []
     for p, q, n in zip(answers.progress, answers.band, data.lengths.tolist(), strict=True):
         y = ground_truth(n)
-        # the band is [min(lo − c, p), max(hi + c, p)]: below p it needs lo − c ≤ y, above it y ≤ hi + c
-        scores.append(np.where(y < p, q[:, 0] - y, np.where(y > p, y - q[:, 1], -np.inf)))
+        # the band is [min(lo − c_lo, p), max(hi + c_hi, p)]: below p it needs lo − c_lo ≤ y, above it y ≤ hi + c_hi
+        below = np.where(y < p, q[:, 0] - y, -np.inf)
+        scores.append(np.stack([below, np.where(y > p, y - q[:, 1], -np.inf)], axis=1))
     return np.concatenate(scores), np.concatenate([np.arange(1, n + 1) for n in data.lengths.tolist()])
 
 
@@ -64,70 +73,61 @@ def conformal_offset(scores: np.ndarray, coverage: float) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
-def _bin_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def side_offset(scores: np.ndarray, misses: float) -> float:
+    """The least offset (at least MIN_OFFSET) that leaves at most ``misses`` of one side's ``scores`` above
+    it; all of them inside where ``misses`` is negative."""
+    k = len(scores) - 1 - max(int(misses), 0)
+    value = np.partition(scores, k)[k] if k >= 0 else -np.inf
+    return max(float(value), MIN_OFFSET)
+
+
+def bin_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """``lo <= values <= hi``; the last bin (ending at OFFSET_STEPS) is open above."""
     return (values >= lo) & ((values <= hi) if hi < OFFSET_STEPS else True)
 
 
 def covered(scores: np.ndarray, seen: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Whether each frame's truth lies inside the band that the offset ``table`` gives it."""
-    return scores <= table[np.minimum(seen, OFFSET_STEPS) - 1]
-
-
-def frames_seen_offsets(scores: np.ndarray, seen: np.ndarray, coverage: float) -> np.ndarray:
-    """The offset table: the conformal offset of each frames-seen bin (of all frames where a bin is thin)."""
-    pooled = conformal_offset(scores, coverage)
-    table = np.full(OFFSET_STEPS, pooled, dtype=np.float32)
-    for lo, hi in OFFSET_BINS:
-        sel = _bin_mask(seen, lo, hi)
-        if sel.sum() >= MIN_BIN_FRAMES:
-            table[lo - 1 : hi] = conformal_offset(scores[sel], coverage)
-    return table
-
-
-def length_fitted(
-    table: np.ndarray, scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float
-) -> np.ndarray:
-    """``table`` refitted so that the actions of each length range hold ``coverage`` ± LENGTH_TOLERANCE.
-
-    The length ranges are the frames-seen bins', so the actions of range k reach offset k last. In order
-    of length, where range k's actions are covered outside the tolerance, offset k is set to the conformal
-    quantile of their frames from bin k on that brings them to its nearest edge, counting their earlier
-    frames with the offsets already settled. Ranges with fewer than MIN_BIN_FRAMES such frames keep theirs.
-    """
-    table = table.copy()
-    for lo, hi in OFFSET_BINS:
-        members = _bin_mask(length, lo, hi)
-        own = members & (seen >= lo)
-        if own.sum() < MIN_BIN_FRAMES:
-            continue
-        inside = covered(scores[members], seen[members], table)
-        target = min(max(inside.mean(), coverage - LENGTH_TOLERANCE), coverage + LENGTH_TOLERANCE)
-        if target == inside.mean():
-            continue
-        earlier = inside[seen[members] < lo].sum()
-        share = min(max((target * members.sum() - earlier) / own.sum(), 0.0), 1.0)
-        table[lo - 1 : hi] = conformal_offset(scores[own], share)
-    return table
+    """Whether each frame's truth lies inside the band that the offset ``table`` ``(OFFSET_STEPS, 2)`` gives it."""
+    return (scores <= table[np.minimum(seen, OFFSET_STEPS) - 1]).all(axis=1)
 
 
 def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float) -> np.ndarray:
-    """The band's offset table from every frame's score, frames-seen count and action length.
+    """The band's offsets ``(OFFSET_STEPS, 2)`` from every frame's scores, frames-seen count and action length.
 
-    The length-fitted table is kept where it also holds all frames within LENGTH_TOLERANCE; where the
-    content does not tell the length, fitting one range undoes another and the frames-seen table stays.
+    Bin by bin in order, the bin's frames fall in two groups: those of the actions ending in the bin
+    (their length range's own frames) and those of longer actions passing through. The high end's offset
+    brings the first group to the share that, with the frames of its actions already settled in earlier
+    bins, covers those actions at ``coverage``; the low end's brings the second group to ``coverage``.
+    Each side's misses count against the other's, so the two are fitted in turn (SIDE_ROUNDS). A bin
+    where either group is thin takes the split-conformal offset of all its frames on both sides (of all
+    frames where the bin itself is thin).
     """
-    table = frames_seen_offsets(scores, seen, coverage)
-    fitted = length_fitted(table, scores, seen, length, coverage)
-    return fitted if abs(covered(scores, seen, fitted).mean() - coverage) <= LENGTH_TOLERANCE else table
+    either = scores.max(axis=1)
+    table = np.full((OFFSET_STEPS, 2), conformal_offset(either, coverage), dtype=np.float32)
+    for lo, hi in OFFSET_BINS:
+        in_bin, members = bin_mask(seen, lo, hi), bin_mask(length, lo, hi)
+        own, passing = members & in_bin, in_bin & ~members
+        if min(own.sum(), passing.sum()) < MIN_BIN_FRAMES:
+            if in_bin.sum() >= MIN_BIN_FRAMES:
+                table[lo - 1 : hi] = conformal_offset(either[in_bin], coverage)
+            continue
+        earlier = covered(scores[members], seen[members], table)[seen[members] < lo].sum()
+        share = min(max((coverage * members.sum() - earlier) / own.sum(), 0.0), 1.0)
+        low, high = table[lo - 1]
+        for _ in range(SIDE_ROUNDS):
+            high = side_offset(scores[own, 1], (1 - share) * own.sum() - (scores[own, 0] > low).sum())
+            low = side_offset(scores[passing, 0], (1 - coverage) * passing.sum() - (scores[passing, 1] > high).sum())
+        table[lo - 1 : hi] = low, high
+    return table
 
 
-def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, float]:
-    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets."""
+def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, dict[str, float]]:
+    """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets
+    of each side per bin."""
     scores, seen = band_scores(model, data)
     table = offset_table(scores, seen, np.repeat(data.lengths, data.lengths), coverage)
     model.band_offset.copy_(torch.from_numpy(table))
-    return _labels(table)
+    return {"low": _labels(table[:, 0]), "high": _labels(table[:, 1])}
 
 
 def _labels(values: np.ndarray) -> dict[str, float]:

@@ -80,7 +80,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Progre
     try:
         model = ProgressHead(**model_config)
         # written before the progress offset existed: no correction, as it was trained
-        model.load_state_dict({"progress_offset": model.progress_offset, **raw["state_dict"]})
+        state = {"progress_offset": model.progress_offset, **raw["state_dict"]}
+        if state.get("band_offset", model.band_offset).ndim == 1:  # one offset for both sides, as calibrated
+            state["band_offset"] = state["band_offset"].unsqueeze(1).expand(-1, 2)
+        model.load_state_dict(state)
         cfg = TrainConfig(**{**EARLIER_TRAINING, **raw["train_config"]})
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match its model_config: {exc}") from exc

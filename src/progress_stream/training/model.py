@@ -91,8 +91,9 @@ class ProgressHead(nn.Module):
         self.register_buffer("length_ref", torch.tensor(float(length_ref)))
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_scale", torch.ones(input_dim))
-        # the band: quantile outputs widened (or narrowed) by a calibrated offset per frames-seen bin
-        self.register_buffer("band_offset", torch.zeros(OFFSET_STEPS))
+        # the band: quantile outputs widened (or narrowed) by a calibrated offset per frames-seen bin and side
+        # (column 0 moves the low end down, column 1 the high end up)
+        self.register_buffer("band_offset", torch.zeros(OFFSET_STEPS, 2))
         # progress shifted by a calibrated offset per frames-seen bin: 0 unless the start or end needed it
         self.register_buffer("progress_offset", torch.zeros(OFFSET_STEPS))
 
@@ -153,15 +154,15 @@ class ProgressHead(nn.Module):
         return self.offset_rows(torch.arange(x.shape[1], device=x.device)).expand(x.shape[0], -1)
 
     def band(self, progress: Tensor, quantiles: Tensor, rows: Tensor) -> Tensor:
-        """``(..., 2)`` interval from the activated quantiles ``(..., 2)``, widened by the offset of ``rows``
-        (:meth:`offset_rows`).
+        """``(..., 2)`` interval from the activated quantiles ``(..., 2)``, each end moved out by its side's
+        offset at ``rows`` (:meth:`offset_rows`).
 
         It always holds ``progress`` and lies in [0, 1]; calibration (:mod:`training.calibration`) sets
         ``band_offset`` so that the stated share of validation frames fall inside.
         """
         offset = self.band_offset[rows]
-        lo = torch.minimum(quantiles[..., 0] - offset, progress).clamp(0.0, 1.0)
-        hi = torch.maximum(quantiles[..., 1] + offset, progress).clamp(0.0, 1.0)
+        lo = torch.minimum(quantiles[..., 0] - offset[..., 0], progress).clamp(0.0, 1.0)
+        hi = torch.maximum(quantiles[..., 1] + offset[..., 1], progress).clamp(0.0, 1.0)
         return torch.stack([lo, hi], dim=-1)
 
     def shifted(self, progress: Tensor, rows: Tensor) -> Tensor:
