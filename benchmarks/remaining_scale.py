@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/remaining_scale.py --checkpoint runs/shifted-s8-default/best.pt \
         --annotations data/shifted-s8/annotations.json --features data/shifted-s8/features [--split S.json]
 
-The time to finish is read from the progress, n·(1 − p)/p after n frames. Where the content says little
+The time to finish is read from the progress, n·(1 − q)/q after n frames, q the progress leaning a
+quarter of the way to the band's low end (``benchmarks/remaining_lean.py``). Where the content says little
 about an action's length it falls behind the content-free estimate on the longest actions. Frames seen
 past 50 belong to long actions only, so one scale per frames-seen range (the band's offset ranges) could
 move those without touching the shorter ones. Here the scales are fitted on the checkpoint's validation
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from checkpoint_args import checkpoint_parser
 
-from progress_stream.contract.cell import remaining_frames
+from progress_stream.contract.cell import LOW_END_WEIGHT, remaining_frames
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.data import Dataset, action_lengths, load_annotations, load_dataset, split_handles
 from progress_stream.training.evaluate import RemainingBayes, frame_bins, predict_causal
@@ -41,11 +42,17 @@ class Frames:
 
     def __init__(self, model: ProgressHead, data: Dataset, content_free: RemainingBayes):
         self.lengths = data.lengths
-        seen = np.concatenate([np.arange(1, n + 1) for n in self.lengths.tolist()])
-        self.estimate = remaining_frames(np.concatenate(predict_causal(model, data).progress), seen).astype(np.float64)
+        self.seen = seen = np.concatenate([np.arange(1, n + 1) for n in self.lengths.tolist()])
+        answers = predict_causal(model, data)
+        self.progress, self.band = np.concatenate(answers.progress), np.concatenate(answers.band)
+        self.estimate = self.leaning(LOW_END_WEIGHT)
         self.truth = (np.repeat(self.lengths, self.lengths) - seen).astype(np.float64)
         self.content_free = np.concatenate([content_free(int(n)) for n in self.lengths]).astype(np.float64)
         self.range = np.searchsorted([hi for _, hi in OFFSET_BINS], np.minimum(seen, OFFSET_STEPS))
+
+    def leaning(self, weight: float) -> np.ndarray:
+        """The time to finish with the progress ``weight`` of the way to the band's low end."""
+        return remaining_frames(self.progress, self.seen, self.band, weight).astype(np.float64)
 
     def errors(self, scales: np.ndarray) -> np.ndarray:
         return np.abs(self.estimate * scales[self.range] - self.truth)

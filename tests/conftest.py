@@ -140,7 +140,7 @@ def offline_answers(
         if b > a:
             progress, band = runtime.run_action(x[a:b])
             seen = np.arange(1, b - a + 1)
-            left = remaining_frames(progress, seen)
+            left = remaining_frames(progress, seen, band)
             seconds = None if fps is None else left / np.float32(fps)
             parts.append(Estimates(progress, band, left, None if band is None else remaining_band(band, seen), seconds))
     return Estimates.join(parts)

@@ -36,16 +36,18 @@ BAND = np.array([[0.25, 0.5], [0.125, 0.5], [0.5, 1.0]], np.float32)
 SEEN = np.array([1, 2, 3])
 #: A stream at 4 frames a second, a cell with a band: every field present.
 FULL = Estimates.at(PROGRESS, BAND, SEEN, 4.0)
+#: Its frames left: seen·(1 − q)/q, q the progress a quarter of the way to the band's low end.
+LEANED = SEEN.astype(np.float32) * (1 - (q := PROGRESS + np.float32(0.25) * (BAND[:, 0] - PROGRESS))) / q
 FIELDS = {
     "progress": [0.5, 0.25, 1.0],
     "band": [[0.25, 0.5], [0.125, 0.5], [0.5, 1.0]],
-    "remaining_frames": [1.0, 6.0, 0.0],
+    "remaining_frames": [float(str(v)) for v in LEANED],  # as JSON writes a float32: its shortest decimal
     "remaining_band": [[1.0, 3.0], [2.0, 14.0], [0.0, 3.0]],
-    "remaining_s": [0.25, 1.5, 0.0],
+    "remaining_s": [float(str(v)) for v in LEANED / np.float32(4.0)],
 }
-#: A version 1 cell's answers for a stream without a frame rate: the frames left alone.
+#: A version 1 cell's answers for a stream without a frame rate: the frames left, from the progress alone.
 BARE = Estimates.at(PROGRESS, None, SEEN)
-BARE_FIELDS = {**FIELDS, "band": None, "remaining_band": None, "remaining_s": None}
+BARE_FIELDS = {**FIELDS, "band": None, "remaining_frames": [1.0, 6.0, 0.0], "remaining_band": None, "remaining_s": None}
 
 
 @pytest.mark.parametrize(
@@ -96,7 +98,8 @@ def test_a_blocks_answers_are_each_rows_own_with_every_per_frame_field_in_order(
 
 
 def test_the_time_to_finish_is_the_cell_contracts_and_seconds_divide_it_by_the_rate():
-    np.testing.assert_array_equal(FULL.remaining_frames, remaining_frames(PROGRESS, SEEN))
+    np.testing.assert_array_equal(FULL.remaining_frames, remaining_frames(PROGRESS, SEEN, BAND))
+    assert FULL.remaining_frames[0] > remaining_frames(PROGRESS, SEEN)[0]  # it leans to the band's low end
     np.testing.assert_array_equal(FULL.remaining_band, FIELDS["remaining_band"])
     np.testing.assert_array_equal(FULL.remaining_s, FULL.remaining_frames / np.float32(4.0))
     assert FULL.remaining_s.dtype == np.float32

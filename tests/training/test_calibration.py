@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from progress_stream.contract.cell import remaining_band, remaining_frames
+from progress_stream.contract.cell import LOW_END_WEIGHT, remaining_band, remaining_frames
 from progress_stream.training.calibration import (
     EDGE_PENALTY,
     EDGE_STEPS,
@@ -115,6 +115,17 @@ def test_the_time_to_finish_is_exact_at_the_true_progress_and_its_band_reverses_
     assert np.isfinite(remaining_frames(np.zeros(3), np.ones(3))).all()
 
 
+def test_the_time_to_finish_leans_a_quarter_of_the_way_to_the_bands_low_end_and_stays_in_its_interval():
+    seen, progress = np.array([10, 10, 40]), np.array([0.5, 0.5, 0.8], np.float32)
+    band = np.array([[0.5, 0.7], [0.3, 0.6], [0.4, 1.0]], np.float32)
+    q = progress + LOW_END_WEIGHT * (band[:, 0] - progress)  # 0.5, 0.45, 0.7
+    np.testing.assert_allclose(remaining_frames(progress, seen, band), seen * (1 - q) / q, rtol=1e-6)
+    assert remaining_frames(progress, seen, band)[0] == remaining_frames(progress, seen)[0] == 10  # lo = p
+    assert (remaining_frames(progress, seen, band)[1:] > remaining_frames(progress, seen)[1:]).all()
+    low, high = remaining_band(band, seen).T
+    assert ((low <= remaining_frames(progress, seen, band)) & (remaining_frames(progress, seen, band) <= high)).all()
+
+
 def test_action_errors_are_each_actions_mean_absolute_error_and_ogpe_their_mean():
     lengths = np.array([2, 4])
     preds = [np.array([0.5, 1.0]), np.array([0.0, 0.5, 0.75, 1.0])]  # truths (i+1)/L: [.5, 1] and [.25 … 1]
@@ -133,7 +144,7 @@ def test_the_content_free_time_to_finish_is_the_mean_over_long_enough_actions():
 def test_remaining_metrics_score_the_head_against_the_content_free_estimate():
     lengths = np.array([4, 10])
     exact = [np.arange(1, n + 1) / n for n in lengths]
-    m = remaining_metrics(exact, lengths, np.array([4, 10, 10]))
+    m = remaining_metrics(exact, [np.stack([p, p], axis=1) for p in exact], lengths, np.array([4, 10, 10]))
     assert m["model"] == pytest.approx(0.0, abs=1e-4) and m["bayes"] > 0
     assert m["length_bins"]["1-5"]["n"] == 1 and m["length_bins"]["6-10"]["n"] == 1
 

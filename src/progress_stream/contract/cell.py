@@ -36,17 +36,29 @@ COVERAGE_KEY = "coverage"
 #: Progress below this counts as this in the time to finish, so that the estimate stays finite (at most
 #: 999 × the frames seen): a head that reads ~0 progress says "far from the end", not "forever".
 MIN_PROGRESS = 1e-3
+#: The time to finish reads the progress this share of the way towards the band's low end. Where the
+#: content does not tell the length, the head reads the longer actions too far along, and those are the
+#: ones with many frames left; the band's low end is calibrated on them. Chosen on validation videos by
+#: the worst length bin across the synthetic families (``benchmarks/remaining_lean.py``).
+LOW_END_WEIGHT = 0.25
 
 
-def remaining_frames(progress: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """Frames left after the ``seen``-th frame (1-based count) of an action at ``progress``: ``seen·(1−p)/p``.
+def remaining_frames(
+    progress: np.ndarray, seen: np.ndarray, band: np.ndarray | None = None, low_end_weight: float = LOW_END_WEIGHT
+) -> np.ndarray:
+    """Frames left after the ``seen``-th frame (1-based count) of an action: ``seen·(1−q)/q``, where ``q`` is
+    ``progress`` moved ``low_end_weight`` of the way to the low end of its ``band`` ``(..., 2)`` (``progress``
+    itself without a band, as from a version 1 cell).
 
-    If progress is ``seen / L`` this is exactly ``L − seen``. Monotone decreasing in ``p``, so the band's
-    ``hi`` gives the low end of the remaining interval and its ``lo`` the high end, at the same coverage.
-    Any shape; ``progress`` and ``seen`` broadcast.
+    If ``q`` is ``seen / L`` this is exactly ``L − seen``. Monotone decreasing in ``q``, so the band's ``hi``
+    gives the low end of the remaining interval and its ``lo`` the high end, at the same coverage, and the
+    estimate lies between them. Any shape; the arguments broadcast.
     """
-    p = np.clip(np.asarray(progress, dtype=np.float32), MIN_PROGRESS, 1.0)
-    return np.asarray(seen, dtype=np.float32) * (1.0 - p) / p
+    q = np.asarray(progress, dtype=np.float32)
+    if band is not None:
+        q = q + np.float32(low_end_weight) * (np.asarray(band, dtype=np.float32)[..., 0] - q)
+    q = np.clip(q, MIN_PROGRESS, 1.0)
+    return np.asarray(seen, dtype=np.float32) * (1.0 - q) / q
 
 
 def remaining_band(band: np.ndarray, seen: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ class Estimates:
         """The answers of frames at ``progress`` (and ``band``), each the ``seen``-th frame of its action (1-based),
         of a stream at ``fps`` frames a second (None: not known). The time to finish is the cell contract's
         (:func:`~progress_stream.contract.cell.remaining_frames`); any shape, ``fps`` broadcast over it."""
-        remaining = remaining_frames(progress, seen)
+        remaining = remaining_frames(progress, seen, band)
         return cls(
             progress,
             band,
@@ -134,8 +134,9 @@ DESCRIBE = {
     "progress": "each frame's progress, in [0, 1]",
     "band": "each frame's interval [lo, hi] around its progress, at the model's nominal coverage (the model's "
     "`coverage`); null for a model without a band",
-    "remaining_frames": "frames left in the action after each frame: seen × (1 − progress) / progress, seen being "
-    "the frames into the action up to it (progress counts as at least 0.001)",
+    "remaining_frames": "frames left in the action after each frame: seen × (1 − q) / q, seen being the frames "
+    "into the action up to it and q its progress moved a quarter of the way to its band's low end (the progress "
+    "itself without a band; q counts as at least 0.001)",
     "remaining_band": "each frame's interval [low, high] of the frames left, from its band; null for a model "
     "without a band",
     "remaining_s": "remaining_frames in seconds at the stream's frame rate; null for a stream opened without fps",

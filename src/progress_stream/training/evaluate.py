@@ -200,13 +200,17 @@ class RemainingBayes:
         return np.where(n <= len(self.table), self.table[np.minimum(n, len(self.table)) - 1], 0.0).astype(np.float32)
 
 
-def remaining_metrics(progress: list[np.ndarray], lengths: np.ndarray, train_lengths: np.ndarray) -> dict:
-    """Median absolute error of the time to finish (frames), the head's and the content-free estimate's,
-    over all frames and per length bin."""
+def remaining_metrics(
+    progress: list[np.ndarray], bands: list[np.ndarray], lengths: np.ndarray, train_lengths: np.ndarray
+) -> dict:
+    """Median absolute error of the time to finish (frames), the head's (from its progress and band, as the
+    server answers it) and the content-free estimate's, over all frames and per length bin."""
     bayes = RemainingBayes(train_lengths)
     truth = [np.arange(int(n) - 1, -1, -1, dtype=np.float32) for n in lengths]
     seen = [np.arange(1, int(n) + 1) for n in lengths]
-    model = np.concatenate([np.abs(remaining_frames(p, s) - t) for p, s, t in zip(progress, seen, truth, strict=True)])
+    model = np.concatenate(
+        [np.abs(remaining_frames(p, s, b) - t) for p, b, s, t in zip(progress, bands, seen, truth, strict=True)]
+    )
     base = np.concatenate([np.abs(bayes(int(n)) - t) for n, t in zip(lengths, truth, strict=True)])
     bins = {
         name: {

@@ -67,7 +67,7 @@ def run_evaluation(
     for name, band in bands.items():
         metrics[name]["coverage_nominal"] = details[name]["coverage_nominal"]
         metrics[name]["band"] = band_metrics(band, test.lengths)
-        metrics[name]["remaining"] = remaining_metrics(preds[name], test.lengths, train_lengths)
+        metrics[name]["remaining"] = remaining_metrics(preds[name], band, test.lengths, train_lengths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
