@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from progress_stream.contract.cell import remaining_band, remaining_frames
+from progress_stream.contract.cell import LOW_END_WEIGHT, MIN_PROGRESS, remaining_band, remaining_frames
 from progress_stream.contract.errors import BadInput, SeqConflict, ServiceError
 
 REPLY = ConfigDict(extra="forbid")
@@ -135,8 +135,8 @@ DESCRIBE = {
     "band": "each frame's interval [lo, hi] around its progress, at the model's nominal coverage (the model's "
     "`coverage`); null for a model without a band",
     "remaining_frames": "frames left in the action after each frame: seen × (1 − q) / q, seen being the frames "
-    "into the action up to it and q its progress moved a quarter of the way to its band's low end (the progress "
-    "itself without a band; q counts as at least 0.001)",
+    f"into the action up to it and q its progress moved {LOW_END_WEIGHT:g} of the way to its band's low end (the "
+    f"progress itself without a band; q counts as at least {MIN_PROGRESS:g})",
     "remaining_band": "each frame's interval [low, high] of the frames left, from its band; null for a model "
     "without a band",
     "remaining_s": "remaining_frames in seconds at the stream's frame rate; null for a stream opened without fps",
