@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 from checkpoint_args import checkpoint_parser
-from remaining_scale import Frames
+from remaining_scale import Frames, validation_and_test
 
-from progress_stream.training.checkpoint import load_checkpoint
-from progress_stream.training.data import action_lengths, load_annotations, load_dataset, split_handles
-from progress_stream.training.evaluate import RemainingBayes
 from progress_stream.training.report import MIN_BIN_ACTIONS
-from progress_stream.training.train import load_training_data
 
 
 def ratios(frames: Frames, weight: float) -> tuple[float, str, float]:
@@ -39,18 +35,7 @@ def main() -> None:
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5])
     args = ap.parse_args()
 
-    model, meta = load_checkpoint(args.checkpoint)
-    training = load_training_data(args.annotations, args.features, args.split, meta.train_config.val_fraction)
-    videos = load_annotations(args.annotations)
-    handles = split_handles(videos, args.split)
-    sets = {
-        "validation": Frames(model, training.val, RemainingBayes(training.fit.lengths)),
-        "test": Frames(
-            model,
-            load_dataset(videos, args.features, handles["test"]),
-            RemainingBayes(action_lengths(videos, handles["train"])),
-        ),
-    }
+    sets = dict(zip(("validation", "test"), validation_and_test(args), strict=True))
     print(f"{args.checkpoint}: time to finish against the content-free estimate (median absolute error ratio)")
     for weight in args.weights:
         cells = []

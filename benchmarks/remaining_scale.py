@@ -17,6 +17,8 @@ content-free estimate's in brackets.
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from checkpoint_args import checkpoint_parser
 
@@ -59,6 +61,22 @@ class Frames:
 
     def bins(self, min_actions: int) -> list[tuple[str, np.ndarray]]:
         return [(name, sel) for name, sel, n in frame_bins(self.lengths) if n >= min_actions]
+
+
+def validation_and_test(args: argparse.Namespace) -> tuple[Frames, Frames]:
+    """The checkpoint's validation frames (content-free estimate from its fit actions) and test frames (from
+    the training actions), as training and ``progress eval`` split them."""
+    model, meta = load_checkpoint(args.checkpoint)
+    training = load_training_data(args.annotations, args.features, args.split, meta.train_config.val_fraction)
+    videos = load_annotations(args.annotations)
+    handles = split_handles(videos, args.split)
+    val = Frames(model, training.val, RemainingBayes(training.fit.lengths))
+    test = Frames(
+        model,
+        load_dataset(videos, args.features, handles["test"]),
+        RemainingBayes(action_lengths(videos, handles["train"])),
+    )
+    return val, test
 
 
 def per_range(val: Frames) -> np.ndarray:
@@ -109,16 +127,7 @@ def main() -> None:
     ap.add_argument("--margins", type=float, nargs="+", default=[0.9, 0.8], help="the M of every length ahead by M")
     args = ap.parse_args()
 
-    model, meta = load_checkpoint(args.checkpoint)
-    training = load_training_data(args.annotations, args.features, args.split, meta.train_config.val_fraction)
-    videos = load_annotations(args.annotations)
-    handles = split_handles(videos, args.split)
-    val = Frames(model, training.val, RemainingBayes(training.fit.lengths))
-    test = Frames(
-        model,
-        load_dataset(videos, args.features, handles["test"]),
-        RemainingBayes(action_lengths(videos, handles["train"])),
-    )
+    val, test = validation_and_test(args)
     fitted = {"as served (no scale)": np.ones(len(OFFSET_BINS)), "per range": per_range(val)}
     fitted |= {f"every length ahead by {m}": every_length_ahead(val, m) for m in args.margins}
     print(f"{args.checkpoint}: median absolute error of the time to finish on test videos, frames (content-free)")
