@@ -109,3 +109,17 @@ def test_a_checkpoint_from_before_the_two_sided_band_widens_both_ends_by_its_one
     x = torch.randn(2, 230, 5)
     with torch.no_grad():
         assert torch.equal(loaded(x, dense=True)[1], model(x, dense=True)[1])
+
+
+@pytest.mark.parametrize("shape", [(150,), (201, 3)])
+def test_a_band_table_of_another_shape_is_refused_with_the_file_named(tmp_path, shape):
+    cfg = TrainConfig(hidden_dim=8)
+    path = tmp_path / "odd.pt"
+    saved_then_edited(
+        path,
+        ProgressHead(5, 9.0, **cfg.model_kwargs()),
+        cfg,
+        lambda raw: raw["state_dict"].update(band_offset=torch.zeros(shape)),
+    )
+    with pytest.raises(CheckpointError, match=r"odd\.pt: checkpoint does not match its model_config"):
+        load_checkpoint(path)
