@@ -56,21 +56,19 @@ class Reader:
             return self.pooled
         return (len(own) * self._density(own) + self.weight * self.pooled) / (len(own) + self.weight)
 
-    def generator(self, label: str) -> tuple[int, np.ndarray, list[tuple[list[int], float]]]:
-        """The class's sub-step count, typical shares and kept sub-steps with their chances, as
-        :meth:`Substeps.action` draws them."""
-        rng = self.family.class_rng(label)
-        n_sub = int(rng.integers(2, 7))
-        rng.standard_normal((n_sub, self.family.cfg.dim))  # the prototypes: drawn to keep the stream in step
-        typical = rng.dirichlet(np.full(n_sub, 3.0))
+    def generator(self, label: str) -> tuple[np.ndarray, list[tuple[list[int], float]]]:
+        """The class's typical shares, and each set of kept sub-steps with its chance, as :meth:`Substeps.action`
+        draws them."""
+        typical = self.family.structure(label)[1]
+        n_sub = len(typical)
         skip = self.family.skip_rate if n_sub > 2 else 0.0
         kept = [(list(range(n_sub)), 1.0 - skip)]
         kept += [([k for k in range(n_sub) if k != m], skip / (n_sub - 2)) for m in range(1, n_sub - 1)]
-        return n_sub, typical, kept
+        return typical, kept
 
     def answers(self, label: str, which: np.ndarray) -> np.ndarray:
         """Progress at every frame of an action whose frames show sub-steps ``which``."""
-        _, typical, patterns = self.generator(label)
+        typical, patterns = self.generator(label)
         grid, n = self.grid, len(which)
         frames = np.arange(n, dtype=np.float64)
         starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])
@@ -141,7 +139,7 @@ def main() -> None:
     answers = []
     for video, action in tests:
         phase = np.load(args.data / "phase" / f"{video.handle}.npy")
-        which, ends_seen = _shown(video, action, phase, reader.generator(action.label)[0])
+        which, ends_seen = _shown(video, action, phase, len(reader.generator(action.label)[0]))
         progress = reader.answers(action.label, which) if len(which) else np.zeros(0)
         answers.append(np.r_[progress, 1.0] if ends_seen else progress)
     lengths = np.array([a.length for _, a in tests])

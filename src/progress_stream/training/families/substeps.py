@@ -17,11 +17,16 @@ class Substeps(Family):
     name = "substeps"
     skip_rate = 0.15
 
-    def action(self, label: str, length: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+    def structure(self, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """A class's sub-step prototypes ``(n_sub, dim)`` and typical shares ``(n_sub,)``, the same in every video."""
         crng = self.class_rng(label)
         n_sub = int(crng.integers(2, 7))
         protos = unit(crng.standard_normal((n_sub, self.cfg.dim)))
-        typical = crng.dirichlet(np.full(n_sub, 3.0))
+        return protos, crng.dirichlet(np.full(n_sub, 3.0))
+
+    def action(self, label: str, length: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+        protos, typical = self.structure(label)
+        n_sub = len(typical)
         keep = np.ones(n_sub, dtype=bool)
         if n_sub > 2 and self.rng.random() < self.skip_rate:
             keep[self.rng.integers(1, n_sub - 1)] = False
