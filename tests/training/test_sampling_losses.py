@@ -8,6 +8,7 @@ from progress_stream.training.sampling import (
     bin_frames,
     dense_batches,
     feature_offset,
+    prefix_batches,
     replay,
     target_frames,
     warped_lengths,
@@ -98,13 +99,31 @@ def test_dense_batches_group_actions_by_their_replayed_length():
     actions = [Action(f"v{i}", "a", 0, length - 1) for i in range(n)]
     features = [np.tile(np.arange(length, dtype=np.float32)[:, None], (1, 2)) for _ in range(n)]
     batches = list(dense_batches(Dataset(2, actions, features), 64, np.random.default_rng(0), warp=0.5))
-    spans = [int(lengths.max() - lengths.min()) for _, lengths in batches]
-    assert sum(len(lengths) for _, lengths in batches) == n
-    everything = torch.cat([lengths for _, lengths in batches])
+    spans = [int(lengths.max() - lengths.min()) for _, lengths, _ in batches]
+    assert sum(len(lengths) for _, lengths, _ in batches) == n
+    everything = torch.cat([lengths for _, lengths, _ in batches])
     assert everything.max() - everything.min() > 30 and max(spans) <= 10
-    for x, lengths in batches:
+    for x, lengths, _ in batches:
         assert x.shape[1] == lengths.max()
         assert all(torch.all(x[i, : lengths[i], 0].diff() >= 0) for i in range(len(lengths)))
+
+
+def test_batches_carry_each_action_s_label_as_an_index_into_the_sorted_labels():
+    """Whole actions and sampled prefixes alike: the label beside each row is that row's action's."""
+    spec = [("pour", 3), ("cut", 5), ("stir", 2), ("cut", 4), ("pour", 6)]
+    actions = [Action("v", label, 0, n - 1) for label, n in spec]
+    features = [np.full((n, 1), i, dtype=np.float32) for i, (_, n) in enumerate(spec)]  # each frame names its action
+    data = Dataset(1, actions, features)
+    ids, classes = data.label_ids()
+    assert ids.tolist() == [1, 0, 2, 0, 1] and classes == 3
+    rng = np.random.default_rng(0)
+    seen = []
+    for x, _, labels in dense_batches(data, 2, rng):
+        seen += [(int(row[0, 0]), int(label)) for row, label in zip(x, labels, strict=True)]
+    assert sorted(seen) == [(i, int(ids[i])) for i in range(len(spec))]
+    samples = [(i, t) for i in range(len(spec)) for t in range(spec[i][1])]
+    for x, _, _, labels in prefix_batches(data, samples, 4, rng):
+        assert [int(ids[int(row[0, 0])]) for row in x] == labels.tolist()
 
 
 def test_the_feature_offset_moves_every_frame_of_an_action_by_one_vector():

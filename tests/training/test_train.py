@@ -4,13 +4,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
+from progress_stream.export.onnx_cell import export_checkpoint
 from progress_stream.training.calibration import edge_offsets
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.config import TrainConfig
 from progress_stream.training.evaluate import predict_causal, progress_metrics
+from progress_stream.training.label_probe import LabelProbe
 from progress_stream.training.model import ProgressHead
 from progress_stream.training.train import (
     Candidate,
@@ -127,13 +130,15 @@ def two_threads():
 
 
 def _pair(threads: int) -> tuple[SideBySide, list[torch.Tensor]]:
-    """A head and its teacher (their own initialisations) on one batch of four 7-frame actions."""
+    """A head and its teacher (their own initialisations), each with its label probe, on one batch of four
+    7-frame actions."""
     torch.set_num_threads(threads)
-    cfg = TrainConfig(hidden_dim=8, mlp_dim=4)
+    cfg = TrainConfig(hidden_dim=8, mlp_dim=4, label_weight=0.5)
     teacher_cfg = cfg.replace(teacher_members=0, band_weight=0.0)
     torch.manual_seed(0)
     model = ProgressHead(6, 5.0, **cfg.model_kwargs())
     teacher = ProgressHead(6, 5.0, **teacher_cfg.model_kwargs())
+    probes = (LabelProbe(1, 8, 3), LabelProbe(1, 8, 3))
     lengths = torch.tensor([7, 5, 3, 6])
     steps = torch.arange(1, 8, dtype=torch.float32)
     batch = [
@@ -141,12 +146,14 @@ def _pair(threads: int) -> tuple[SideBySide, list[torch.Tensor]]:
         lengths,
         (steps / lengths.unsqueeze(1)).clamp(max=1.0),
         steps.unsqueeze(0) <= lengths.unsqueeze(1),
+        torch.tensor([2, 0, 1, 0]),
     ]
-    return SideBySide(model, cfg, teacher, teacher_cfg), batch
+    return SideBySide(model, cfg, teacher, teacher_cfg, probes), batch
 
 
 def _grads(pair: SideBySide) -> list[torch.Tensor]:
-    return [p.grad.clone() for net in (pair.model, pair.teacher) for p in net.parameters()]
+    nets = (pair.model, pair.probe, pair.teacher, pair.teacher_probe)
+    return [p.grad.clone() for net in nets for p in net.parameters()]
 
 
 def test_side_by_side_runs_the_teacher_on_a_worker_with_half_the_threads_and_the_same_gradients(two_threads):
@@ -188,3 +195,21 @@ def test_a_head_trained_beside_its_teacher_is_the_same_on_one_thread_and_on_two(
     assert torch.get_num_threads() == 2
     assert heads[1].keys() == heads[2].keys()
     assert all(torch.equal(heads[1][k], heads[2][k]) for k in heads[1])
+
+
+@pytest.mark.parametrize("regime", ["dense", "prefix"])
+def test_a_label_target_changes_what_the_head_learns_and_the_checkpoint_holds_the_head_alone(
+    tiny_data: Path, tmp_path: Path, regime: str
+):
+    """The probe trains beside the head and is dropped: the checkpoint has the same tensors and model config as
+    one trained without it, and exports to the same cell contract, but the weights differ."""
+    heads = {}
+    for weight in (0.0, 1.0):
+        path = train_tiny(tiny_data, tmp_path / str(weight), regime=regime, label_weight=weight, teacher_members=1)
+        heads[weight] = load_checkpoint(path)
+        export_checkpoint(path, tmp_path / f"{weight}.onnx")
+    (plain, plain_meta), (probed, probed_meta) = heads[0.0], heads[1.0]
+    assert probed_meta.train_config.label_weight == 1.0 and probed_meta.model_config == plain_meta.model_config
+    assert plain.state_dict().keys() == probed.state_dict().keys()
+    assert not torch.equal(plain.members[0].gru.weight_hh_l0, probed.members[0].gru.weight_hh_l0)
+    assert onnx.load(tmp_path / "1.0.onnx").graph.output == onnx.load(tmp_path / "0.0.onnx").graph.output

@@ -23,7 +23,7 @@ KEYS = ("schema", "model_config", "state_dict", "train_config", "data", "metrics
 #: What a checkpoint written before a field existed was trained with (model and train config alike).
 EARLIER = {"input_rank": 0}  # the GRU read the whole embedding
 #: ... and what only its training config lacks.
-EARLIER_TRAINING = {**EARLIER, "average_top": 1}  # the best epoch alone was kept
+EARLIER_TRAINING = {**EARLIER, "average_top": 1, "label_weight": 0.0}  # the best epoch alone, no label target
 
 
 class CheckpointError(ValueError):

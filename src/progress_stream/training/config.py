@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "time_warp": (0.0, None),
     "weight_cap": (1.0, None),
     "aux_weight": (0.0, None),
+    "label_weight": (0.0, None),
     "edge_weight": (0.0, None),
     "epochs": (1, None),
     "batch_size": (1, None),
@@ -106,6 +107,7 @@ class TrainConfig:
     weight_cap: float = 10.0
     edge_weight: float = 0.25  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
+    label_weight: float = 0.0  # auxiliary target: each action's label, read from the GRU state (training only)
     # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
     # from its progress too
     teacher_members: int = 1  # 0: no teacher

@@ -199,6 +199,11 @@ class Dataset:
     def lengths(self) -> np.ndarray:
         return np.array([a.length for a in self.actions], dtype=np.int64)
 
+    def label_ids(self) -> tuple[np.ndarray, int]:
+        """Each action's label as an index into the set's distinct labels (sorted), and how many there are."""
+        names, ids = np.unique([a.label for a in self.actions], return_inverse=True)
+        return ids.astype(np.int64), len(names)
+
 
 def load_dataset(videos: list[Video], features_dir: Path, handles: list[str], min_length: int = 1) -> Dataset:
     """Load the features of ``handles`` and cut them into per-action arrays."""

@@ -35,9 +35,10 @@ class _Member(nn.Module):
             self.register_buffer("h0", h0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The (last layer's) state after every frame, ``(B, T, hidden)``."""
         h0 = self.h0.unsqueeze(1).expand(-1, x.shape[0], -1).contiguous()
         hidden, _ = self.gru(x, h0)
-        return self.head(hidden)
+        return hidden
 
 
 class ProgressHead(nn.Module):
@@ -134,12 +135,20 @@ class ProgressHead(nn.Module):
             pos = self.position_features(idx)
         return torch.cat([x, pos], dim=-1)
 
-    def member_outputs(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Every member's pre-activation outputs, ``(members, B, T, N_OUTPUTS)``; training losses use these."""
+    def member_states(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Every member's GRU state after every frame, ``(members, B, T, hidden)``."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
         inputs = self._inputs(x, lengths)
         return torch.stack([m(inputs) for m in self.members])
+
+    def readout(self, states: Tensor) -> Tensor:
+        """Every member's pre-activation outputs from its :meth:`member_states`, ``(members, B, T, N_OUTPUTS)``."""
+        return torch.stack([m.head(s) for m, s in zip(self.members, states, strict=True)])
+
+    def member_outputs(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """:meth:`readout` of :meth:`member_states`; training losses use these."""
+        return self.readout(self.member_states(x, lengths))
 
     def activate(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw) if self.output == "sigmoid" else raw.clamp(0.0, 1.0)

@@ -24,6 +24,7 @@ from progress_stream.training.checkpoint import save_checkpoint
 from progress_stream.training.config import ConfigError, TrainConfig
 from progress_stream.training.data import Dataset, load_annotations, load_dataset, split_handles, validation_split
 from progress_stream.training.evaluate import LengthBayes, predict_causal, progress_metrics
+from progress_stream.training.label_probe import LabelProbe
 from progress_stream.training.losses import progress_loss, quantile_loss
 from progress_stream.training.mean_teacher import MeanTeacher
 from progress_stream.training.model import AUX, LOWER, PROGRESS, UPPER, ProgressHead
@@ -92,14 +93,21 @@ def build_model(cfg: TrainConfig, data: TrainingData) -> ProgressHead:
     return model
 
 
+def build_probe(cfg: TrainConfig, data: TrainingData, device: torch.device) -> LabelProbe | None:
+    """The label probe a head of ``cfg`` trains beside (built right after the head), or None without one."""
+    if cfg.label_weight <= 0:
+        return None
+    return LabelProbe(cfg.members, cfg.hidden_dim, data.fit.label_ids()[1]).to(device)
+
+
 def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, offset_scale: np.ndarray | None):
-    """Yield ``(x, lengths, target, mask)`` with the loss taken where ``mask`` is true."""
+    """Yield ``(x, lengths, target, mask, labels)`` with the loss taken where ``mask`` is true."""
     if cfg.regime == "dense":
         batches = dense_batches(data, cfg.batch_size, rng, cfg.min_segment_len, cfg.time_warp, offset_scale)
-        for x, lengths in batches:
+        for x, lengths, labels in batches:
             steps = torch.arange(1, x.shape[1] + 1, dtype=torch.float32)
             target = (steps.unsqueeze(0) / lengths.unsqueeze(1)).clamp(max=1.0)
-            yield x, lengths, target, steps.unsqueeze(0) <= lengths.unsqueeze(1)
+            yield x, lengths, target, steps.unsqueeze(0) <= lengths.unsqueeze(1), labels
     else:
         samples = sample_prefixes(
             data,
@@ -109,8 +117,8 @@ def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, of
             cfg.min_segment_len,
             cfg.stratified_sampling,
         )
-        for x, lengths, target in prefix_batches(data, samples, cfg.batch_size, rng):
-            yield x, lengths, target.unsqueeze(1), torch.ones(len(target), 1, dtype=torch.bool)
+        for x, lengths, target, labels in prefix_batches(data, samples, cfg.batch_size, rng):
+            yield x, lengths, target.unsqueeze(1), torch.ones(len(target), 1, dtype=torch.bool), labels
 
 
 def _loss(
@@ -118,17 +126,20 @@ def _loss(
     cfg: TrainConfig,
     batch: list[torch.Tensor],
     taught: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
+    states: torch.Tensor | None = None,
+    probe: LabelProbe | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over members of each member's per-action loss (plus the auxiliary log-length term), and the
-    head's progress on the batch (detached: what it teaches). With ``taught`` (a teacher's progress on the
-    same frames), the progress loss is shared between the truth and it. ``out``: the head's
-    :meth:`ProgressHead.member_outputs` on the batch, where they were already computed."""
-    x, lengths, target, mask = batch
-    if out is None:
-        out = model.member_outputs(x, lengths)  # (M, B, T, N_OUTPUTS)
+    """Mean over members of each member's per-action loss (plus the auxiliary log-length and label terms),
+    and the head's progress on the batch (detached: what it teaches). With ``taught`` (a teacher's progress
+    on the same frames), the progress loss is shared between the truth and it. ``states``: the head's
+    :meth:`ProgressHead.member_states` on the batch, where they were already computed; ``probe``: the
+    head's :class:`LabelProbe` where ``cfg.label_weight`` asks for one."""
+    x, lengths, target, mask, labels = batch
+    if states is None:
+        states = model.member_states(x, lengths)  # (M, B, T, hidden)
     if cfg.regime == "prefix":
-        out = out.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[-1]))
+        states = states.gather(2, (lengths - 1).view(1, -1, 1, 1).expand(states.shape[0], -1, 1, states.shape[-1]))
+    out = model.readout(states)  # (M, B, T, N_OUTPUTS)
     raw = out[..., PROGRESS]
     pred = torch.sigmoid(raw) if model.output == "sigmoid" else raw
     edge = cfg.edge_weight if cfg.regime == "dense" else 0.0
@@ -153,6 +164,8 @@ def _loss(
         aux_target = (torch.log1p(total.to(torch.float32)) / torch.log1p(model.length_ref)).expand_as(target)
         aux = torch.stack([progress_loss(a, aux_target, mask) for a in out[..., AUX]]).mean()
         loss = loss + cfg.aux_weight * aux
+    if probe is not None:
+        loss = loss + cfg.label_weight * probe.loss(states, labels, mask)
     return loss, model.activate(raw.mean(dim=0)).detach()
 
 
@@ -165,8 +178,16 @@ class SideBySide:
     quarter, while two passes side by side take half the time. The gradients are the same either way.
     """
 
-    def __init__(self, model: ProgressHead, cfg: TrainConfig, teacher: ProgressHead, teacher_cfg: TrainConfig):
+    def __init__(
+        self,
+        model: ProgressHead,
+        cfg: TrainConfig,
+        teacher: ProgressHead,
+        teacher_cfg: TrainConfig,
+        probes: tuple[LabelProbe | None, LabelProbe | None] = (None, None),
+    ):
         self.model, self.cfg, self.teacher, self.teacher_cfg = model, cfg, teacher, teacher_cfg
+        self.probe, self.teacher_probe = probes
         cpu = next(model.parameters()).device.type == "cpu"
         self.threads = torch.get_num_threads() if cpu else 1
         self.pool: ThreadPoolExecutor | None = None
@@ -195,10 +216,10 @@ class SideBySide:
 
     def step(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """Both nets' gradients on ``batch``; returns the sum of their losses (detached)."""
-        teaching = self._start(_loss, self.teacher, self.teacher_cfg, batch)
-        out = self.model.member_outputs(*batch[:2])
+        teaching = self._start(_loss, self.teacher, self.teacher_cfg, batch, None, None, self.teacher_probe)
+        states = self.model.member_states(*batch[:2])
         teacher_loss, taught = teaching.result()
-        loss, _ = _loss(self.model, self.cfg, batch, taught, out)
+        loss, _ = _loss(self.model, self.cfg, batch, taught, states, self.probe)
         learning = self._start(teacher_loss.backward)
         loss.backward()
         learning.result()
@@ -277,15 +298,21 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model = build_model(cfg, data).to(device)
-    nets = [model]
-    teacher, teacher_cfg = None, cfg
+    probe = build_probe(cfg, data, device)
+    teacher, teacher_cfg, teacher_probe = None, cfg, None
     if cfg.teacher_members > 0:
         teacher_cfg = cfg.replace(members=cfg.teacher_members, teacher_members=0, band_weight=0.0)
         teacher = build_model(teacher_cfg, data).to(device)
-        nets.append(teacher)
-    pair = SideBySide(model, cfg, teacher, teacher_cfg) if teacher is not None else None
+        teacher_probe = build_probe(teacher_cfg, data, device)
+    # each net with the probe it trains beside (if any): their gradients are clipped together
+    nets = [
+        [m for m in group if m is not None]
+        for group in ([model, probe], [teacher, teacher_probe])
+        if group[0] is not None
+    ]
+    pair = SideBySide(model, cfg, teacher, teacher_cfg, (probe, teacher_probe)) if teacher is not None else None
     mean_teacher = MeanTeacher(model, cfg.teacher_decay) if cfg.teacher_decay > 0 else None
-    opt = torch.optim.AdamW(decay_groups(nets, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(decay_groups([m for group in nets for m in group], cfg.weight_decay), lr=cfg.lr)
     sched = lr_schedule(opt, cfg)
     rng = np.random.default_rng(cfg.seed)
     offset_scale = cfg.feature_offset / model.input_scale.cpu().numpy() if cfg.feature_offset > 0 else None
@@ -310,10 +337,10 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                     loss = pair.step(batch)
                 else:
                     taught = mean_teacher.progress(*batch[:2]) if mean_teacher is not None else None
-                    loss, _ = _loss(model, cfg, batch, taught)
+                    loss, _ = _loss(model, cfg, batch, taught, probe=probe)
                     loss.backward()
-                for net in nets:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                for group in nets:
+                    torch.nn.utils.clip_grad_norm_([p for m in group for p in m.parameters()], cfg.grad_clip)
                 opt.step()
                 if mean_teacher is not None:
                     mean_teacher.update(model)

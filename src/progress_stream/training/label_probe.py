@@ -1,0 +1,40 @@
+"""A training-only auxiliary target: the action's label, read from the head's GRU state at every frame.
+
+How long an action runs depends on what it is. A head that must name the action from its state learns to
+tell classes apart within the first frames, so the state carries which class's lengths and phases apply;
+progress alone teaches that only through its own, noisier error. The probe is one linear layer per member,
+trained beside the head and then dropped: the checkpoint and the exported cell hold the head alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: The probe reads every EVERY-th frame from the first: neighbouring states name the same action, and
+#: reading all of them would add a tenth to the training time for the same signal.
+EVERY = 4
+
+
+class LabelProbe(nn.Module):
+    """One linear classifier per member, from its state ``(B, T, hidden)`` to the action labels' logits."""
+
+    def __init__(self, members: int, hidden_dim: int, classes: int):
+        super().__init__()
+        self.read = nn.ModuleList(nn.Linear(hidden_dim, classes) for _ in range(members))
+
+    def loss(self, states: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """Mean over members of each action's mean cross-entropy over its read frames (``mask`` ``(B, T)``, every
+        :data:`EVERY`-th), averaged
+        over the actions (each action weighs the same, as in the progress loss). ``states``: ``(members, B, T,
+        hidden)``; ``labels``: ``(B,)`` indices."""
+        states, mask = states[:, :, ::EVERY], mask[:, ::EVERY]
+        weight = mask.to(states.dtype)
+        target = labels.unsqueeze(1).expand(mask.shape).reshape(-1)
+        per_member = []
+        for read, state in zip(self.read, states, strict=True):
+            logits = read(state)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target, reduction="none").view_as(weight)
+            per_member.append(((ce * weight).sum(1) / weight.sum(1).clamp(min=1)).mean())
+        return torch.stack(per_member).mean()
