@@ -4,6 +4,7 @@ from progress_stream.training.sweep import RECIPES, recipe_config, sweep_table
 # docs/training.md, "How the default was chosen"
 CHOSEN = (
     "norm+warp+h128+edge+band+offset+distil1+wd+mlp128+lr5+75ep+floor0.3+edge0.25+warp0.7+70ep+rank96+share0.25+top5"
+    "+label0.03"
 )
 
 
@@ -41,5 +42,6 @@ def test_the_ensemble_variant_is_the_recipe_the_one_member_default_replaced():
         time_warp=0.3,
         input_rank=0,
         average_top=1,
+        label_weight=0.0,
     )
     assert load_config("configs/ensemble.toml") == expensive == ensemble

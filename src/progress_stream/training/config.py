@@ -107,7 +107,7 @@ class TrainConfig:
     weight_cap: float = 10.0
     edge_weight: float = 0.25  # extra weight on each action's first and last 10 % of frames (dense regime)
     aux_weight: float = 0.0  # auxiliary target: log1p(L)/log1p(L_ref) of the action
-    label_weight: float = 0.0  # auxiliary target: each action's label, read from the GRU state (training only)
+    label_weight: float = 0.03  # auxiliary target: each action's label, read from the GRU state (training only)
     # distillation: a teacher (its own members, its own initialisation) trained side by side; the head learns
     # from its progress too
     teacher_members: int = 1  # 0: no teacher

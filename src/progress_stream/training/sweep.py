@@ -31,6 +31,7 @@ BASE: dict[str, Any] = {
     "time_warp": 0.0,
     "weighted_loss": False,
     "aux_weight": 0.0,
+    "label_weight": 0.0,
     "loss": "l1",
     "edge_weight": 0.0,
     "feature_offset": 0.0,
@@ -75,6 +76,8 @@ _AVERAGED = (3, 5, 10)
 #: ... the five best, with a mean teacher (the head's moving average) decayed by these per step.
 _TOP5 = {**_QUARTER, "average_top": 5}
 _MEAN_DECAYS = (0.99, 0.995)
+#: ... the five best, with the action's label as an auxiliary target at these weights.
+_LABELS = (0.03, 0.1)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -150,6 +153,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         f"{_RANKED_NAME}+share0.25+top5+mean{x}": {**_TOP5, "teacher_members": 0, "teacher_decay": x}
         for x in _MEAN_DECAYS
     },
+    **{f"{_RANKED_NAME}+share0.25+top5+label{x}": {**_TOP5, "label_weight": x} for x in _LABELS},
 }
 
 
