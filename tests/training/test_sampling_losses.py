@@ -114,7 +114,7 @@ def test_batches_carry_each_action_s_label_as_an_index_into_the_sorted_labels():
     actions = [Action("v", label, 0, n - 1) for label, n in spec]
     features = [np.full((n, 1), i, dtype=np.float32) for i, (_, n) in enumerate(spec)]  # each frame names its action
     data = Dataset(1, actions, features)
-    ids, classes = data.label_ids()
+    ids, classes = data.label_ids
     assert ids.tolist() == [1, 0, 2, 0, 1] and classes == 3
     rng = np.random.default_rng(0)
     seen = []

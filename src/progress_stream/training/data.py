@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -199,8 +200,10 @@ class Dataset:
     def lengths(self) -> np.ndarray:
         return np.array([a.length for a in self.actions], dtype=np.int64)
 
+    @cached_property
     def label_ids(self) -> tuple[np.ndarray, int]:
-        """Each action's label as an index into the set's distinct labels (sorted), and how many there are."""
+        """Each action's label as an index into the set's distinct labels (sorted), and how many there are:
+        computed once, read every epoch."""
         names, ids = np.unique([a.label for a in self.actions], return_inverse=True)
         return ids.astype(np.int64), len(names)
 

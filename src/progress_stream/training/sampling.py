@@ -106,10 +106,10 @@ def dense_batches(
     warp: float = 0.0,
     offset_scale: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Whole actions, optionally time-warped and offset: ``(x, lengths, labels)`` (:meth:`Dataset.label_ids`);
+    """Whole actions, optionally time-warped and offset: ``(x, lengths, labels)`` (:attr:`Dataset.label_ids`);
     the target of frame i is ``(i+1)/L``."""
     keep = np.flatnonzero(data.lengths >= min_segment_len)
-    labels = torch.from_numpy(data.label_ids()[0][keep])
+    labels = torch.from_numpy(data.label_ids[0][keep])
     # batched by the replayed lengths, drawn first: a batch pads to its longest replay, not its longest action
     replayed = warped_lengths(data.lengths[keep], rng, warp)
     for batch in _batches_by_length(replayed, batch_size, rng):
@@ -123,7 +123,7 @@ def prefix_batches(
     data: Dataset, samples: list[tuple[int, int]], batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Prefixes ending at the sampled frames: ``(x, lengths, target, labels)``."""
-    ids = data.label_ids()[0]
+    ids = data.label_ids[0]
     prefix_len = np.array([t + 1 for _, t in samples])
     for batch in _batches_by_length(prefix_len, batch_size, rng):
         seqs = [data.features[samples[i][0]][: samples[i][1] + 1] for i in batch]

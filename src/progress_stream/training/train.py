@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,7 +98,7 @@ def build_probe(cfg: TrainConfig, data: TrainingData, device: torch.device) -> L
     """The label probe a head of ``cfg`` trains beside (built right after the head), or None without one."""
     if cfg.label_weight <= 0:
         return None
-    return LabelProbe(cfg.members, cfg.hidden_dim, data.fit.label_ids()[1]).to(device)
+    return LabelProbe(cfg.members, cfg.hidden_dim, data.fit.label_ids[1]).to(device)
 
 
 def _epoch_batches(cfg: TrainConfig, data: Dataset, rng: np.random.Generator, offset_scale: np.ndarray | None):
@@ -216,7 +217,7 @@ class SideBySide:
 
     def step(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """Both nets' gradients on ``batch``; returns the sum of their losses (detached)."""
-        teaching = self._start(_loss, self.teacher, self.teacher_cfg, batch, None, None, self.teacher_probe)
+        teaching = self._start(partial(_loss, probe=self.teacher_probe), self.teacher, self.teacher_cfg, batch)
         states = self.model.member_states(*batch[:2])
         teacher_loss, taught = teaching.result()
         loss, _ = _loss(self.model, self.cfg, batch, taught, states, self.probe)
@@ -305,11 +306,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         teacher = build_model(teacher_cfg, data).to(device)
         teacher_probe = build_probe(teacher_cfg, data, device)
     # each net with the probe it trains beside (if any): their gradients are clipped together
-    nets = [
-        [m for m in group if m is not None]
-        for group in ([model, probe], [teacher, teacher_probe])
-        if group[0] is not None
-    ]
+    nets = [[m for m in group if m is not None] for group in ([model, probe], [teacher, teacher_probe])]
+    clipped = [[p for m in group for p in m.parameters()] for group in nets if group]
     pair = SideBySide(model, cfg, teacher, teacher_cfg, (probe, teacher_probe)) if teacher is not None else None
     mean_teacher = MeanTeacher(model, cfg.teacher_decay) if cfg.teacher_decay > 0 else None
     opt = torch.optim.AdamW(decay_groups([m for group in nets for m in group], cfg.weight_decay), lr=cfg.lr)
@@ -339,8 +337,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
                     taught = mean_teacher.progress(*batch[:2]) if mean_teacher is not None else None
                     loss, _ = _loss(model, cfg, batch, taught, probe=probe)
                     loss.backward()
-                for group in nets:
-                    torch.nn.utils.clip_grad_norm_([p for m in group for p in m.parameters()], cfg.grad_clip)
+                for params in clipped:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 if mean_teacher is not None:
                     mean_teacher.update(model)
