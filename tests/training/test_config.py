@@ -24,6 +24,8 @@ def test_no_config_is_the_dataclass_defaults():
         ("average_top = 0", "average_top"),
         ("teacher_decay = 1.0", "teacher_decay"),
         ("teacher_decay = -0.1", "teacher_decay"),
+        ("label_weight = -0.03", "label_weight"),
+        ("label_weight = true", "label_weight"),
         ("hidden = 64", "hidden"),
     ],
 )
