@@ -14,13 +14,16 @@ from progress_stream.training.calibration import (
     band_scores,
     calibrate,
     conformal_offset,
+    coverage_on_halves,
     covered,
     edge_offsets,
     edge_search,
+    halves_summary,
     offset_table,
 )
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.evaluate import (
+    LENGTH_BINS,
     RemainingBayes,
     action_errors,
     band_inside,
@@ -83,6 +86,62 @@ def test_each_end_is_fitted_to_the_actions_that_leave_the_band_on_its_side():
     blind[5:] = table[5:]
     shares = [covered(scores, seen, blind)[length == n].mean() for n in (4, 30)]
     assert shares[0] > coverage + 0.05 and shares[1] < coverage - 0.05, shares
+
+
+#: Four one-action videos: (length, each frame's high-end score), the value naming the video; a frame is
+#: inside where its score is at most 0, the offset of the fit below. `c` holds half its frames inside.
+HALVES_VIDEOS = {"a": (3, [-1.0] * 3), "b": (3, [1.0] * 3), "c": (12, [-2.0, 2.0] * 6), "d": (12, [-3.0] * 12)}
+
+
+def test_the_band_is_fitted_on_one_half_of_the_videos_and_read_on_the_other():
+    fitted_on = []
+
+    def fit(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float) -> np.ndarray:
+        fitted_on.append({h for h, (_, v) in HALVES_VIDEOS.items() if np.isin(v, scores[:, 1]).all()})
+        assert len(scores) == sum(HALVES_VIDEOS[h][0] for h in fitted_on[-1]) and coverage == 0.8
+        return np.zeros((OFFSET_STEPS, 2), np.float32)
+
+    lengths = np.array([n for n, _ in HALVES_VIDEOS.values()])
+    high = np.concatenate([v for _, v in HALVES_VIDEOS.values()])
+    scores = np.stack([np.full_like(high, -np.inf), high], axis=1)
+    seen = np.concatenate([np.arange(1, n + 1) for n in lengths])
+    shares, counts = coverage_on_halves(scores, seen, lengths, np.array(list(HALVES_VIDEOS)), 0.8, fit, splits=12)
+    assert shares.shape == counts.shape == (12, len(LENGTH_BINS)) and len(fitted_on) == 12
+    short, mid = [i for i, (lo, _) in enumerate(LENGTH_BINS) if lo in (1, 11)]
+    inside = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 1.0}
+    for split, fitted in enumerate(fitted_on):
+        read = set(HALVES_VIDEOS) - fitted
+        assert len(fitted) == len(read) == 2
+        for col, group in ((short, {"a", "b"}), (mid, {"c", "d"})):
+            mine = sorted(read & group)
+            assert counts[split, col] == len(mine)
+            expected = np.mean([inside[h] for h in mine]) if mine else np.nan  # equal lengths within a bin
+            np.testing.assert_equal(shares[split, col], expected)
+        others = [i for i in range(len(LENGTH_BINS)) if i not in (short, mid)]
+        assert np.isnan(shares[split, others]).all() and not counts[split, others].any()
+    assert len({frozenset(f) for f in fitted_on}) > 1  # the halves are drawn at random
+
+
+def test_the_halves_summary_gives_the_median_and_spread_of_the_bins_a_half_holds_enough_of():
+    shares = np.full((11, len(LENGTH_BINS)), np.nan)
+    counts = np.zeros((11, len(LENGTH_BINS)), np.int64)
+    shares[:, 0], counts[:, 0] = np.linspace(0.7, 0.9, 11), 10  # enough actions in every half
+    shares[:, 1], counts[:, 1] = 0.8, [9] * 6 + [40] * 5  # too few in most halves
+    shares[:5, 2], counts[:5, 2], counts[5:, 2] = 0.75, 30, 12  # held in every half, and NaN-free where held
+    shares[5:, 2] = 0.85
+    summary = halves_summary(shares, counts)
+    assert list(summary) == ["1-5", "11-20"]
+    assert summary["1-5"] == pytest.approx({"actions": 10.0, "median": 0.8, "low": 0.72, "high": 0.88})
+    assert summary["11-20"] == pytest.approx({"actions": 12.0, "median": 0.85, "low": 0.75, "high": 0.85})
+
+
+def test_calibration_reports_the_band_on_held_out_halves(calibrated):
+    model, data = calibrated
+    result = calibrate(model, data.fit, 0.8)
+    halves = result["band_halves"]
+    assert set(result) == {"band_offsets", "band_halves"} and halves  # the fit actions fill some length bin
+    for h in halves.values():
+        assert h["actions"] >= 10 and 0.0 <= h["low"] <= h["median"] <= h["high"] <= 1.0
 
 
 def test_a_higher_coverage_gives_a_wider_band(calibrated):

@@ -12,6 +12,7 @@ import pytest
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.config import MODEL_FIELDS, TrainConfig
 from progress_stream.training.data import load_annotations
+from progress_stream.training.report import band_table
 
 PROGRESS = [sys.executable, "-m", "progress_stream.cli"]
 
@@ -41,13 +42,19 @@ def test_the_documented_default_recipe_is_train_configs_defaults():
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data: Path, tmp_path_factory) -> Path:
-    """Plain ``progress train`` with no --config: the default recipe, one epoch of it."""
+def training_run(tiny_data: Path, tmp_path_factory) -> tuple[Path, str]:
+    """Plain ``progress train`` with no --config: the default recipe, one epoch of it; its folder and what
+    it printed."""
     out = tmp_path_factory.mktemp("run")
     data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
     res = run("train", *data, "--out", str(out), "--set", "epochs=1")
     assert res.returncode == 0, res.stderr
-    return out
+    return out, res.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(training_run: tuple[Path, str]) -> Path:
+    return training_run[0]
 
 
 def test_plain_train_builds_the_default_the_docs_document(trained):
@@ -72,6 +79,16 @@ def test_train_writes_a_best_checkpoint_with_its_config_and_metrics(trained):
     assert ckpt.train_config.epochs == 1
     assert ckpt.data["embedding_dim"] == 16 and ckpt.data["length_median"] > 0
     assert 0 <= ckpt.metrics["val"]["ogpe"] <= 1 and ckpt.metrics["val"]["ratio_to_bayes"] > 0
+
+
+def test_train_reports_the_band_on_held_out_halves_of_its_validation_videos(training_run):
+    """The summary, the checkpoint and the log carry the same check; the tiny set's two validation videos
+    make halves of one video, too few actions of any length to check, and the log says so."""
+    out, printed = training_run
+    summary = json.loads((out / "train_summary.json").read_text())
+    _, ckpt = load_checkpoint(out / "best.pt")
+    assert summary["band_halves"] == ckpt.metrics["band_halves"] == {}
+    assert "band on held-out halves of the validation videos: no length bin holds enough actions" in printed
 
 
 def test_a_mistyped_config_value_fails_with_the_key_named(tiny_data, tmp_path):
@@ -103,7 +120,15 @@ def test_eval_reports_the_model_beside_the_baselines(trained, tiny_data, tmp_pat
     for name in metrics:
         assert {"ogpe", "ogpe_frames", "start_mean", "end_mean"} <= set(metrics[name])
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
-    assert "| length_bayes |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| length_bayes |" in report
+    # the checkpoint checked no length bin on its validation halves (too few actions): the column says so
+    bin_rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert "| validation halves |" in report and bin_rows and all(row[3] == "—" for row in bin_rows)
+    first = bin_rows[0][0].removeprefix("| ")  # a length bin the test videos hold
+    halves = {first: {"actions": 12.0, "median": 0.81, "low": 0.71, "high": 0.852}}
+    rows = [line.split(" | ") for line in band_table(metrics, halves).splitlines() if line.startswith(f"| {first} |")]
+    assert [row[3] for row in rows] == ["0.81 (0.71–0.85)"]
 
 
 def test_split_train_handles_are_the_only_ones_read(tiny_data, tmp_path):

@@ -163,6 +163,7 @@ def train(
     ] = (30.0),
 ) -> None:
     """Train a ProgressHead (the documented default unless --config or --set say otherwise)."""
+    from progress_stream.training.calibration import describe_halves
     from progress_stream.training.config import load_config
     from progress_stream.training.data import DataError
     from progress_stream.training.train import load_training_data
@@ -188,6 +189,8 @@ def train(
         f"kept {_weights(result['averaged_epochs'])}: val OGPE {val['ogpe']:.4f}, start {val['start_mean']:.3f}, "
         f"end {val['end_mean']:.3f}; trained in {result['train_seconds']:.1f} s -> {out / 'best.pt'}"
     )
+    if result["band_halves"] is not None:
+        typer.echo(describe_halves(result["band_halves"]))
 
 
 @app.command()

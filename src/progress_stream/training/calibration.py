@@ -14,6 +14,11 @@ length, the head reads the short ones low and the long ones high, so they leave 
 sides: the high end's offset is fitted to the actions ending in the bin, the low end's to the longer
 ones passing through it (:func:`offset_table`).
 
+Fitted on every validation action, the band covers them at the nominal share by construction, so that
+says nothing of new videos. :func:`coverage_on_halves` refits it on random halves of the validation
+videos and reads each length bin on the other half: how far a bin's coverage strays from one set of
+videos to the next, which training reports beside the offsets.
+
 Where the content is weak the head hedges towards the middle: its start reads high and its end low.
 Where that bias passes the limits on validation actions, :func:`edge_offsets` moves the progress per
 frames-seen bin, at the least cost in OGPE, until it is back inside.
@@ -23,12 +28,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from progress_stream.training.data import Dataset, ground_truth
-from progress_stream.training.evaluate import edge_frames, predict_causal
+from progress_stream.training.evaluate import LENGTH_BINS, bin_name, edge_frames, frame_bins, predict_causal
 from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS, ProgressHead
 
 #: A group of validation frames smaller than this is not fitted on its own (it takes a wider group's offset).
@@ -47,6 +53,17 @@ ZERO_STEP = len(EDGE_STEPS) // 2  # the index of offset 0 (the steps are symmetr
 EDGE_PENALTY = 20.0
 #: Passes of the coordinate search over the bins.
 EDGE_PASSES = 3
+#: Random halves of the validation videos on which the band is checked (fitted on one, read on the other).
+HALF_SPLITS = 40
+#: A length bin is checked where a read half holds at least this many of its actions (the median over splits).
+MIN_HALF_ACTIONS = 10
+#: The spread of a bin's coverage over the splits: these two quantiles (HALF_SPAN, as reports name them).
+HALF_QUANTILES = (0.1, 0.9)
+HALF_SPAN = "–".join(f"{q:.0%}" for q in HALF_QUANTILES)
+
+#: A calibration: the offset table ``(OFFSET_STEPS, 2)`` from frames' scores, frames seen, action lengths
+#: and the coverage (:func:`offset_table` is the one training uses).
+Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 
 
 def band_scores(model: ProgressHead, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +138,76 @@ def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, cover
     return table
 
 
-def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, dict[str, float]]:
+def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, dict]:
     """Set ``model.band_offset`` from ``data`` (validation actions) for ``coverage``; returns the offsets
-    of each side per bin."""
+    of each side per bin (``band_offsets``) and the band's coverage per length bin on held-out halves of
+    the videos (``band_halves``, :func:`halves_summary`)."""
     scores, seen = band_scores(model, data)
     table = offset_table(scores, seen, np.repeat(data.lengths, data.lengths), coverage)
     model.band_offset.copy_(torch.from_numpy(table))
-    return {"low": _labels(table[:, 0]), "high": _labels(table[:, 1])}
+    videos = np.array([a.handle for a in data.actions])
+    halves = coverage_on_halves(scores, seen, data.lengths, videos, coverage)
+    return {
+        "band_offsets": {"low": _labels(table[:, 0]), "high": _labels(table[:, 1])},
+        "band_halves": halves_summary(*halves),
+    }
+
+
+def coverage_on_halves(
+    scores: np.ndarray,
+    seen: np.ndarray,
+    lengths: np.ndarray,
+    videos: np.ndarray,
+    coverage: float,
+    fit: Calibrator = offset_table,
+    splits: int = HALF_SPLITS,
+    seed: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each length bin's coverage and action count ``(splits, len(LENGTH_BINS))`` on one random half of the
+    videos, the band fitted by ``fit`` on the other half (coverage NaN where the half holds none of the bin).
+
+    ``scores`` and ``seen`` are per frame (:func:`band_scores`), ``lengths`` and ``videos`` per action. A
+    half holds half the actions, so the spread it shows overstates that of a band fitted on all of them.
+    """
+    frame_video, frame_length = np.repeat(videos, lengths), np.repeat(lengths, lengths)
+    handles = np.unique(videos)
+    rng = np.random.default_rng(seed)
+    shares = np.full((splits, len(LENGTH_BINS)), np.nan)
+    counts = np.zeros((splits, len(LENGTH_BINS)), np.int64)
+    for i in range(splits):
+        half = rng.choice(handles, len(handles) // 2, replace=False)
+        fitted = np.isin(frame_video, half)
+        table = fit(scores[fitted], seen[fitted], frame_length[fitted], coverage)
+        inside = covered(scores[~fitted], seen[~fitted], table)
+        for j, (_, frames, n) in enumerate(frame_bins(lengths[~np.isin(videos, half)])):
+            counts[i, j] = n
+            if n:
+                shares[i, j] = inside[frames].mean()
+    return shares, counts
+
+
+def halves_summary(shares: np.ndarray, counts: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per length bin that a read half holds at least MIN_HALF_ACTIONS of (by the median over the splits):
+    those actions, and the median and the HALF_QUANTILES of its coverage over the splits."""
+    summary = {}
+    for j, (lo, hi) in enumerate(LENGTH_BINS):
+        actions = float(np.median(counts[:, j]))
+        if actions >= MIN_HALF_ACTIONS:
+            low, high = np.nanquantile(shares[:, j], HALF_QUANTILES)
+            median = float(np.nanmedian(shares[:, j]))
+            summary[bin_name(lo, hi)] = {"actions": actions, "median": median, "low": float(low), "high": float(high)}
+    return summary
+
+
+def describe_halves(halves: dict[str, dict[str, float]]) -> str:
+    """One line for the training log: each checked bin's median coverage and spread on held-out halves."""
+    if not halves:
+        return "band on held-out halves of the validation videos: no length bin holds enough actions to check"
+    bins = " · ".join(f"{name} {h['median']:.2f} ({h['low']:.2f}–{h['high']:.2f})" for name, h in halves.items())
+    return (
+        f"band on held-out halves of the validation videos (median and {HALF_SPAN} over {HALF_SPLITS} splits), "
+        f"per action length: {bins}"
+    )
 
 
 def _labels(values: np.ndarray) -> dict[str, float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from progress_stream.training.calibration import HALF_SPAN
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.data import action_lengths, load_annotations, load_dataset, split_handles
 from progress_stream.training.evaluate import (
@@ -56,6 +57,7 @@ def run_evaluation(
             **ckpt.model_config,
             "regime": ckpt.train_config.regime,
             "streamable": model.streamable,
+            "band_halves": ckpt.metrics.get("band_halves", {}),
         }
     for name, fn in baselines(train_lengths).items():
         preds[name] = [fn(len(f)) for f in test.features]
@@ -232,28 +234,34 @@ def family_summary(reports: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def band_table(models: dict[str, dict]) -> str:
-    """Per length bin: the band's coverage and width beside the content-free band's coverage, and the time
-    to finish's median error against the content-free estimate's (frames)."""
+def band_table(models: dict[str, dict], halves: dict[str, dict]) -> str:
+    """Per length bin: the band's coverage and width beside the content-free band's coverage and the
+    coverage training read on held-out halves of its validation videos (``halves``, the checkpoint's
+    ``band_halves``), and the time to finish's median error against the content-free estimate's (frames)."""
     m, free = models["model"], models["length_bayes"].get("band")
     if "band" not in m:
         return "The model has no band (a relative head cannot stream)."
     lines = [
         f"The band (nominal coverage {m['coverage_nominal']:.0%}) and the time to finish, per action length "
-        "(content-free: the interval and the estimate from the elapsed time alone):",
+        "(content-free: the interval and the estimate from the elapsed time alone; validation halves: the "
+        f"median coverage, and its {HALF_SPAN} range, of the band refitted on half of the validation videos and "
+        "read on the other half, where a half holds enough of the bin's actions):",
         "",
-        "| length | actions | coverage | content-free coverage | width | remaining MdAE | content-free MdAE |",
-        "|---|---|---|---|---|---|---|",
+        "| length | actions | coverage | validation halves | content-free coverage | width | remaining MdAE "
+        "| content-free MdAE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, b in m["band"]["length_bins"].items():
-        r = m["remaining"]["length_bins"][name]
+        r, h = m["remaining"]["length_bins"][name], halves.get(name)
+        spread = f"{h['median']:.2f} ({h['low']:.2f}–{h['high']:.2f})" if h else "—"
         if b["n"]:
             lines.append(
-                f"| {name} | {b['n']} | {b['coverage']:.3f} | {free['length_bins'][name]['coverage']:.3f} | "
-                f"{b['width']:.3f} | {r['model']:.1f} | {r['bayes']:.1f} |"
+                f"| {name} | {b['n']} | {b['coverage']:.3f} | {spread} | "
+                f"{free['length_bins'][name]['coverage']:.3f} | {b['width']:.3f} | {r['model']:.1f} | "
+                f"{r['bayes']:.1f} |"
             )
     lines.append(
-        f"| all | | {m['band']['coverage']:.3f} | {free['coverage']:.3f} | {m['band']['width']:.3f} | "
+        f"| all | | {m['band']['coverage']:.3f} | | {free['coverage']:.3f} | {m['band']['width']:.3f} | "
         f"{m['remaining']['model']:.1f} | {m['remaining']['bayes']:.1f} |"
     )
     return "\n".join(lines)
@@ -268,7 +276,7 @@ def _report(table: str, summary: dict, checkpoints: dict[str, Path]) -> str:
         f"- [{'x' if ok else ' '}] {what}: {value}" for what, ok, value in target_checks(summary["models"])
     )
     models = "\n".join(f"- `{name}`: `{path}`" for name, path in checkpoints.items())
-    band_section = band_table(summary["models"])
+    band_section = band_table(summary["models"], summary["details"]["model"]["band_halves"])
     return f"""# Progress evaluation (causal, held-out test videos)
 
 Test set: {t["videos"]} videos, {t["actions"]} actions, {t["frames"]} frames.

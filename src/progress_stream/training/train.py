@@ -280,7 +280,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     start or end only those offsets can mend is judged as it would be served. With ``average_top`` > 1 the
     mean of the weights of that many best epochs is kept instead where it serves better still
     (:func:`_served_head`). The summary's ``val`` holds the served head's metrics (offsets in place);
-    ``val_raw`` the kept head's before them; ``averaged_epochs`` the epochs whose weights it holds.
+    ``val_raw`` the kept head's before them; ``averaged_epochs`` the epochs whose weights it holds;
+    ``band_halves`` the band's coverage per action length on held-out halves of the validation videos.
 
     With ``teacher_members`` > 0, a teacher of that many members (the same recipe otherwise, its own
     initialisation) trains side by side with the head on the same batches, and the head learns from the
@@ -361,7 +362,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
     best = {"epoch": kept.epoch, "averaged_epochs": epochs, "val_raw": kept.val_raw}
     if model.streamable:  # the kept head's own search: its answers were scored with these offsets
         best["progress_offsets"] = set_edge_offsets(model, kept.offsets)
-        best["band_offsets"] = calibrate(model, data.val, cfg.coverage)
+        best.update(calibrate(model, data.val, cfg.coverage))
     best["val"] = _val_metrics(predict_causal(model, data.val).progress, data.val.lengths, bayes_ogpe)
     save_checkpoint(out / "best.pt", model, cfg, {**data.stats, **data.source}, best)
     seconds = time.perf_counter() - started
@@ -369,6 +370,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, verbose: bool = True) -
         "best_epoch": best["epoch"],
         "averaged_epochs": best["averaged_epochs"],
         "val": best["val"],
+        "band_halves": best.get("band_halves"),  # None: a relative head has no band
         "train_seconds": seconds,
         "history": history,
     }
