@@ -13,27 +13,26 @@ can be chosen that way without reading the test videos. For the shipped calibrat
 per frames-seen range alone (the same on both ends, blind to length), it prints the worst bin's distance
 from nominal per split (bins with at least MIN_BIN_ACTIONS actions in the read half), its median and
 maximum, and the share of splits in which some bin is further than the band's promise
-(MAX_COVERAGE_ERROR, the target `progress eval` checks) from nominal.
+(MAX_COVERAGE_ERROR, the target `progress eval` checks) from nominal. The halves are drawn as
+training draws them for the check it reports (``band_halves``, :func:`coverage_on_halves`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 from checkpoint_args import checkpoint_parser
 
 from progress_stream.training.calibration import (
     MIN_BIN_FRAMES,
+    Calibrator,
     band_scores,
     bin_mask,
     conformal_offset,
-    covered,
+    coverage_on_halves,
     offset_table,
 )
 from progress_stream.training.checkpoint import load_checkpoint
 from progress_stream.training.data import load_annotations, load_dataset, split_handles, validation_split
-from progress_stream.training.evaluate import frame_bins
 from progress_stream.training.model import OFFSET_BINS, OFFSET_STEPS
 from progress_stream.training.report import MAX_COVERAGE_ERROR, MIN_BIN_ACTIONS
 
@@ -48,16 +47,10 @@ def frames_seen_offsets(scores: np.ndarray, seen: np.ndarray, _length: np.ndarra
     return table
 
 
-Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 CALIBRATORS: dict[str, Calibrator] = {
     "shipped (two-sided, length-fitted)": offset_table,
     "frames-seen offsets alone": frames_seen_offsets,
 }
-
-
-def worst_bin_miss(inside: np.ndarray, lengths: np.ndarray, coverage: float) -> float:
-    """The largest distance from ``coverage`` over the length bins with enough actions."""
-    return max(abs(inside[sel].mean() - coverage) for _, sel, n in frame_bins(lengths) if n >= MIN_BIN_ACTIONS)
 
 
 def main() -> None:
@@ -75,26 +68,20 @@ def main() -> None:
         split = validation_split(videos, split["train"], meta.train_config.val_fraction, split.get("val"))
     data = load_dataset(videos, args.features, split["val" if args.videos == "validation" else "test"])
     scores, seen = band_scores(model, data)
-    lengths = data.lengths
     action_video = np.array([a.handle for a in data.actions])
-    frame_video, frame_length = np.repeat(action_video, lengths), np.repeat(lengths, lengths)
-    handles = np.unique(action_video)
-    rng = np.random.default_rng(args.seed)
-    misses: dict[str, list[float]] = {name: [] for name in CALIBRATORS}
-    for _ in range(args.splits):
-        half = rng.choice(handles, len(handles) // 2, replace=False)
-        fit, fit_actions = np.isin(frame_video, half), np.isin(action_video, half)
-        for name, calibrator in CALIBRATORS.items():
-            table = calibrator(scores[fit], seen[fit], frame_length[fit], coverage)
-            inside = covered(scores[~fit], seen[~fit], table)
-            misses[name].append(worst_bin_miss(inside, lengths[~fit_actions], coverage))
     print(
-        f"{args.checkpoint}: {len(handles)} {args.videos} videos, {len(lengths)} actions; {args.splits} random halves"
+        f"{args.checkpoint}: {len(np.unique(action_video))} {args.videos} videos, {len(data.actions)} actions; "
+        f"{args.splits} random halves"
     )
-    for name, worst in misses.items():
-        past = sum(w > MAX_COVERAGE_ERROR for w in worst)
+    for name, calibrator in CALIBRATORS.items():  # the same halves for each: the seed draws them
+        shares, counts = coverage_on_halves(
+            scores, seen, data.lengths, action_video, coverage, calibrator, args.splits, args.seed
+        )
+        # each split's worst length bin (of those with enough actions in the read half) off nominal
+        worst = np.nanmax(np.where(counts >= MIN_BIN_ACTIONS, np.abs(shares - coverage), np.nan), axis=1)
+        past = int((worst > MAX_COVERAGE_ERROR).sum())
         print(
-            f"  {name:36s} worst bin off nominal: median {np.median(worst):.3f}, max {max(worst):.3f}; "
+            f"  {name:36s} worst bin off nominal: median {np.median(worst):.3f}, max {worst.max():.3f}; "
             f"splits with a bin past {MAX_COVERAGE_ERROR}: {past}/{args.splits}"
         )
 
