@@ -122,6 +122,15 @@ def test_the_band_is_fitted_on_one_half_of_the_videos_and_read_on_the_other():
     assert len({frozenset(f) for f in fitted_on}) > 1  # the halves are drawn at random
 
 
+def test_a_single_video_has_no_halves_to_check():
+    def fit(*_args) -> np.ndarray:
+        raise AssertionError("nothing to fit")
+
+    scores = np.stack([np.full(12, -np.inf), np.zeros(12)], axis=1)
+    shares, counts = coverage_on_halves(scores, np.arange(1, 13), np.array([12]), np.array(["a"]), 0.8, fit)
+    assert np.isnan(shares).all() and not counts.any() and halves_summary(shares, counts) == {}
+
+
 def test_the_halves_summary_gives_the_median_and_spread_of_the_bins_a_half_holds_enough_of():
     shares = np.full((11, len(LENGTH_BINS)), np.nan)
     counts = np.zeros((11, len(LENGTH_BINS)), np.int64)

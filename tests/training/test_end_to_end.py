@@ -156,6 +156,20 @@ def test_split_train_handles_are_the_only_ones_read(tiny_data, tmp_path):
     assert res.returncode == 0, res.stderr
 
 
+def test_one_validation_video_trains_and_says_its_halves_check_nothing(tiny_data, tmp_path):
+    """A split file may name a single validation video: it cannot be halved, so the band is calibrated on it
+    and the check on halves reports no length bin."""
+    videos = load_annotations(tiny_data / "annotations.json")
+    train = [v.handle for v in videos[:8]]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train, "test": [videos[-1].handle], "val": train[:1]}))
+    data = ["--annotations", str(tiny_data / "annotations.json"), "--features", str(tiny_data / "features")]
+    res = run("train", *data, "--split", str(split), "--out", str(tmp_path / "run"), "--set", "epochs=1")
+    assert res.returncode == 0, res.stderr
+    assert "band on held-out halves of the validation videos: no length bin holds enough actions" in res.stdout
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["band_halves"] == {}
+
+
 def test_a_split_whose_val_is_not_training_videos_is_refused_before_training(tiny_data, tmp_path):
     videos = load_annotations(tiny_data / "annotations.json")
     split = tmp_path / "split.json"

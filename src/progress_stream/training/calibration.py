@@ -164,7 +164,8 @@ def coverage_on_halves(
     seed: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each length bin's coverage and action count ``(splits, len(LENGTH_BINS))`` on one random half of the
-    videos, the band fitted by ``fit`` on the other half (coverage NaN where the half holds none of the bin).
+    videos, the band fitted by ``fit`` on the other half (coverage NaN where the half holds none of the bin,
+    and everywhere for a single video).
 
     ``scores`` and ``seen`` are per frame (:func:`band_scores`), ``lengths`` and ``videos`` per action. A
     half holds half the actions, so the spread it shows overstates that of a band fitted on all of them.
@@ -174,6 +175,8 @@ def coverage_on_halves(
     rng = np.random.default_rng(seed)
     shares = np.full((splits, len(LENGTH_BINS)), np.nan)
     counts = np.zeros((splits, len(LENGTH_BINS)), np.int64)
+    if len(handles) < 2:  # one video has no halves: nothing to check
+        return shares, counts
     for i in range(splits):
         half = rng.choice(handles, len(handles) // 2, replace=False)
         fitted = np.isin(frame_video, half)
