@@ -68,7 +68,7 @@ def main() -> None:
         split = validation_split(videos, split["train"], meta.train_config.val_fraction, split.get("val"))
     data = load_dataset(videos, args.features, split["val" if args.videos == "validation" else "test"])
     scores, seen = band_scores(model, data)
-    action_video = np.array([a.handle for a in data.actions])
+    action_video = data.videos
     print(
         f"{args.checkpoint}: {len(np.unique(action_video))} {args.videos} videos, {len(data.actions)} actions; "
         f"{args.splits} random halves"

@@ -42,7 +42,7 @@ def main() -> None:
     head = action_errors(answers.progress, test.lengths)
     base = action_errors([bayes(int(n)) for n in test.lengths], test.lengths)
     inside = band_inside(answers.band, test.lengths)
-    action_video = np.array([a.handle for a in test.actions])
+    action_video = test.videos
     frame_video = np.repeat(action_video, test.lengths)
     names = np.unique(action_video)
     actions = {v: np.flatnonzero(action_video == v) for v in names}

@@ -145,8 +145,7 @@ def calibrate(model: ProgressHead, data: Dataset, coverage: float) -> dict[str, 
     scores, seen = band_scores(model, data)
     table = offset_table(scores, seen, np.repeat(data.lengths, data.lengths), coverage)
     model.band_offset.copy_(torch.from_numpy(table))
-    videos = np.array([a.handle for a in data.actions])
-    halves = coverage_on_halves(scores, seen, data.lengths, videos, coverage)
+    halves = coverage_on_halves(scores, seen, data.lengths, data.videos, coverage)
     return {
         "band_offsets": {"low": _labels(table[:, 0]), "high": _labels(table[:, 1])},
         "band_halves": halves_summary(*halves),

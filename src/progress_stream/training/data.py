@@ -200,6 +200,11 @@ class Dataset:
     def lengths(self) -> np.ndarray:
         return np.array([a.length for a in self.actions], dtype=np.int64)
 
+    @property
+    def videos(self) -> np.ndarray:
+        """Each action's video handle."""
+        return np.array([a.handle for a in self.actions])
+
     @cached_property
     def label_ids(self) -> tuple[np.ndarray, int]:
         """Each action's label as an index into the set's distinct labels (sorted), and how many there are:
