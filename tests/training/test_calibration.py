@@ -88,6 +88,31 @@ def test_each_end_is_fitted_to_the_actions_that_leave_the_band_on_its_side():
     assert shares[0] > coverage + 0.05 and shares[1] < coverage - 0.05, shares
 
 
+def test_the_low_end_holds_each_length_of_the_longer_actions_where_their_pool_leaves_the_longest_below():
+    # bin 1-5: 20 short actions leave above, 30 of 30 frames start easy, 12 of 120 frames start hard (below)
+    rng = np.random.default_rng(0)
+    scores, seen, length = [], [], []
+    for n, count, low in ((4, 20, None), (30, 30, (-0.1, 0.1)), (120, 12, (0.1, 0.3))):
+        for _ in range(count):
+            s = np.full((n, 2), -np.inf)
+            if low is None:
+                s[:, 1] = rng.uniform(-0.1, 0.1, n)
+            else:
+                s[:5, 0] = rng.uniform(*low, 5)
+                s[5:, 0] = rng.uniform(-0.1, 0.1, n - 5)
+            scores.append(s)
+            seen.append(np.arange(1, n + 1))
+            length.append(np.full(n, n))
+    scores, seen, length = np.concatenate(scores), np.concatenate(seen), np.concatenate(length)
+    first = seen <= 5
+    shares = {}
+    for per_length in (False, True):
+        inside = covered(scores, seen, offset_table(scores, seen, length, 0.8, per_length_low=per_length))
+        shares[per_length] = [inside[first & (length == n)].mean() for n in (30, 120)]
+    assert shares[False][1] < 0.5  # pooled: the 120-frame actions are a fifth of the frames passing through
+    assert min(shares[True]) >= 0.8 and shares[True][0] == 1.0, shares  # each length held; the easy one fully
+
+
 #: Four one-action videos: (length, each frame's high-end score), the value naming the video; a frame is
 #: inside where its score is at most 0, the offset of the fit below. `c` holds half its frames inside.
 HALVES_VIDEOS = {"a": (3, [-1.0] * 3), "b": (3, [1.0] * 3), "c": (12, [-2.0, 2.0] * 6), "d": (12, [-3.0] * 12)}

@@ -12,7 +12,7 @@ The band promises its coverage per action length too, and a frames-seen bin mixe
 the actions that end in it with the early frames of longer ones. Where the content does not tell the
 length, the head reads the short ones low and the long ones high, so they leave the band on opposite
 sides: the high end's offset is fitted to the actions ending in the bin, the low end's to the longer
-ones passing through it (:func:`offset_table`).
+ones passing through it, each length of them at the nominal share (:func:`offset_table`).
 
 Fitted on every validation action, the band covers them at the nominal share by construction, so that
 says nothing of new videos. :func:`coverage_on_halves` refits it on random halves of the validation
@@ -108,7 +108,9 @@ def covered(scores: np.ndarray, seen: np.ndarray, table: np.ndarray) -> np.ndarr
     return (scores <= table[np.minimum(seen, OFFSET_STEPS) - 1]).all(axis=1)
 
 
-def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float) -> np.ndarray:
+def offset_table(
+    scores: np.ndarray, seen: np.ndarray, length: np.ndarray, coverage: float, per_length_low: bool = True
+) -> np.ndarray:
     """The band's offsets ``(OFFSET_STEPS, 2)`` from every frame's scores, frames-seen count and action length.
 
     Bin by bin in order, the bin's frames fall in two groups: those of the actions ending in the bin
@@ -118,6 +120,12 @@ def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, cover
     Each side's misses count against the other's, so the two are fitted in turn (SIDE_ROUNDS). A bin
     where either group is thin takes the split-conformal offset of all its frames on both sides (of all
     frames where the bin itself is thin).
+
+    The low end brings each length bin of the longer actions (of those with MIN_BIN_FRAMES frames in
+    the bin) to ``coverage``, as well as their pool (which holds the thin ones): the longest actions,
+    which a head that cannot see the length reads high from their first frames, are a small part of the
+    pool and would leave the band below, past what the bins they end in can make up.
+    ``per_length_low=False`` fits the pool alone.
     """
     either = scores.max(axis=1)
     table = np.full((OFFSET_STEPS, 2), conformal_offset(either, coverage), dtype=np.float32)
@@ -128,12 +136,16 @@ def offset_table(scores: np.ndarray, seen: np.ndarray, length: np.ndarray, cover
             if in_bin.sum() >= MIN_BIN_FRAMES:
                 table[lo - 1 : hi] = conformal_offset(either[in_bin], coverage)
             continue
+        groups = [passing]
+        if per_length_low:
+            longer = (passing & bin_mask(length, a, b or OFFSET_STEPS) for a, b in LENGTH_BINS if a > hi)
+            groups += [g for g in longer if g.sum() >= MIN_BIN_FRAMES]
         earlier = covered(scores[members], seen[members], table)[seen[members] < lo].sum()
         share = min(max((coverage * members.sum() - earlier) / own.sum(), 0.0), 1.0)
         low, high = table[lo - 1]
         for _ in range(SIDE_ROUNDS):
             high = side_offset(scores[own, 1], (1 - share) * own.sum() - (scores[own, 0] > low).sum())
-            low = side_offset(scores[passing, 0], (1 - coverage) * passing.sum() - (scores[passing, 1] > high).sum())
+            low = max(side_offset(scores[g, 0], (1 - coverage) * g.sum() - (scores[g, 1] > high).sum()) for g in groups)
         table[lo - 1 : hi] = low, high
     return table
 
@@ -161,6 +173,7 @@ def coverage_on_halves(
     fit: Calibrator = offset_table,
     splits: int = HALF_SPLITS,
     seed: int = 1,
+    draw: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each length bin's coverage and action count ``(splits, len(LENGTH_BINS))`` on one random half of the
     videos, the band fitted by ``fit`` on the other half (coverage NaN where the half holds none of the bin,
@@ -168,6 +181,7 @@ def coverage_on_halves(
 
     ``scores`` and ``seen`` are per frame (:func:`band_scores`), ``lengths`` and ``videos`` per action. A
     half holds half the actions, so the spread it shows overstates that of a band fitted on all of them.
+    ``draw(rng, handles)``, where given, picks the videos fitted instead of a random half.
     """
     frame_video, frame_length = np.repeat(videos, lengths), np.repeat(lengths, lengths)
     handles = np.unique(videos)
@@ -177,7 +191,7 @@ def coverage_on_halves(
     if len(handles) < 2:  # one video has no halves: nothing to check
         return shares, counts
     for i in range(splits):
-        half = rng.choice(handles, len(handles) // 2, replace=False)
+        half = rng.choice(handles, len(handles) // 2, replace=False) if draw is None else draw(rng, handles)
         fitted = np.isin(frame_video, half)
         table = fit(scores[fitted], seen[fitted], frame_length[fitted], coverage)
         inside = covered(scores[~fitted], seen[~fitted], table)
