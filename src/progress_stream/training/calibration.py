@@ -129,6 +129,7 @@ def offset_table(
     """
     either = scores.max(axis=1)
     table = np.full((OFFSET_STEPS, 2), conformal_offset(either, coverage), dtype=np.float32)
+    by_length = [(a, bin_mask(length, a, b or OFFSET_STEPS)) for a, b in LENGTH_BINS] if per_length_low else []
     for lo, hi in OFFSET_BINS:
         in_bin, members = bin_mask(seen, lo, hi), bin_mask(length, lo, hi)
         own, passing = members & in_bin, in_bin & ~members
@@ -136,10 +137,8 @@ def offset_table(
             if in_bin.sum() >= MIN_BIN_FRAMES:
                 table[lo - 1 : hi] = conformal_offset(either[in_bin], coverage)
             continue
-        groups = [passing]
-        if per_length_low:
-            longer = (passing & bin_mask(length, a, b or OFFSET_STEPS) for a, b in LENGTH_BINS if a > hi)
-            groups += [g for g in longer if g.sum() >= MIN_BIN_FRAMES]
+        longer = (passing & mask for a, mask in by_length if a > hi)
+        groups = [passing, *(g for g in longer if g.sum() >= MIN_BIN_FRAMES)]
         earlier = covered(scores[members], seen[members], table)[seen[members] < lo].sum()
         share = min(max((coverage * members.sum() - earlier) / own.sum(), 0.0), 1.0)
         low, high = table[lo - 1]
