@@ -83,7 +83,7 @@ def main() -> None:
     action_video = data.videos
     draw = None
     if args.videos == "both":
-        draw = partial(per_task_draw, {v.handle: v.task for v in videos}, set(split["val"]))
+        draw = partial(per_task_draw, per_task_groups({v.handle: v.task for v in videos}, action_video, split["val"]))
     print(
         f"{args.checkpoint}: {len(np.unique(action_video))} {args.videos} videos, {len(data.actions)} actions; "
         f"{args.splits} random halves"
@@ -113,14 +113,18 @@ def main() -> None:
             print(f"    the actual split's test videos: {rank}")
 
 
-def per_task_draw(task: dict[str, str], validation: set[str], rng: np.random.Generator, handles: np.ndarray):
-    """Per task, as many of its pooled videos as the validation split holds of that task, at random."""
+def per_task_groups(task: dict[str, str], videos: np.ndarray, validation: list[str]) -> list[tuple[list[str], int]]:
+    """Each task's pooled videos (in ``np.unique`` order, as the draws see them) and how many of them the
+    validation split holds."""
     by_task: dict[str, list[str]] = {}
-    for h in handles.tolist():
+    for h in np.unique(videos).tolist():
         by_task.setdefault(task[h], []).append(h)
-    return np.array(
-        [h for group in by_task.values() for h in rng.choice(group, sum(g in validation for g in group), replace=False)]
-    )
+    return [(group, len(set(group) & set(validation))) for group in by_task.values()]
+
+
+def per_task_draw(groups: list[tuple[list[str], int]], rng: np.random.Generator, _handles: np.ndarray) -> np.ndarray:
+    """Per task, as many of its pooled videos as the validation split holds of that task, at random."""
+    return np.array([h for group, k in groups for h in rng.choice(group, k, replace=False)])
 
 
 if __name__ == "__main__":
